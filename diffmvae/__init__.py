@@ -1,0 +1,14 @@
+"""diffmvae: multimodal VAEs with feed-forward and diffusion decoders (Diff-MVAE, MoPoE, MT-Diffusion).
+
+The top-level package composes ``encoders``, ``decoders`` and ``priors`` (imports run one way: those three
+never import ``diffmvae``).
+"""
+
+from diffmvae.elbo import ELBORecord
+from diffmvae.model import MultimodalVAE
+from diffmvae.posterior import product_of_experts
+from diffmvae.subsets import subset_mask
+from diffmvae.training import DiffMVAE
+
+__all__ = ["DiffMVAE", "ELBORecord", "MultimodalVAE", "product_of_experts", "subset_mask"]
+__version__ = "0.1.0"

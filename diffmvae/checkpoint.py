@@ -1,0 +1,90 @@
+"""Rebuild a trained run from its checkpoint without running pickled code.
+
+``diffmvae fit`` stores the run's model and data configs (``class_path`` / ``init_args`` dicts, as LightningCLI
+parsed them) in ``checkpoint["diffmvae_config"]``; loading reads the file with ``weights_only=True`` and
+instantiates only classes from this library's packages.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from diffmvae.io import DiffMVAEError
+
+ALLOWED_PACKAGES = ("diffmvae", "encoders", "decoders", "priors")
+
+
+def _import_class(class_path: str) -> type:
+    module_name, _, name = class_path.rpartition(".")
+    if module_name.split(".")[0] not in ALLOWED_PACKAGES:
+        raise DiffMVAEError(f"class_path {class_path!r} is outside the packages {', '.join(ALLOWED_PACKAGES)}")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as e:
+        raise DiffMVAEError(f"class_path {class_path!r} cannot be imported: {e}") from e
+
+
+def instantiate(spec: Any) -> Any:
+    """Recursively build every ``{"class_path": ..., "init_args": {...}}`` in ``spec``."""
+    if isinstance(spec, dict):
+        if "class_path" in spec:
+            cls = _import_class(spec["class_path"])
+            return cls(**{k: instantiate(v) for k, v in (spec.get("init_args") or {}).items()})
+        return {k: instantiate(v) for k, v in spec.items()}
+    if isinstance(spec, list):
+        return [instantiate(v) for v in spec]
+    return spec
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with one-line errors for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiffMVAEError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DiffMVAEError(f"checkpoint {path} is not a readable checkpoint ({first[:200]})") from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise DiffMVAEError(f"checkpoint {path} has no 'state_dict'; is it a Lightning checkpoint?")
+    return ckpt
+
+
+@dataclass
+class LoadedRun:
+    """A trained run: the LightningModule (EMA weights loaded, eval mode), its DataModule and the raw config."""
+
+    module: L.LightningModule
+    datamodule: L.LightningDataModule
+    config: dict[str, Any]
+    checkpoint: dict[str, Any]
+
+
+def load_run(path: str | Path, *, use_ema: bool = True) -> LoadedRun:
+    """Rebuild the model and data of a ``diffmvae fit`` checkpoint."""
+    ckpt = read_checkpoint(path)
+    config = ckpt.get("diffmvae_config")
+    if not isinstance(config, dict) or "model" not in config or "data" not in config:
+        raise DiffMVAEError(f"checkpoint {path} has no run config; it was not written by `diffmvae fit`")
+    try:
+        module = instantiate(config["model"])
+        datamodule = instantiate(config["data"])
+    except (TypeError, ValueError) as e:
+        raise DiffMVAEError(f"checkpoint {path}: its config no longer builds a model ({e})") from e
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+        module.on_load_checkpoint(ckpt)
+        if use_ema and "ema_state_dict" in ckpt:
+            module.model.load_state_dict(ckpt["ema_state_dict"])
+    except (RuntimeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise DiffMVAEError(f"checkpoint {path} does not match its model config ({first[:200]})") from e
+    module.eval()
+    return LoadedRun(module, datamodule, config, ckpt)

@@ -1,0 +1,127 @@
+"""The ``diffmvae`` command: ``fit`` / ``validate`` / ``test`` through LightningCLI, ``sample`` for generation.
+
+User errors (bad paths, config keys or values, modality names) end with one ``diffmvae: error: ...`` line and
+exit status 2; set ``DIFFMVAE_DEBUG=1`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger("diffmvae")
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def _parser_error(text: str) -> str:
+    """Distil jsonargparse's nested Union report to the innermost class and its complaint."""
+    problems = re.findall(r"Problem with given class_path '([^']+)': (.*?)(?= - Expected a <class|Given value|$)", text)
+    if not problems:
+        return text[:400]
+    outer = re.match(r'Parser key "([^"]+)"', text)
+    where, what = problems[-1]
+    what = re.sub(r"^(Parser key \"[^\"]+\"): ", r"\1: ", what.strip())
+    prefix = f'config key "{outer.group(1)}" ' if outer else ""
+    return f"{prefix}({where}): {what}"[:400]
+
+
+def _lightning(argv: list[str]) -> int:
+    from jsonargparse import ArgumentError
+    from lightning.pytorch.cli import LightningCLI
+
+    from diffmvae.io import DiffMVAEError
+
+    class DiffMVAECLI(LightningCLI):
+        def before_fit(self) -> None:
+            cfg = self.config[self.subcommand]
+            ckpt_cb = self.trainer.checkpoint_callback
+            last = Path(ckpt_cb.dirpath) / "last.ckpt" if ckpt_cb is not None and ckpt_cb.dirpath else None
+            if cfg.get("ckpt_path") is None and last is not None and last.exists():
+                raise DiffMVAEError(
+                    f"{last} already exists; resume with --ckpt_path {last} or write elsewhere with "
+                    f"--trainer.default_root_dir/--trainer.callbacks (nothing was overwritten)"
+                )
+            self.model.run_config = {
+                "model": cfg.model.as_dict(),
+                "data": cfg.data.as_dict(),
+                "seed_everything": cfg.get("seed_everything"),
+            }
+
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    try:
+        DiffMVAECLI(
+            args=argv,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False},
+        )
+    except ArgumentError as e:
+        raise DiffMVAEError(_parser_error(_one_line(e))) from e
+    return 0
+
+
+def _sample(argv: list[str]) -> int:
+    import torch
+
+    from diffmvae.checkpoint import load_run
+    from diffmvae.io import DiffMVAEError
+    from diffmvae.sampling import generate_from_subset, parse_given, select_examples, write_samples
+
+    p = argparse.ArgumentParser(prog="diffmvae sample", description="Generate missing modalities from any subset.")
+    p.add_argument("--ckpt", required=True, help="checkpoint written by `diffmvae fit`")
+    p.add_argument("--given", default="none", help="observed modalities, comma separated, or 'none' (prior)")
+    p.add_argument("--n", type=int, default=64, help="number of examples")
+    p.add_argument("--out", required=True, help="output directory (grid.png, samples.npz)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="where observed examples come from")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    args = p.parse_args(argv)
+    if args.n < 1:
+        raise DiffMVAEError(f"--n must be >= 1, got {args.n}")
+    start = time.perf_counter()
+    run = load_run(args.ckpt, use_ema=not args.no_ema)
+    model = run.module.model
+    given = parse_given(args.given, model.modalities)
+    generator = torch.Generator().manual_seed(args.seed)
+    batch = select_examples(run.datamodule.dataset(args.split), args.n, generator)
+    samples = generate_from_subset(model, batch, given, args.n, generator=generator)
+    labels = batch.get("label")
+    paths = write_samples(args.out, samples, given, labels if isinstance(labels, torch.Tensor) else None)
+    log.info("wrote %s in %.1fs", ", ".join(map(str, paths)), time.perf_counter() - start)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from diffmvae.io import DiffMVAEError
+
+    commands = {"sample": _sample, **{c: _lightning for c in LIGHTNING_SUBCOMMANDS}}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        print(f"usage: diffmvae {{{','.join(commands)}}} ...  (diffmvae COMMAND --help for its options)", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        return commands[argv[0]](argv[1:] if argv[0] == "sample" else argv)
+    except (DiffMVAEError, ValueError, KeyError, FileNotFoundError) as e:
+        if os.environ.get("DIFFMVAE_DEBUG"):
+            raise
+        print(f"diffmvae: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Small I/O helpers: one error type for user-facing failures, atomic writes, PNG output."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+class DiffMVAEError(Exception):
+    """A problem with the user's input (a path, a config value, a modality name): the CLI prints its message
+    as one line and exits non-zero."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``: a reader never
+    sees a half-written file and a failed write leaves the old file as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_png(image: Tensor, path: str | os.PathLike) -> Path:
+    """Write ``[3, H, W]`` or ``[1, H, W]`` values in [0, 1] as an 8-bit PNG, atomically."""
+    if image.dim() != 3:
+        raise ValueError(f"save_png expects [C, H, W], got {list(image.shape)}")
+    array = (image.detach().float().clamp(0, 1).cpu() * 255).round().to(torch.uint8)
+    array = array.expand(3, -1, -1) if array.shape[0] == 1 else array
+    pil = Image.fromarray(np.ascontiguousarray(array.permute(1, 2, 0).numpy()))
+    return atomic_write(path, lambda tmp: pil.save(tmp, format="PNG"))
+
+
+def image_grid(columns: list[Tensor], pad: int = 2, value: float = 1.0) -> Tensor:
+    """Tile columns of images: ``columns[j]`` is ``[N, C, H, W]`` (all the same shape), ``N`` rows.
+
+    Returns ``[3, N*(H+pad)+pad, J*(W+pad)+pad]``.
+    """
+    if not columns:
+        raise ValueError("image_grid needs at least one column")
+    n, c, h, w = columns[0].shape
+    grid = torch.full((3, n * (h + pad) + pad, len(columns) * (w + pad) + pad), value)
+    for j, col in enumerate(columns):
+        col = col.detach().float().cpu().clamp(0, 1)
+        col = col.expand(-1, 3, -1, -1) if col.shape[1] == 1 else col
+        for i in range(n):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            grid[:, y : y + h, x : x + w] = col[i]
+    return grid

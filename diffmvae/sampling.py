@@ -1,0 +1,119 @@
+"""Conditional generation from any subset of modalities, and writing the results for people and programs."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torch.utils.data import Dataset, default_collate  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from diffmvae.io import DiffMVAEError, image_grid  # noqa: E402
+from diffmvae.model import MultimodalVAE  # noqa: E402
+
+
+def parse_given(text: str, modalities: Sequence[str]) -> list[str]:
+    """``"m0,m2"`` -> ``["m0", "m2"]``; ``"none"`` (or empty) -> ``[]``. Unknown or repeated names raise."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    names = [t.strip() for t in text.split(",")]
+    for name in names:
+        if name not in modalities:
+            raise DiffMVAEError(f"unknown modality {name!r} in --given; this model has {', '.join(modalities)}")
+    if len(set(names)) != len(names):
+        raise DiffMVAEError(f"--given names a modality twice: {text!r}")
+    if len(names) == len(modalities):
+        raise DiffMVAEError("--given names every modality; nothing is left to generate")
+    return [m for m in modalities if m in names]
+
+
+def select_examples(dataset: Dataset, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """``n`` examples of ``dataset`` in a seeded random order (cycling when ``n`` exceeds its length), collated."""
+    if n < 1:
+        raise DiffMVAEError(f"--n must be >= 1, got {n}")
+    size = len(dataset)
+    order = torch.cat([torch.randperm(size, generator=generator) for _ in range(-(-n // size))])[:n]
+    return default_collate([dataset[int(i)] for i in order])
+
+
+def generate_from_subset(
+    model: MultimodalVAE,
+    batch: Mapping[str, Tensor],
+    given: Sequence[str],
+    n: int,
+    *,
+    generator: torch.Generator,
+    chunk_size: int = 256,
+    progress: bool = True,
+) -> dict[str, Tensor]:
+    """Generate every modality not in ``given`` for ``n`` examples, ``chunk_size`` at a time.
+
+    Observed modalities are returned as the real inputs; with ``given`` empty, every modality is sampled from
+    the prior. Returns CPU tensors, one per modality.
+    """
+    device = model.subset_mask.device
+    chunks: list[dict[str, Tensor]] = []
+    for start in tqdm(range(0, n, chunk_size), desc="sampling", disable=not progress, leave=False):
+        stop = min(start + chunk_size, n)
+        obs = {m: batch[m][start:stop].to(device) for m in given}
+        with torch.no_grad():
+            out = model.generate(obs or None, stop - start, generator=generator)
+        chunks.append({m: v.cpu() for m, v in out.items()})
+    return {m: torch.cat([c[m] for c in chunks]) for m in model.modalities}
+
+
+def grid_figure(samples: Mapping[str, Tensor], given: Sequence[str], rows: int = 16) -> bytes:
+    """A PNG (bytes) of the first ``rows`` examples, one column per image modality, observed ones titled."""
+    images = [m for m, v in samples.items() if v.dim() == 4]
+    if not images:
+        raise DiffMVAEError("no image modality to draw")
+    rows = min(rows, next(iter(samples.values())).shape[0])
+    grid = image_grid([samples[m][:rows] for m in images])
+    fig, ax = plt.subplots(figsize=(1.1 * len(images) + 0.6, 1.1 * rows / 1.6 + 0.8), dpi=110)
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    width = grid.shape[2] / len(images)
+    ax.set_xticks([width * (j + 0.5) for j in range(len(images))])
+    ax.set_xticklabels([f"{m}\n(given)" if m in given else m for m in images], fontsize=8)
+    ax.set_yticks([])
+    ax.set_title("given: " + (", ".join(given) if given else "none (prior)"), fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_samples(
+    out: str | os.PathLike, samples: Mapping[str, Tensor], given: Sequence[str], labels: Tensor | None
+) -> list[Path]:
+    """Write ``grid.png`` and ``samples.npz`` into ``out``. Both are written to a temporary folder first and
+    renamed into place one by one, so an existing folder never holds a half-written file."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DiffMVAEError(f"--out {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {m: v.numpy().astype(np.float32 if v.is_floating_point() else np.int64) for m, v in samples.items()}
+    if labels is not None:
+        arrays["label"] = labels.numpy().astype(np.int64)
+    arrays["given"] = np.array(list(given), dtype=str)
+    tmp = Path(tempfile.mkdtemp(prefix=".samples.", dir=out))
+    try:
+        (tmp / "grid.png").write_bytes(grid_figure(samples, given))
+        np.savez(tmp / "samples.npz", **arrays)
+        written = []
+        for name in ("grid.png", "samples.npz"):
+            os.replace(tmp / name, out / name)
+            written.append(out / name)
+        return written
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,47 @@
+"""Convolutional image encoder (PolyMNIST-style, sized for 28, 32 and 64 pixel images)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from encoders.base import Encoder
+
+
+class ConvImageEncoder(Encoder):
+    """Strided conv stack ``[B, C, H, W] -> [B, F]`` then the Gaussian head.
+
+    Args:
+        latent_dim: size ``d`` of the shared latent.
+        in_channels: image channels ``C``.
+        image_size: ``H == W``; each stage halves it (rounding up).
+        channels: output channels of each stride-2 stage.
+        hidden_dim: width of the dense layer before the head.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        in_channels: int = 3,
+        image_size: int = 28,
+        channels: Sequence[int] = (32, 64, 64),
+        hidden_dim: int = 256,
+    ) -> None:
+        layers: list[nn.Module] = []
+        size, c_in = image_size, in_channels
+        for c_out in channels:
+            layers += [nn.Conv2d(c_in, c_out, 4 if size % 2 == 0 else 3, stride=2, padding=1), nn.SiLU()]
+            size, c_in = (size + 1) // 2, c_out
+        super().__init__(latent_dim, hidden_dim)
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c_in * size * size, hidden_dim), nn.SiLU())
+
+    def features(self, x: Tensor) -> Tensor:
+        if x.shape[1:] != (self.in_channels, self.image_size, self.image_size):
+            raise ValueError(
+                f"ConvImageEncoder expects [B, {self.in_channels}, {self.image_size}, {self.image_size}], "
+                f"got {list(x.shape)}"
+            )
+        return self.net(x)

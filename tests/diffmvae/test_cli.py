@@ -1,0 +1,186 @@
+"""End-to-end CLI: a tiny `diffmvae fit`, then `diffmvae sample` from any subset, and the one-line errors."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from diffmvae.checkpoint import instantiate, load_run
+from diffmvae.cli import main
+
+TINY = {
+    "seed_everything": 0,
+    "trainer": {
+        "accelerator": "cpu",
+        "max_steps": 4,
+        "limit_val_batches": 1,
+        "log_every_n_steps": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    },
+    "model": {
+        "class_path": "diffmvae.DiffMVAE",
+        "init_args": {
+            "latent_dim": 4,
+            "encoders": {
+                m: {"class_path": "encoders.ConvImageEncoder", "init_args": {"latent_dim": 4, "channels": [4, 4], "hidden_dim": 8}}
+                for m in ("m0", "m1", "m2")
+            },
+            "decoders": {
+                m: {"class_path": "decoders.ConvImageDecoder", "init_args": {"latent_dim": 4, "channels": [4, 4], "hidden_dim": 8}}
+                for m in ("m0", "m1", "m2")
+            },
+        },
+    },
+    "data": {
+        "class_path": "diffmvae.data.PolyDigitsDataModule",
+        "init_args": {"num_modalities": 3, "batch_size": 8, "train_length": 16},
+    },
+}
+
+
+def write_config(tmp_path, cfg):
+    run = tmp_path / "run"
+    cfg = {**cfg, "trainer": {**cfg["trainer"], "default_root_dir": str(run)}}
+    cfg["trainer"]["logger"] = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(tmp_path), "name": "run", "version": ""},
+    }
+    cfg["trainer"]["callbacks"] = [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True, "save_top_k": 0}}
+    ]
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fit")
+    cfg, run = write_config(tmp, TINY)
+    assert main(["fit", "--config", str(cfg)]) == 0
+    return cfg, run / "checkpoints" / "last.ckpt"
+
+
+def test_fit_writes_run_directory(trained):
+    cfg, ckpt = trained
+    run = ckpt.parent.parent
+    assert ckpt.is_file()
+    assert (run / "metrics.csv").is_file() and "train/kl" in (run / "metrics.csv").read_text()
+    assert list((run / "samples").glob("epoch_*.png"))
+    raw = torch.load(ckpt, weights_only=True)
+    assert set(raw["ema_state_dict"]) == {k[len("model.") :] for k in raw["state_dict"]}
+    assert raw["diffmvae_config"]["data"]["init_args"]["num_modalities"] == 3
+
+
+def test_sample_from_subset_writes_npz_and_grid(trained, tmp_path):
+    _, ckpt = trained
+    out = tmp_path / "s"
+    assert main(["sample", "--ckpt", str(ckpt), "--given", "m0,m2", "--n", "5", "--out", str(out), "--seed", "3"]) == 0
+    data = np.load(out / "samples.npz")
+    assert list(data["given"]) == ["m0", "m2"]
+    for m in ("m0", "m1", "m2"):
+        assert data[m].shape == (5, 3, 28, 28) and data[m].min() >= 0 and data[m].max() <= 1
+    assert data["label"].shape == (5,)
+    assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The observed modality is the real test input.
+    run = load_run(ckpt)
+    test = run.datamodule.dataset("test")
+    assert any(np.allclose(data["m0"][0], test[i]["m0"].numpy()) for i in range(len(test)))
+
+
+def test_same_seed_same_samples_and_checkpoint_round_trip(trained, tmp_path):
+    _, ckpt = trained
+    outs = []
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        assert main(["sample", "--ckpt", str(ckpt), "--given", "m1", "--n", "4", "--out", str(tmp_path / name), "--seed", str(seed)]) == 0
+        outs.append(np.load(tmp_path / name / "samples.npz"))
+    assert np.array_equal(outs[0]["m0"], outs[1]["m0"])
+    assert not np.array_equal(outs[0]["m0"], outs[2]["m0"])
+    # Round trip: the rebuilt model's weights are the checkpoint's EMA weights.
+    run = load_run(ckpt)
+    raw = torch.load(ckpt, weights_only=True)
+    for k, v in run.module.model.state_dict().items():
+        assert torch.equal(v, raw["ema_state_dict"][k])
+
+
+def test_unconditional_sampling(trained, tmp_path):
+    _, ckpt = trained
+    assert main(["sample", "--ckpt", str(ckpt), "--given", "none", "--n", "3", "--out", str(tmp_path)]) == 0
+    assert list(np.load(tmp_path / "samples.npz")["given"]) == []
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--given", "m9"], "unknown modality 'm9' in --given; this model has m0, m1, m2"),
+        (["--n", "0"], "--n must be >= 1, got 0"),
+        (["--given", "m0,m1,m2"], "nothing is left to generate"),
+    ],
+)
+def test_sample_bad_input_one_line(trained, tmp_path, capsys, args, message):
+    _, ckpt = trained
+    assert main(["sample", "--ckpt", str(ckpt), "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"diffmvae: error: {message}"] or (len(err) == 1 and message in err[0])
+    assert not (tmp_path / "o" / "samples.npz").exists()
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path, capsys):
+    assert main(["sample", "--ckpt", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["sample", "--ckpt", str(bad), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a readable checkpoint" in err[0]
+
+
+def test_existing_output_is_replaced_whole_never_half(trained, tmp_path, monkeypatch):
+    _, ckpt = trained
+    out = tmp_path / "o"
+    assert main(["sample", "--ckpt", str(ckpt), "--given", "m0", "--n", "2", "--out", str(out)]) == 0
+    before = (out / "samples.npz").read_bytes(), (out / "grid.png").read_bytes()
+    import diffmvae.sampling as sampling
+
+    def broken(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sampling.np, "savez", broken)
+    with pytest.raises(RuntimeError):
+        main(["sample", "--ckpt", str(ckpt), "--given", "m1", "--n", "2", "--out", str(out), "--seed", "5"])
+    assert ((out / "samples.npz").read_bytes(), (out / "grid.png").read_bytes()) == before
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "samples.npz"]
+
+
+def test_fit_refuses_to_overwrite_a_run(trained, capsys):
+    cfg, ckpt = trained
+    before = ckpt.read_bytes()
+    assert main(["fit", "--config", str(cfg)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert ckpt.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "patch,message",
+    [
+        ({"model": {"init_args": {"bogus_key": 1}}}, "bogus_key"),
+        ({"model": {"init_args": {"beta": "lots"}}}, "beta"),
+        ({"model": {"init_args": {"subsets": "all"}}}, "subsets"),
+    ],
+)
+def test_bad_config_one_line(tmp_path, capsys, patch, message):
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["model"]["init_args"].update(patch["model"]["init_args"])
+    path, run = write_config(tmp_path, cfg)
+    assert main(["fit", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("diffmvae: error:") and message in err[0]
+    assert not (run / "checkpoints").exists()
+
+
+def test_instantiate_refuses_foreign_class_paths():
+    from diffmvae.io import DiffMVAEError
+
+    with pytest.raises(DiffMVAEError, match="outside the packages"):
+        instantiate({"class_path": "os.system", "init_args": {"command": "true"}})

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+
+from diffmvae.data import PolyDigits, PolyDigitsDataModule
+from diffmvae.data.datamodule import MissingModalities
+from diffmvae.data.polydigits import background, split_indices
+
+
+def test_item_layout_and_range():
+    ds = PolyDigits("val", num_modalities=3, seed=0)
+    item = ds[0]
+    assert set(item) == {"m0", "m1", "m2", "label"}
+    for m in ("m0", "m1", "m2"):
+        assert item[m].shape == (3, 28, 28) and item[m].dtype == torch.float32
+        assert 0.0 <= item[m].min() and item[m].max() <= 1.0
+    assert isinstance(item["label"], int) and 0 <= item["label"] <= 9
+
+
+def test_deterministic_by_seed():
+    a, b, c = PolyDigits("val", 2, seed=3), PolyDigits("val", 2, seed=3), PolyDigits("val", 2, seed=4)
+    assert torch.equal(a.data, b.data) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.data, c.data)
+
+
+def test_splits_are_disjoint_and_cover_the_digits():
+    parts = [set(split_indices(s).tolist()) for s in ("train", "val", "test")]
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    assert len(parts[0] | parts[1] | parts[2]) == 1797
+
+
+def test_test_handwriting_never_in_train():
+    # The clean stroke images of every test example differ from every train one.
+    from diffmvae.data.polydigits import _digits
+
+    images, _ = _digits()
+    train = images[split_indices("train")].reshape(-1, 64)
+    test = images[split_indices("test")].reshape(-1, 64)
+    dist = ((test[:, None, :] - train[None, :, :]) ** 2).sum(-1)
+    duplicates = np.flatnonzero(dist.min(1) == 0)
+    # load_digits itself holds a few exact duplicates; the split must not add more than those.
+    assert len(duplicates) <= 2
+
+
+def test_modalities_share_label_but_not_background():
+    ds = PolyDigits("val", 4, seed=0)
+    assert len({tuple(background(k).flatten()[:50].tolist()) for k in range(10)}) == 10
+    diffs = [(ds.data[:, 0].float() - ds.data[:, k].float()).abs().mean() for k in range(1, 4)]
+    assert all(d > 10 for d in diffs)
+
+
+@pytest.mark.parametrize("m", [2, 10])
+def test_modality_range(m):
+    assert len(PolyDigits("val", m, length=4).modalities) == m
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="num_modalities must be in 2..10, got 11"):
+        PolyDigits("val", 11)
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        PolyDigits("dev")
+
+
+def test_missing_modalities_wrapper_and_datamodule():
+    ds = PolyDigits("val", 3, length=40)
+    wrapped = MissingModalities(ds, ds.modalities, rate=0.5, seed=0)
+    presents = torch.stack([wrapped[i]["present"] for i in range(40)])
+    assert presents.any(1).all() and (~presents).any()
+    for i in range(40):
+        item = wrapped[i]
+        for k, m in enumerate(ds.modalities):
+            if not item["present"][k]:
+                assert item[m].abs().sum() == 0
+    dm = PolyDigitsDataModule(num_modalities=3, batch_size=8, missing_rate=0.3, train_length=32)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["present"].shape == (8, 3) and batch["m0"].shape == (8, 3, 28, 28)
