@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from decoders.base import Decoder
 from decoders.likelihoods import Likelihood, log_prob
+from encoders.base import group_norm
 
 ImageLikelihood = Literal["laplace", "gaussian", "bernoulli"]
 
@@ -32,6 +33,7 @@ class ConvImageDecoder(Decoder):
         channels: input channels of each upsampling stage (the first is the dense layer's output).
         likelihood: ``laplace`` (the PolyMNIST default), ``gaussian`` or ``bernoulli``.
         scale: the fixed scale of the Laplace / Gaussian likelihood.
+        norm: GroupNorm after each upsampling stage.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class ConvImageDecoder(Decoder):
         hidden_dim: int = 256,
         likelihood: ImageLikelihood = "laplace",
         scale: float = 0.75,
+        norm: bool = True,
     ) -> None:
         super().__init__()
         _check_choice("likelihood", likelihood, get_args(ImageLikelihood))
@@ -55,7 +58,7 @@ class ConvImageDecoder(Decoder):
         self.shape = (channels[0], start, start)
         ups: list[nn.Module] = []
         for c_in, c_out in zip(channels, [*channels[1:], channels[-1]]):
-            ups += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.SiLU()]
+            ups += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), group_norm(c_out, norm), nn.SiLU()]
         self.dense = nn.Sequential(
             nn.Linear(latent_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, channels[0] * start * start), nn.SiLU()
         )

@@ -7,6 +7,11 @@ from torch import Tensor, nn
 LOGVAR_RANGE = (-12.0, 8.0)
 
 
+def group_norm(channels: int, enabled: bool = True) -> nn.Module:
+    """GroupNorm with up to 8 groups (identity when disabled); batch-independent, so safe under DDP."""
+    return nn.GroupNorm(min(8, channels), channels) if enabled else nn.Identity()
+
+
 class Encoder(nn.Module):
     """Maps one modality to a diagonal Gaussian expert ``q(z|x_m) = N(mu, diag exp(logvar))``.
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from encoders.base import Encoder
+from encoders.base import Encoder, group_norm
 
 
 class ConvImageEncoder(Encoder):
@@ -18,6 +18,7 @@ class ConvImageEncoder(Encoder):
         image_size: ``H == W``; each stage halves it (rounding up).
         channels: output channels of each stride-2 stage.
         hidden_dim: width of the dense layer before the head.
+        norm: GroupNorm after each conv (trains several times faster on textured backgrounds).
     """
 
     def __init__(
@@ -27,11 +28,12 @@ class ConvImageEncoder(Encoder):
         image_size: int = 28,
         channels: Sequence[int] = (32, 64, 64),
         hidden_dim: int = 256,
+        norm: bool = True,
     ) -> None:
         layers: list[nn.Module] = []
         size, c_in = image_size, in_channels
         for c_out in channels:
-            layers += [nn.Conv2d(c_in, c_out, 4 if size % 2 == 0 else 3, stride=2, padding=1), nn.SiLU()]
+            layers += [nn.Conv2d(c_in, c_out, 4 if size % 2 == 0 else 3, stride=2, padding=1), group_norm(c_out, norm), nn.SiLU()]
             size, c_in = (size + 1) // 2, c_out
         super().__init__(latent_dim, hidden_dim)
         self.image_size = image_size
