@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor, nn
 
 LOGVAR_RANGE = (-12.0, 8.0)
 
 
 def group_norm(channels: int, enabled: bool = True) -> nn.Module:
-    """GroupNorm with up to 8 groups (identity when disabled); batch-independent, so safe under DDP."""
-    return nn.GroupNorm(min(8, channels), channels) if enabled else nn.Identity()
+    """GroupNorm with up to 8 groups dividing ``channels`` (identity when disabled); batch-independent, so safe
+    under DDP."""
+    return nn.GroupNorm(math.gcd(8, channels), channels) if enabled else nn.Identity()
 
 
 class Encoder(nn.Module):

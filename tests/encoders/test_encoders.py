@@ -33,3 +33,12 @@ def test_logvar_is_clamped():
         enc.head.bias.fill_(1e4)
     _, logvar = enc(torch.zeros(1, 1))
     assert logvar.max().item() == LOGVAR_RANGE[1]
+
+
+@pytest.mark.parametrize("channels", [4, 12, 20, 64])
+def test_group_norm_accepts_any_channel_count(channels):
+    from encoders.base import group_norm
+
+    norm = group_norm(channels)
+    assert channels % norm.num_groups == 0
+    assert norm(torch.randn(2, channels, 3, 3)).shape == (2, channels, 3, 3)
