@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from functools import partial
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -26,6 +28,20 @@ def split_batch(batch: Mapping[str, Any], modalities: tuple[str, ...]) -> tuple[
     return {m: batch[m] for m in modalities if m in batch}, batch.get("present")
 
 
+LRSchedule = Literal["constant", "cosine"]
+
+
+def lr_factor(step: int, *, schedule: LRSchedule, warmup: int, total: int) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step``: a linear warm-up over ``warmup`` steps,
+    then constant or a cosine decay to zero at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class DiffMVAE(L.LightningModule):
     """Trains a :class:`MultimodalVAE` (feed-forward and/or diffusion decoders) with the mixture ELBO.
 
@@ -39,6 +55,8 @@ class DiffMVAE(L.LightningModule):
         lr, weight_decay: AdamW settings. Gradient clipping is the Trainer's ``gradient_clip_val``.
         ema_decay: decay of the weight EMA used for validation, sampling and the checkpoint's
             ``ema_state_dict``.
+        lr_schedule, warmup_steps: ``constant`` or ``cosine`` decay to zero over the run's optimizer steps
+            (``trainer.estimated_stepping_batches``), after a linear warm-up.
         num_sample_rows: examples shown in the sample grid written each validation epoch.
     """
 
@@ -53,6 +71,8 @@ class DiffMVAE(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         ema_decay: float = 0.999,
+        lr_schedule: LRSchedule = "constant",
+        warmup_steps: int = 0,
         num_sample_rows: int = 8,
     ) -> None:
         super().__init__()
@@ -62,6 +82,11 @@ class DiffMVAE(L.LightningModule):
             raise ValueError(f"modality_weights names unknown modality {sorted(unknown)[0]!r}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        if lr_schedule not in get_args(LRSchedule):
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; expected one of {', '.join(get_args(LRSchedule))}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        self.lr_schedule, self.warmup_steps = lr_schedule, warmup_steps
         self.beta, self.modality_weights = beta, dict(modality_weights or {})
         self.lr, self.weight_decay, self.num_sample_rows = lr, weight_decay, num_sample_rows
         self.ema = ExponentialMovingAverage(list(self.model.parameters()), decay=ema_decay)
@@ -85,8 +110,14 @@ class DiffMVAE(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.ema.update()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.lr_schedule == "constant" and self.warmup_steps == 0:
+            return opt
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        factor = partial(lr_factor, schedule=self.lr_schedule, warmup=self.warmup_steps, total=total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------ EMA
     def on_fit_start(self) -> None:

@@ -1,6 +1,6 @@
 """Judge `diffmvae sample` output with digit classifiers trained on real PolyDigits images.
 
-    python experiments/polydigits/coherence.py --samples OUT/samples.npz [--classifiers runs/classifiers_M5.pt]
+    python experiments/polydigits/coherence.py --samples OUT/samples.npz [--classifiers runs/classifiers_polydigits-v2_M5.pt]
 
 Trains one classifier per modality on the train split (cached), reports its accuracy on the test split, then
 the fraction of generated images (the modalities not in `given`) classified as the example's true label.
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from diffmvae.data import PolyDigits
+from diffmvae.data.polydigits import VERSION
 from diffmvae.evaluation import ImageClassifier, conditional_coherence, fit_classifier, predict
 from diffmvae.io import atomic_write
 
@@ -50,13 +51,13 @@ def classifiers_for(num_modalities: int, path: Path, seed: int) -> dict[str, Ima
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--samples", required=True, help="samples.npz written by `diffmvae sample`")
-    p.add_argument("--classifiers", default=None, help="cache file (default: runs/classifiers_M{M}.pt)")
+    p.add_argument("--classifiers", default=None, help="cache file (default: runs/classifiers_polydigits-v{VERSION}_M{M}.pt)")
     p.add_argument("--seed", type=int, default=1, help="dataset seed for the classifiers' training data")
     args = p.parse_args()
     data = np.load(args.samples)
     given = [str(g) for g in data["given"]]
     names = sorted((k for k in data.files if k.startswith("m")), key=lambda k: int(k[1:]))
-    path = Path(args.classifiers or f"runs/classifiers_M{len(names)}.pt")
+    path = Path(args.classifiers or f"runs/classifiers_polydigits-v{VERSION}_M{len(names)}.pt")
     classifiers = classifiers_for(len(names), path, args.seed)
     samples = {m: torch.from_numpy(data[m]) for m in names}
     scores = conditional_coherence(samples, torch.from_numpy(data["label"]), given, classifiers)

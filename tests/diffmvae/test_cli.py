@@ -7,6 +7,7 @@ import yaml
 
 from diffmvae.checkpoint import instantiate, load_run
 from diffmvae.cli import main
+from diffmvae.training import lr_factor
 
 TINY = {
     "seed_everything": 0,
@@ -22,6 +23,8 @@ TINY = {
         "class_path": "diffmvae.DiffMVAE",
         "init_args": {
             "latent_dim": 4,
+            "lr_schedule": "cosine",
+            "warmup_steps": 2,
             "encoders": {
                 m: {"class_path": "encoders.ConvImageEncoder", "init_args": {"latent_dim": 4, "channels": [4, 4], "hidden_dim": 8}}
                 for m in ("m0", "m1", "m2")
@@ -71,6 +74,17 @@ def test_fit_writes_run_directory(trained):
     raw = torch.load(ckpt, weights_only=True)
     assert set(raw["ema_state_dict"]) == {k[len("model.") :] for k in raw["state_dict"]}
     assert raw["diffmvae_config"]["data"]["init_args"]["num_modalities"] == 3
+
+
+def test_scheduler_state_in_checkpoint(trained):
+    ckpt = torch.load(trained[1], map_location="cpu", weights_only=True)
+    (sched,) = ckpt["lr_schedulers"]
+    steps = sched["last_epoch"]
+    base = sched["base_lrs"][0]
+    expected = base * lr_factor(steps, schedule="cosine", warmup=2, total=4)
+    assert steps == 4
+    assert sched["_last_lr"][0] == pytest.approx(expected)
+    assert expected == pytest.approx(0.0, abs=1e-12)  # the 4-step run decays to zero at its end
 
 
 def test_sample_from_subset_writes_npz_and_grid(trained, tmp_path):

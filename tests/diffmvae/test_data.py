@@ -4,7 +4,7 @@ import torch
 
 from diffmvae.data import PolyDigits, PolyDigitsDataModule
 from diffmvae.data.datamodule import MissingModalities
-from diffmvae.data.polydigits import background, split_indices
+from diffmvae.data.polydigits import TEXTURE_MEANS, background, render_digits, split_indices
 
 
 def test_item_layout_and_range():
@@ -75,3 +75,18 @@ def test_missing_modalities_wrapper_and_datamodule():
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["present"].shape == (8, 3) and batch["m0"].shape == (8, 3, 28, 28)
+
+
+@pytest.mark.parametrize("k", range(10))
+def test_texture_mean_keeps_strokes_visible(k):
+    # Strokes invert the texture: a mid-grey mean would make the expected image digit-free.
+    assert float(background(k).mean()) == pytest.approx(min(TEXTURE_MEANS, key=lambda t: abs(t - float(background(k).mean()))), abs=0.02)
+    assert abs(float(background(k).mean()) - 0.5) > 0.2
+
+
+def test_digits_are_centred_20x20_in_28x28():
+    strokes = render_digits(np.ones((2, 8, 8), dtype=np.float32))
+    assert strokes.shape == (2, 1, 28, 28)
+    inside = strokes[:, :, 4:24, 4:24]
+    assert torch.allclose(inside, torch.ones_like(inside))
+    assert float(strokes.sum()) == pytest.approx(2 * 20 * 20)  # nothing outside the centred 20x20 box
