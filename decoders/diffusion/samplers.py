@@ -1,0 +1,56 @@
+"""Samplers: stateless free functions of a :data:`~decoders.diffusion.parameterization.Denoiser`."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from decoders.diffusion.parameterization import Denoiser, expand
+from decoders.diffusion.schedules import Schedule
+
+
+def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Noise drawn on the generator's device (so a CPU generator gives the same draws everywhere), then moved."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def time_grid(steps: int, timesteps: int | None, device: torch.device | str) -> Tensor:
+    """``steps + 1`` decreasing times from 1 to 0; on the training grid ``i / T`` when ``timesteps = T``."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64, device=device)
+    if timesteps is not None:
+        t = torch.round(t * timesteps) / timesteps
+    return t
+
+
+def ddim_sample(
+    denoise: Denoiser,
+    shape: tuple[int, ...],
+    *,
+    schedule: Schedule,
+    steps: int = 50,
+    eta: float = 0.0,
+    timesteps: int | None = 1000,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """DDIM (Song et al. 2021, eq. 12) from ``x_1 ~ N(0, I)`` to ``x_0`` in ``steps`` steps; ``eta = 1`` is
+    DDPM's ancestral sampler, ``eta = 0`` deterministic. State is kept in float64. Returns ``shape``, float32."""
+    t_grid = time_grid(steps, timesteps, device)
+    x = randn(shape, generator, device).double()
+    for t, s in zip(t_grid[:-1], t_grid[1:]):
+        t_b = t.expand(shape[0])
+        alpha_t, sigma_t = (v.double() for v in schedule.alpha_sigma(t_b))
+        x0 = denoise(x.float(), t_b.float()).double()
+        if s <= 0:
+            return x0.float()
+        # Implied noise, then the step to s (eq. 12).
+        eps = (x - expand(alpha_t, x) * x0) / expand(sigma_t, x)
+        alpha_s, sigma_s = (v.double() for v in schedule.alpha_sigma(s.expand(shape[0])))
+        std = eta * (sigma_s / sigma_t) * (1 - (alpha_t / alpha_s) ** 2).clamp_min(0).sqrt()
+        x = expand(alpha_s, x) * x0 + expand((sigma_s**2 - std**2).clamp_min(0).sqrt(), x) * eps
+        if eta > 0:
+            x = x + expand(std, x) * randn(shape, generator, device).double()
+    return x.float()

@@ -1,0 +1,82 @@
+"""Noise schedules: small objects of pure functions of continuous time ``t`` in ``[0, 1]``.
+
+Every schedule is defined by its log signal-to-noise ratio ``log_snr(t)`` (VDM's ``-gamma(t)``), decreasing in
+``t``; the variance-preserving marginals follow, ``q(x_t|x) = N(alpha_t x, sigma_t^2 I)`` with
+``alpha_t^2 = sigmoid(log_snr)`` and ``sigma_t^2 = sigmoid(-log_snr)`` (VDM eq. 3-4). Discrete-time models
+(DDPM's ``T = 1000``) evaluate the same functions at ``t = i / T``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class Schedule(nn.Module):
+    """Base class; subclasses implement :meth:`log_snr`. Learned schedules are ordinary ``nn.Module`` s."""
+
+    def log_snr(self, t: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """``log SNR(t) = log(alpha_t^2 / sigma_t^2)``, same shape as ``t``."""
+        raise NotImplementedError
+
+    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(alpha_t, sigma_t)``, each shaped like ``t``."""
+        log_snr = self.log_snr(t)
+        return torch.sigmoid(log_snr).sqrt(), torch.sigmoid(-log_snr).sqrt()
+
+
+class VPSchedule(Schedule):
+    """The VP-SDE with ``beta(t)`` linear from ``beta_min`` to ``beta_max`` (Song et al. 2021); its
+    discretisation at ``t = i / 1000`` is DDPM's linear schedule (betas 1e-4 ... 0.02).
+
+    ``alpha_t^2 = exp(-B(t))``, ``B(t) = beta_min t + (beta_max - beta_min) t^2 / 2``, so
+    ``log_snr(t) = -log(expm1(B(t)))``.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
+        super().__init__()
+        if not 0 < beta_min < beta_max:
+            raise ValueError(f"VPSchedule needs 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
+        self.beta_min, self.beta_max = beta_min, beta_max
+
+    def integral_beta(self, t: Tensor) -> Tensor:
+        """``B(t) = int_0^t beta(s) ds``."""
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def beta(self, t: Tensor) -> Tensor:
+        """``beta(t)``, the SDE's drift coefficient ``dx = -beta/2 x dt + sqrt(beta) dw``."""
+        return self.beta_min + (self.beta_max - self.beta_min) * t
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        return -torch.log(torch.expm1(self.integral_beta(t.double()))).to(t.dtype)
+
+
+class CosineSchedule(Schedule):
+    """``alpha_t = cos(pi t / 2)`` shifted so that ``log_snr`` runs from ``log_snr_max`` at ``t = 0`` to
+    ``log_snr_min`` at ``t = 1``: ``log_snr(t) = -2 log tan(a t + b)`` (Nichol & Dhariwal 2021; Kingma & Gao
+    2023, "Understanding diffusion objectives")."""
+
+    def __init__(self, log_snr_min: float = -15.0, log_snr_max: float = 15.0) -> None:
+        super().__init__()
+        if not log_snr_min < log_snr_max:
+            raise ValueError(f"CosineSchedule needs log_snr_min < log_snr_max, got {log_snr_min}, {log_snr_max}")
+        self.b = math.atan(math.exp(-0.5 * log_snr_max))
+        self.a = math.atan(math.exp(-0.5 * log_snr_min)) - self.b
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        return (-2.0 * torch.log(torch.tan(self.a * t.double() + self.b))).to(t.dtype)
+
+
+class LinearLogSNR(Schedule):
+    """VDM's fixed schedule: ``gamma(t) = -log_snr(t)`` linear from ``gamma_min`` to ``gamma_max``."""
+
+    def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0) -> None:
+        super().__init__()
+        if not gamma_min < gamma_max:
+            raise ValueError(f"LinearLogSNR needs gamma_min < gamma_max, got {gamma_min}, {gamma_max}")
+        self.gamma_min, self.gamma_max = gamma_min, gamma_max
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        return -(self.gamma_min + (self.gamma_max - self.gamma_min) * t)

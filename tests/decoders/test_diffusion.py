@@ -1,0 +1,141 @@
+"""Diffusion machinery against closed forms: schedules, parameterisations, the DDPM loss and the DDIM sampler."""
+
+import math
+
+import pytest
+import torch
+
+from decoders.diffusion import (
+    PREDICTIONS, CosineSchedule, DDPMLoss, LinearLogSNR, VPSchedule, ddim_sample, make_denoiser, target, time_grid, to_x0,
+)
+from decoders.diffusion.parameterization import check_prediction
+
+SCHEDULES = [VPSchedule(), CosineSchedule(), LinearLogSNR()]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: type(s).__name__)
+def test_schedule_monotone_and_variance_preserving(schedule):
+    t = torch.linspace(1e-3, 1.0, 500, dtype=torch.float64)
+    log_snr = schedule.log_snr(t)
+    assert torch.all(log_snr[1:] < log_snr[:-1])
+    alpha, sigma = schedule.alpha_sigma(t)
+    torch.testing.assert_close(alpha**2 + sigma**2, torch.ones_like(t))
+
+
+def test_schedule_end_points():
+    cos = CosineSchedule(-12.0, 9.0)
+    torch.testing.assert_close(cos.log_snr(torch.tensor([0.0, 1.0], dtype=torch.float64)), torch.tensor([9.0, -12.0], dtype=torch.float64))
+    lin = LinearLogSNR(-13.3, 5.0)
+    torch.testing.assert_close(lin.log_snr(torch.tensor([0.0, 1.0])), torch.tensor([13.3, -5.0]))
+    vp = VPSchedule(0.1, 20.0)
+    assert vp.log_snr(torch.tensor([0.0])).item() == math.inf
+    alpha1, _ = vp.alpha_sigma(torch.tensor([1.0], dtype=torch.float64))
+    assert alpha1.item() ** 2 == pytest.approx(math.exp(-(0.1 + 0.5 * 19.9)), rel=1e-9)
+
+
+def test_vp_schedule_is_ddpm_linear_schedule_in_the_limit():
+    """alpha_bar_i = prod (1 - beta_j), betas linear 1e-4..0.02 over T = 1000 (Ho et al.), matches exp(-B(i/T))."""
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    i = torch.tensor([10, 100, 500, 900])
+    alpha, _ = VPSchedule().alpha_sigma(i.double() / 1000)
+    torch.testing.assert_close(alpha**2, alpha_bar[i - 1], rtol=0.05, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [lambda: VPSchedule(20.0, 0.1), lambda: CosineSchedule(5.0, -5.0), lambda: LinearLogSNR(5.0, -13.0)])
+def test_bad_schedule_parameters_raise(bad):
+    with pytest.raises(ValueError, match="needs"):
+        bad()
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_target_and_x0_round_trip(prediction):
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(5, 3, 4, generator=g), torch.randn(5, 3, 4, generator=g)
+    alpha, sigma = CosineSchedule().alpha_sigma(torch.rand(5, generator=g))
+    x_t = alpha[:, None, None] * x0 + sigma[:, None, None] * eps
+    torch.testing.assert_close(to_x0(prediction, target(prediction, x0, eps, alpha, sigma), x_t, alpha, sigma), x0, rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_prediction_fails_with_one_line():
+    with pytest.raises(ValueError, match="unknown prediction type 'score'; choose one of eps, v, x0"):
+        check_prediction("score")
+    with pytest.raises(ValueError, match="unknown prediction"):
+        DDPMLoss(VPSchedule(), prediction="epsilon")
+
+
+def gaussian_denoiser(schedule, mean, var):
+    """The exact E[x0 | x_t] for data x0 ~ N(mean, var) (per coordinate)."""
+
+    def denoise(x_t, t):
+        alpha, sigma = (v[:, None] for v in schedule.alpha_sigma(t.double()))
+        gain = alpha * var / (alpha**2 * var + sigma**2)
+        return (mean + gain * (x_t.double() - alpha * mean)).float()
+
+    return denoise
+
+
+@pytest.mark.parametrize("schedule", [VPSchedule(), CosineSchedule()], ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_with_exact_denoiser_reproduces_gaussian_moments(schedule, eta):
+    """eta = 1 with T steps is DDPM's ancestral sampler; eta = 0 integrates the probability-flow ODE. Both are
+    exact in the limit of many steps; with fewer steps the variance shrinks, less so as steps grow."""
+    mean = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
+    var = torch.tensor([0.25, 4.0, 1.0], dtype=torch.float64)
+    denoise = gaussian_denoiser(schedule, mean, var)
+
+    def moments(steps):
+        x = ddim_sample(denoise, (20_000, 3), schedule=schedule, steps=steps, eta=eta, generator=torch.Generator().manual_seed(0))
+        return x.double().mean(0), x.double().var(0)
+
+    m, v = moments(1000)
+    torch.testing.assert_close(m, mean, atol=0.05, rtol=0)
+    torch.testing.assert_close(v, var, rtol=0.04, atol=0)
+    errors = [((moments(steps)[1] - var).abs() / var).max().item() for steps in (20, 100)]
+    assert errors[1] < errors[0] < 0.5
+
+
+def test_ddim_same_seed_same_samples_and_steps_checked():
+    schedule = CosineSchedule()
+    denoise = gaussian_denoiser(schedule, torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+    a, b, c = (ddim_sample(denoise, (7, 2), schedule=schedule, steps=10, eta=1.0, generator=torch.Generator().manual_seed(s)) for s in (3, 3, 4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        time_grid(0, 1000, "cpu")
+    grid = time_grid(50, 1000, "cpu")
+    assert grid[0] == 1 and grid[-1] == 0 and torch.all(grid[1:] < grid[:-1])
+    assert torch.equal(grid * 1000, torch.round(grid * 1000))
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_ddpm_loss_is_zero_for_the_exact_target_and_per_example(prediction):
+    """A 'network' that knows x0 and eps (smuggled via cond) has zero loss; the loss is one value per example."""
+    schedule = CosineSchedule()
+    x0 = torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(0))
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x_t, t, cond):
+            alpha, sigma = schedule.alpha_sigma(t)
+            eps = (x_t - alpha[:, None, None] * cond) / sigma[:, None, None]
+            return target(prediction, cond, eps, alpha, sigma)
+
+    loss = DDPMLoss(schedule, prediction=prediction)(Oracle(), x0, x0, generator=torch.Generator().manual_seed(1))
+    assert loss.shape == (6,)
+    assert loss.max().item() < 1e-6
+    zero = DDPMLoss(schedule, prediction=prediction)(lambda x_t, t, c: torch.zeros_like(x_t), x0, generator=torch.Generator().manual_seed(1))
+    assert torch.all(zero > 0)
+
+
+def test_ddpm_loss_times_lie_on_the_training_grid():
+    loss = DDPMLoss(VPSchedule(), timesteps=10)
+    t = loss.sample_t(1000, torch.Generator().manual_seed(0), torch.zeros(1))
+    assert set((t * 10).round().int().tolist()) == set(range(1, 11))
+    assert torch.all(DDPMLoss(VPSchedule(), timesteps=None).sample_t(100, None, torch.zeros(1)) > 0)
+
+
+def test_denoiser_clip_bounds_x0():
+    schedule = CosineSchedule()
+    net = lambda x_t, t, c: torch.full_like(x_t, 100.0)  # noqa: E731
+    denoise = make_denoiser(net, schedule, "x0", clip=(torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 2.0])))
+    out = denoise(torch.zeros(3, 2), torch.full((3,), 0.5))
+    assert torch.equal(out, torch.tensor([[1.0, 2.0]] * 3))
