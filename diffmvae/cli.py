@@ -15,6 +15,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, Optional
 
 log = logging.getLogger("diffmvae")
 
@@ -79,7 +80,7 @@ def _sample(argv: list[str]) -> int:
 
     from diffmvae.checkpoint import load_run
     from diffmvae.io import DiffMVAEError
-    from diffmvae.sampling import generate_from_subset, parse_given, select_examples, write_samples
+    from diffmvae.sampling import choose_prior, generate_from_subset, parse_given, select_examples, write_samples
 
     p = argparse.ArgumentParser(prog="diffmvae sample", description="Generate missing modalities from any subset.")
     p.add_argument("--ckpt", required=True, help="checkpoint written by `diffmvae fit`")
@@ -89,6 +90,10 @@ def _sample(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="where observed examples come from")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--prior", default="auto", choices=("auto", "score", "gaussian"),
+                   help="prior for --given none: the score prior (default when the model has one) or N(0, I)")
+    p.add_argument("--prior-ckpt", default=None, help="score prior checkpoint (default: CKPT's name with .prior.ckpt)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps of the score prior (default: its own, 50)")
     args = p.parse_args(argv)
     if args.n < 1:
         raise DiffMVAEError(f"--n must be >= 1, got {args.n}")
@@ -96,12 +101,48 @@ def _sample(argv: list[str]) -> int:
     run = load_run(args.ckpt, use_ema=not args.no_ema)
     model = run.module.model
     given = parse_given(args.given, model.modalities)
+    prior, prior_name = choose_prior(args.prior, args.prior_ckpt, args.ckpt, model, steps=args.steps) if not given else (None, None)
     generator = torch.Generator().manual_seed(args.seed)
     batch = select_examples(run.datamodule.dataset(args.split), args.n, generator)
-    samples = generate_from_subset(model, batch, given, args.n, generator=generator)
-    labels = batch.get("label")
-    paths = write_samples(args.out, samples, given, labels if isinstance(labels, torch.Tensor) else None)
+    samples = generate_from_subset(model, batch, given, args.n, generator=generator, prior=prior)
+    labels = batch.get("label") if given else None  # unconditional samples have no true label
+    paths = write_samples(args.out, samples, given, labels if isinstance(labels, torch.Tensor) else None, prior=prior_name)
     log.info("wrote %s in %.1fs", ", ".join(map(str, paths)), time.perf_counter() - start)
+    return 0
+
+
+def _prior(argv: list[str]) -> int:
+    from diffmvae.io import DiffMVAEError
+
+    if not argv or argv[0] != "fit":
+        raise DiffMVAEError("usage: diffmvae prior fit --ckpt CKPT [--config YAML] [--out PATH] (the only prior command is `fit`)")
+    from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
+
+    from diffmvae.latent_prior import AggregateFamily, fit_prior_for_checkpoint
+    from priors import ScorePrior
+    from priors.training import PriorFitConfig
+
+    p = ArgumentParser(prog="diffmvae prior fit", exit_on_error=False,
+                       description="Fit the auxiliary latent score prior to a trained checkpoint's aggregate posterior.")
+    p.add_argument("--config", action=ActionConfigFile, help="YAML with prior / fit / family keys")
+    p.add_argument("--ckpt", type=str, required=True, help="model checkpoint written by `diffmvae fit` (only read)")
+    p.add_argument("--out", type=Optional[str], default=None, help="prior checkpoint (default: CKPT's name with .prior.ckpt)")
+    p.add_argument("--overwrite", type=bool, default=False, help="replace an existing prior checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--family", type=AggregateFamily, default="mixture", help="aggregate posterior: mixture (MoPoE q(z|X)) or joint")
+    p.add_argument("--split", type=Literal["train", "val", "test"], default="train")
+    p.add_class_arguments(ScorePrior, "prior", skip={"latent_dim"}, instantiate=False)
+    p.add_class_arguments(PriorFitConfig, "fit", instantiate=False)
+    try:
+        cfg = p.parse_args(argv[1:])
+    except ArgumentError as e:
+        raise DiffMVAEError(_parser_error(_one_line(e))) from e
+    start = time.perf_counter()
+    path = fit_prior_for_checkpoint(
+        cfg.ckpt, prior_args=cfg.prior.as_dict(), fit_args=cfg.fit.as_dict(), out=cfg.out, overwrite=cfg.overwrite,
+        family=cfg.family, split=cfg.split, seed=cfg.seed,
+    )
+    log.info("wrote %s in %.0fs", path, time.perf_counter() - start)
     return 0
 
 
@@ -110,12 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from diffmvae.io import DiffMVAEError
 
-    commands = {"sample": _sample, **{c: _lightning for c in LIGHTNING_SUBCOMMANDS}}
+    commands = {"sample": _sample, "prior": _prior, **{c: _lightning for c in LIGHTNING_SUBCOMMANDS}}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(f"usage: diffmvae {{{','.join(commands)}}} ...  (diffmvae COMMAND --help for its options)", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
-        return commands[argv[0]](argv[1:] if argv[0] == "sample" else argv)
+        return commands[argv[0]](argv if argv[0] in LIGHTNING_SUBCOMMANDS else argv[1:])
     except (DiffMVAEError, ValueError, KeyError, FileNotFoundError) as e:
         if os.environ.get("DIFFMVAE_DEBUG"):
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -13,6 +14,13 @@ from diffmvae.posterior import mixture_weights, product_of_experts, reparameteri
 from diffmvae.subsets import SubsetFamily, subset_mask
 from encoders import Encoder
 from priors import StandardNormalPrior, kl_standard_normal
+
+
+class LatentPrior(Protocol):
+    """What unconditional generation needs of a prior over ``z``: :class:`~priors.StandardNormalPrior`,
+    :class:`~priors.ScorePrior`."""
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor: ...
 
 
 class MultimodalVAE(nn.Module):
@@ -122,7 +130,7 @@ class MultimodalVAE(nn.Module):
         n: int | None = None,
         *,
         generator: torch.Generator | None = None,
-        prior: StandardNormalPrior | None = None,
+        prior: LatentPrior | None = None,
     ) -> Tensor:
         """``z ~ q(z|x_A)`` for the observed modalities ``given`` (DESIGN §2.5), or ``z ~ prior`` when none.
 
@@ -148,7 +156,7 @@ class MultimodalVAE(nn.Module):
         n: int | None = None,
         *,
         generator: torch.Generator | None = None,
-        prior: StandardNormalPrior | None = None,
+        prior: LatentPrior | None = None,
     ) -> dict[str, Tensor]:
         """Conditional generation from any subset: observed modalities are returned as given, the missing
         ones decoded from ``z ~ q(z|x_given)``; with nothing given, every modality from ``z ~ prior``."""

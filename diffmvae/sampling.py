@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, default_collate  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from diffmvae.io import DiffMVAEError, image_grid  # noqa: E402
-from diffmvae.model import MultimodalVAE  # noqa: E402
+from diffmvae.model import LatentPrior, MultimodalVAE  # noqa: E402
 
 
 def parse_given(text: str, modalities: Sequence[str]) -> list[str]:
@@ -47,6 +47,26 @@ def select_examples(dataset: Dataset, n: int, generator: torch.Generator) -> dic
     return default_collate([dataset[int(i)] for i in order])
 
 
+def choose_prior(
+    choice: str, prior_ckpt: str | None, model_ckpt: str | os.PathLike, model: MultimodalVAE, *, steps: int | None = None
+) -> tuple[LatentPrior, str]:
+    """The prior of unconditional generation and its name: ``score`` (the checkpoint ``prior_ckpt``, else the
+    one beside ``model_ckpt``), ``gaussian`` (``N(0, I)``), or ``auto`` (score when one exists)."""
+    from diffmvae.latent_prior import default_prior_path, load_prior
+
+    path = Path(prior_ckpt) if prior_ckpt else default_prior_path(model_ckpt)
+    if choice == "gaussian" or (choice == "auto" and not prior_ckpt and not path.is_file()):
+        return model.prior, "gaussian"
+    if not path.is_file():
+        raise DiffMVAEError(f"no score prior at {path}; fit one with `diffmvae prior fit --ckpt {model_ckpt}` or pass --prior-ckpt")
+    prior = load_prior(path, model, model_ckpt).to(model.subset_mask.device)
+    if steps is not None:
+        if steps < 1:
+            raise DiffMVAEError(f"--steps must be >= 1, got {steps}")
+        prior.sample_steps = steps
+    return prior, "score"
+
+
 def generate_from_subset(
     model: MultimodalVAE,
     batch: Mapping[str, Tensor],
@@ -54,13 +74,14 @@ def generate_from_subset(
     n: int,
     *,
     generator: torch.Generator,
+    prior: LatentPrior | None = None,
     chunk_size: int = 256,
     progress: bool = True,
 ) -> dict[str, Tensor]:
     """Generate every modality not in ``given`` for ``n`` examples, ``chunk_size`` at a time.
 
-    Observed modalities are returned as the real inputs; with ``given`` empty, every modality is sampled from
-    the prior. Returns CPU tensors, one per modality.
+    Observed modalities are returned as the real inputs; with ``given`` empty, every modality is decoded from
+    ``z ~ prior`` (the model's ``N(0, I)`` by default). Returns CPU tensors, one per modality.
     """
     device = model.subset_mask.device
     chunks: list[dict[str, Tensor]] = []
@@ -68,12 +89,12 @@ def generate_from_subset(
         stop = min(start + chunk_size, n)
         obs = {m: batch[m][start:stop].to(device) for m in given}
         with torch.no_grad():
-            out = model.generate(obs or None, stop - start, generator=generator)
+            out = model.generate(obs or None, stop - start, generator=generator, prior=prior)
         chunks.append({m: v.cpu() for m, v in out.items()})
     return {m: torch.cat([c[m] for c in chunks]) for m in model.modalities}
 
 
-def grid_figure(samples: Mapping[str, Tensor], given: Sequence[str], rows: int = 16) -> bytes:
+def grid_figure(samples: Mapping[str, Tensor], given: Sequence[str], rows: int = 16, *, prior: str | None = None) -> bytes:
     """A PNG (bytes) of the first ``rows`` examples, one column per image modality, observed ones titled."""
     images = [m for m, v in samples.items() if v.dim() == 4]
     if not images:
@@ -86,7 +107,7 @@ def grid_figure(samples: Mapping[str, Tensor], given: Sequence[str], rows: int =
     ax.set_xticks([width * (j + 0.5) for j in range(len(images))])
     ax.set_xticklabels([f"{m}\n(given)" if m in given else m for m in images], fontsize=8)
     ax.set_yticks([])
-    ax.set_title("given: " + (", ".join(given) if given else "none (prior)"), fontsize=9)
+    ax.set_title("given: " + (", ".join(given) if given else f"none ({prior or 'gaussian'} prior)"), fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
@@ -94,10 +115,11 @@ def grid_figure(samples: Mapping[str, Tensor], given: Sequence[str], rows: int =
 
 
 def write_samples(
-    out: str | os.PathLike, samples: Mapping[str, Tensor], given: Sequence[str], labels: Tensor | None
+    out: str | os.PathLike, samples: Mapping[str, Tensor], given: Sequence[str], labels: Tensor | None, *, prior: str | None = None
 ) -> list[Path]:
     """Write ``grid.png`` and ``samples.npz`` into ``out``. Both are written to a temporary folder first and
-    renamed into place one by one, so an existing folder never holds a half-written file."""
+    renamed into place one by one, so an existing folder never holds a half-written file. ``prior`` (the prior
+    of unconditional samples) is stored in the npz as ``prior`` and shown in the grid's title."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DiffMVAEError(f"--out {out} exists and is not a directory")
@@ -106,9 +128,11 @@ def write_samples(
     if labels is not None:
         arrays["label"] = labels.numpy().astype(np.int64)
     arrays["given"] = np.array(list(given), dtype=str)
+    if prior is not None:
+        arrays["prior"] = np.array(prior)
     tmp = Path(tempfile.mkdtemp(prefix=".samples.", dir=out))
     try:
-        (tmp / "grid.png").write_bytes(grid_figure(samples, given))
+        (tmp / "grid.png").write_bytes(grid_figure(samples, given, prior=prior))
         np.savez(tmp / "samples.npz", **arrays)
         written = []
         for name in ("grid.png", "samples.npz"):

@@ -39,3 +39,16 @@ def mixed_vae() -> MultimodalVAE:
 def image_batch(num_modalities: int = 3, batch: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {f"m{k}": torch.rand(batch, 3, 8, 8, generator=g) for k in range(num_modalities)}
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny run trained once through `diffmvae fit`: ``(config path, checkpoints/last.ckpt)``."""
+    from tiny_run import TINY, write_config
+
+    from diffmvae.cli import main
+
+    tmp = tmp_path_factory.mktemp("fit")
+    cfg, run = write_config(tmp, TINY)
+    assert main(["fit", "--config", str(cfg)]) == 0
+    return cfg, run / "checkpoints" / "last.ckpt"

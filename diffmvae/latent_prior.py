@@ -1,0 +1,180 @@
+"""The auxiliary latent score prior for a trained run (DESIGN §2.4): draws of its aggregate posterior, and the
+prior's own checkpoint file, kept beside the model's and never written into it.
+
+A prior checkpoint is a plain dict read with ``weights_only=True``::
+
+    {"format": "diffmvae-latent-prior", "version": 1, "prior": {"class_path": ..., "init_args": {...}},
+     "state_dict": ..., "model": {"checkpoint": path, "sha256": ..., "latent_dim": d, "modalities": [...]},
+     "fit": {settings, seed, losses, subsets, seconds}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from diffmvae.checkpoint import instantiate
+from diffmvae.io import DiffMVAEError, atomic_write
+from diffmvae.model import MultimodalVAE
+from diffmvae.posterior import product_of_experts, reparameterize
+from diffmvae.training import split_batch
+from priors import ScorePrior
+
+log = logging.getLogger(__name__)
+
+FORMAT, VERSION = "diffmvae-latent-prior", 1
+AggregateFamily = Literal["mixture", "joint"]
+
+
+class AggregatePosterior:
+    """Draws of the aggregate posterior ``q(z) = E_X q(z|X)`` of a trained model over a dataset.
+
+    The frozen encoders run once; the unimodal experts ``[N, M, d]`` are kept, and each draw picks examples
+    uniformly, a subset from the model's mixture weights (``family="mixture"``: ``q(z|X) = sum_A omega_A
+    q(z|x_A)``, the MoPoE posterior) or the joint subset of all present modalities (``family="joint"``), and
+    samples that subset's PoE.
+    """
+
+    def __init__(self, mu: Tensor, logvar: Tensor, present: Tensor, subset_mask: Tensor, family: AggregateFamily = "mixture") -> None:
+        if family not in ("mixture", "joint"):
+            raise DiffMVAEError(f"unknown aggregate-posterior family {family!r}; choose mixture or joint")
+        self.mu, self.logvar, self.present, self.family = mu, logvar, present, family
+        self.subset_mask = subset_mask.cpu()
+
+    @classmethod
+    @torch.no_grad()
+    def from_model(
+        cls, model: MultimodalVAE, dataset: Dataset, *, family: AggregateFamily = "mixture", batch_size: int = 256, progress: bool = True
+    ) -> AggregatePosterior:
+        """Encode every example of ``dataset`` with ``model``'s (frozen) encoders."""
+        model.eval()
+        device = model.subset_mask.device
+        mus, logvars, presents = [], [], []
+        for batch in tqdm(DataLoader(dataset, batch_size=batch_size), desc="encoding", disable=not progress, leave=False):
+            x, present = split_batch(batch, model.modalities)
+            mu, logvar, present = model.experts({m: v.to(device) for m, v in x.items()}, present)
+            mus.append(mu.transpose(0, 1).cpu())
+            logvars.append(logvar.transpose(0, 1).cpu())
+            presents.append(present.cpu())
+        return cls(torch.cat(mus), torch.cat(logvars), torch.cat(presents), model.subset_mask, family)
+
+    def __len__(self) -> int:
+        return self.mu.shape[0]
+
+    def __call__(self, n: int, generator: torch.Generator) -> Tensor:
+        """``[n, d]`` draws."""
+        idx = torch.randint(len(self), (n,), generator=generator)
+        present = self.present[idx]  # [n, M]
+        if self.family == "joint":
+            mask = present
+        else:
+            valid = (self.subset_mask[:, None, :] & present[None]).any(-1).T.float()  # [n, S]
+            subset = torch.multinomial(valid, 1, generator=generator)[:, 0]
+            mask = self.subset_mask[subset] & present
+        mu_a, logvar_a = product_of_experts(self.mu[idx].transpose(0, 1), self.logvar[idx].transpose(0, 1), mask[None])
+        return reparameterize(mu_a[0], logvar_a[0], generator)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_prior_path(model_ckpt: str | Path) -> Path:
+    """Where ``diffmvae prior fit`` writes and ``diffmvae sample`` looks: ``last.ckpt`` -> ``last.prior.ckpt``."""
+    model_ckpt = Path(model_ckpt)
+    return model_ckpt.with_name(model_ckpt.stem + ".prior.ckpt")
+
+
+def save_prior(path: str | Path, prior: ScorePrior, spec: Mapping[str, Any], model_ckpt: str | Path, model: MultimodalVAE, fit: Mapping[str, Any]) -> Path:
+    """Write the prior checkpoint atomically (a failed write leaves any earlier file intact)."""
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "prior": dict(spec),
+        "state_dict": prior.state_dict(),
+        "model": {"checkpoint": str(model_ckpt), "sha256": file_sha256(model_ckpt), "latent_dim": model.latent_dim, "modalities": list(model.modalities)},
+        "fit": dict(fit),
+    }
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_prior(path: str | Path, model: MultimodalVAE, model_ckpt: str | Path | None = None) -> ScorePrior:
+    """Read a prior checkpoint (``weights_only=True``) and check it fits ``model``: same latent size and, when
+    ``model_ckpt`` is given, the very checkpoint file it was fitted to."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiffMVAEError(f"prior checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a bad file
+        raise DiffMVAEError(f"prior checkpoint {path} is not readable ({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise DiffMVAEError(f"{path} is not a latent-prior checkpoint (written by `diffmvae prior fit`)")
+    meta = ckpt["model"]
+    if meta["latent_dim"] != model.latent_dim:
+        raise DiffMVAEError(f"prior checkpoint {path} models a {meta['latent_dim']}-d latent but the model's latent has {model.latent_dim} dimensions")
+    if model_ckpt is not None and file_sha256(model_ckpt) != meta["sha256"]:
+        raise DiffMVAEError(f"prior checkpoint {path} was fitted to another model checkpoint ({meta['checkpoint']}); refit it with `diffmvae prior fit --ckpt {model_ckpt}`")
+    try:
+        prior = instantiate(ckpt["prior"])
+        prior.load_state_dict(ckpt["state_dict"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:
+        raise DiffMVAEError(f"prior checkpoint {path} does not build its prior ({' '.join(str(e).split())[:200]})") from e
+    if not isinstance(prior, ScorePrior):
+        raise DiffMVAEError(f"prior checkpoint {path} holds a {type(prior).__name__}, not a ScorePrior")
+    return prior.eval()
+
+
+def fit_prior_for_checkpoint(
+    model_ckpt: str | Path,
+    *,
+    prior_args: Mapping[str, Any],
+    fit_args: Mapping[str, Any],
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    family: AggregateFamily = "mixture",
+    split: str = "train",
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Fit a :class:`~priors.ScorePrior` to the aggregate posterior of the run in ``model_ckpt`` and write its
+    checkpoint to ``out`` (default :func:`default_prior_path`). The model checkpoint is only read."""
+    import time
+
+    from diffmvae.checkpoint import load_run
+    from priors.training import PriorFitConfig, fit_score_prior
+
+    model_ckpt = Path(model_ckpt)
+    out = Path(out) if out is not None else default_prior_path(model_ckpt)
+    if out.resolve() == model_ckpt.resolve():
+        raise DiffMVAEError(f"--out {out} is the model checkpoint itself; a prior is written beside it, never into it")
+    if out.exists() and not overwrite:
+        raise DiffMVAEError(f"{out} already exists; pass --overwrite true or choose --out (nothing was overwritten)")
+    config = PriorFitConfig(**fit_args)
+    run = load_run(model_ckpt)
+    model = run.module.model
+    spec = {"class_path": f"{ScorePrior.__module__.split('.')[0]}.{ScorePrior.__name__}", "init_args": {**prior_args, "latent_dim": model.latent_dim}}
+    prior = instantiate(spec)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    start = time.perf_counter()
+    draw = AggregatePosterior.from_model(model, run.datamodule.dataset(split), family=family, progress=progress)
+    log.info("encoded %d %s examples; fitting a %.2fM-parameter score prior for %d steps", len(draw), split,
+             sum(p.numel() for p in prior.parameters()) / 1e6, config.steps)
+    prior.to(device)
+    losses = fit_score_prior(prior, draw, config, seed=seed, progress=progress)
+    fit = {"settings": vars(config), "seed": seed, "family": family, "split": split, "examples": len(draw),
+           "losses": losses, "seconds": time.perf_counter() - start}
+    return save_prior(out, prior.cpu(), spec, model_ckpt, model, fit)

@@ -1,0 +1,110 @@
+"""The auxiliary latent score prior (seed 003 §6.3-6.5, DESIGN §2.4): a DDPM over ``z`` with a 1-D UNet backbone,
+trained on the aggregate posterior of a trained model and sampled with DDIM.
+
+Latent standardisation lives inside the prior: :meth:`ScorePrior.set_statistics` stores the per-coordinate
+mean and standard deviation of the training latents and the range of the standardised latents; the diffusion
+runs on standardised latents, the predicted clean latent is clipped to that range at every sampler step (the
+guard against blow-up at high noise), and :meth:`ScorePrior.sample` returns latents in the model's units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from decoders.diffusion import DDPMLoss, Prediction, Schedule, ddim_sample, make_denoiser
+from decoders.diffusion.parameterization import check_prediction
+from decoders.diffusion.schedules import CosineSchedule
+from priors.unet1d import UNet1d
+
+
+class ScorePrior(nn.Module):
+    """``p(z)`` as a diffusion model over standardised latents.
+
+    Args:
+        latent_dim: ``d``, the size of ``z``.
+        channels, emb_dim, attention: the :class:`~priors.unet1d.UNet1d` backbone's sizes.
+        prediction: what the backbone predicts, ``eps``, ``v`` (default) or ``x0``.
+        timesteps: ``T`` of the discrete DDPM loss (1000).
+        schedule: noise schedule; a :class:`~decoders.diffusion.CosineSchedule` by default.
+        sample_steps, eta: DDIM settings of :meth:`sample` (50 steps, deterministic).
+        clip_margin: the clean-latent clip range is the training latents' standardised range times this.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        channels: Sequence[int] = (64, 128, 256),
+        emb_dim: int = 128,
+        attention: bool = True,
+        prediction: Prediction = "v",
+        timesteps: int = 1000,
+        schedule: Schedule | None = None,
+        sample_steps: int = 50,
+        eta: float = 0.0,
+        clip_margin: float = 1.1,
+    ) -> None:
+        super().__init__()
+        if sample_steps < 1:
+            raise ValueError(f"sample_steps must be >= 1, got {sample_steps}")
+        self.latent_dim = latent_dim
+        self.net = UNet1d(latent_dim, channels, emb_dim, attention)
+        self.schedule = schedule if schedule is not None else CosineSchedule()
+        self.diffusion_loss = DDPMLoss(self.schedule, timesteps=timesteps, prediction=check_prediction(prediction))
+        self.sample_steps, self.eta, self.clip_margin = sample_steps, eta, clip_margin
+        self.register_buffer("mean", torch.zeros(latent_dim))
+        self.register_buffer("std", torch.ones(latent_dim))
+        self.register_buffer("low", torch.full((latent_dim,), -5.0))
+        self.register_buffer("high", torch.full((latent_dim,), 5.0))
+
+    def _check(self, z: Tensor) -> None:
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"ScorePrior over d={self.latent_dim} got latents of shape {list(z.shape)}")
+
+    @torch.no_grad()
+    def set_statistics(self, z: Tensor) -> None:
+        """Standardisation and clip range from training latents ``z [N, d]`` (call once, before training)."""
+        self._check(z)
+        self.mean.copy_(z.mean(0))
+        self.std.copy_(z.std(0).clamp_min(1e-4))
+        u = self.standardize(z)
+        half_width = self.clip_margin * 0.5 * (u.amax(0) - u.amin(0))
+        centre = 0.5 * (u.amax(0) + u.amin(0))
+        self.low.copy_(centre - half_width)
+        self.high.copy_(centre + half_width)
+
+    def standardize(self, z: Tensor) -> Tensor:
+        return (z - self.mean) / self.std
+
+    def loss(self, z: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """The DDPM loss on standardised latents, ``[B]``."""
+        self._check(z)
+        return self.diffusion_loss(self.net, self.standardize(z), generator=generator)
+
+    def sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+    ) -> Tensor:
+        """``[n, latent_dim]`` latents in the model's units: DDIM (``sample_steps`` steps by default)."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        device = self.mean.device if device is None else device
+        denoise = make_denoiser(self.net, self.schedule, self.diffusion_loss.prediction, clip=(self.low, self.high))
+        u = ddim_sample(
+            denoise,
+            (n, self.latent_dim),
+            schedule=self.schedule,
+            steps=steps or self.sample_steps,
+            eta=self.eta if eta is None else eta,
+            timesteps=self.diffusion_loss.timesteps,
+            generator=generator,
+            device=device,
+        )
+        return u * self.std + self.mean

@@ -1,0 +1,50 @@
+"""A tiny PolyDigits run config for end-to-end CLI tests (3 modalities, 4-d latent, 4 steps)."""
+
+import yaml
+
+TINY = {
+    "seed_everything": 0,
+    "trainer": {
+        "accelerator": "cpu",
+        "max_steps": 4,
+        "limit_val_batches": 1,
+        "log_every_n_steps": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    },
+    "model": {
+        "class_path": "diffmvae.DiffMVAE",
+        "init_args": {
+            "latent_dim": 4,
+            "lr_schedule": "cosine",
+            "warmup_steps": 2,
+            "encoders": {
+                m: {"class_path": "encoders.ConvImageEncoder", "init_args": {"latent_dim": 4, "channels": [4, 4], "hidden_dim": 8}}
+                for m in ("m0", "m1", "m2")
+            },
+            "decoders": {
+                m: {"class_path": "decoders.ConvImageDecoder", "init_args": {"latent_dim": 4, "channels": [4, 4], "hidden_dim": 8}}
+                for m in ("m0", "m1", "m2")
+            },
+        },
+    },
+    "data": {
+        "class_path": "diffmvae.data.PolyDigitsDataModule",
+        "init_args": {"num_modalities": 3, "batch_size": 8, "train_length": 16},
+    },
+}
+
+
+def write_config(tmp_path, cfg):
+    run = tmp_path / "run"
+    cfg = {**cfg, "trainer": {**cfg["trainer"], "default_root_dir": str(run)}}
+    cfg["trainer"]["logger"] = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(tmp_path), "name": "run", "version": ""},
+    }
+    cfg["trainer"]["callbacks"] = [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True, "save_top_k": 0}}
+    ]
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, run
