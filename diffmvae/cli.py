@@ -146,12 +146,68 @@ def _prior(argv: list[str]) -> int:
     return 0
 
 
+def _evaluate(argv: list[str]) -> int:
+    from diffmvae.evaluation.command import evaluate_checkpoints
+    from diffmvae.evaluation.suite import EvalSettings
+
+    p = argparse.ArgumentParser(prog="diffmvae evaluate", description="Coherence, Fréchet distances, latent probes and ELBO of trained models.")
+    p.add_argument("--ckpt", action="append", required=True, help="checkpoint to evaluate; repeat for several models")
+    p.add_argument("--out", required=True, help="output directory (metrics.json, .csv, .md, .png)")
+    p.add_argument("--names", default=None, help="model names, comma separated (default: run directory names)")
+    p.add_argument("--n-samples", type=int, default=None, help="test examples to condition on (default: the whole test split)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-subsets", type=int, default=10, help="subsets per size k, a seeded random sample when there are more")
+    p.add_argument("--probe-train", type=int, default=2000, help="training examples of the latent linear probes")
+    p.add_argument("--classifiers", default=None, help="classifier file (default: runs/classifiers/<data key>.pt, trained if missing)")
+    p.add_argument("--prior", default="auto", choices=("auto", "score", "gaussian"), help="prior of unconditional samples")
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    settings = EvalSettings(n_samples=args.n_samples, seed=args.seed, max_subsets=args.max_subsets, probe_train=args.probe_train)
+    names = args.names.split(",") if args.names else None
+    paths = evaluate_checkpoints(args.ckpt, args.out, settings=settings, names=names, classifiers=args.classifiers, prior=args.prior)
+    log.info("wrote %s in %.0fs", ", ".join(map(str, paths)), time.perf_counter() - start)
+    return 0
+
+
+def _classifiers(argv: list[str]) -> int:
+    from diffmvae.io import DiffMVAEError
+
+    if not argv or argv[0] != "fit":
+        raise DiffMVAEError("usage: diffmvae classifiers fit --config YAML [--out PATH] (the only classifiers command is `fit`)")
+    import lightning as L
+    from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
+
+    from diffmvae.evaluation.command import fit_classifiers
+
+    p = ArgumentParser(prog="diffmvae classifiers fit", exit_on_error=False,
+                       description="Train the per-modality judge classifiers of `diffmvae evaluate` on real data.")
+    p.add_argument("--config", action=ActionConfigFile, help="YAML with data / epochs / ... keys")
+    p.add_subclass_arguments(L.LightningDataModule, "data", instantiate=False, help="the real data, as in a fit config")
+    p.add_argument("--out", type=Optional[str], default=None, help="classifier file (default: runs/classifiers/<data key>.pt)")
+    p.add_argument("--overwrite", type=bool, default=False)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    try:
+        cfg = p.parse_args(argv[1:])
+    except ArgumentError as e:
+        raise DiffMVAEError(_parser_error(_one_line(e))) from e
+    start = time.perf_counter()
+    path = fit_classifiers(cfg.data.as_dict(), cfg.out, overwrite=cfg.overwrite, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+    log.info("wrote %s in %.0fs", path, time.perf_counter() - start)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from diffmvae.io import DiffMVAEError
 
-    commands = {"sample": _sample, "prior": _prior, **{c: _lightning for c in LIGHTNING_SUBCOMMANDS}}
+    commands = {
+        "sample": _sample, "prior": _prior, "evaluate": _evaluate, "classifiers": _classifiers,
+        **{c: _lightning for c in LIGHTNING_SUBCOMMANDS},
+    }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(f"usage: diffmvae {{{','.join(commands)}}} ...  (diffmvae COMMAND --help for its options)", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from diffmvae.data.polydigits import PolyDigits, Split
+from diffmvae.data.polydigits import VERSION, PolyDigits, Split
 
 
 class MissingModalities(Dataset):
@@ -64,6 +64,11 @@ class PolyDigitsDataModule(L.LightningDataModule):
         self.train_length, self.missing_rate, self.num_workers = train_length, missing_rate, num_workers
         self.modalities = tuple(f"m{k}" for k in range(num_modalities))
         self._sets: dict[str, Dataset] = {}
+
+    @property
+    def version(self) -> int:
+        """The PolyDigits recipe version: caches of things trained on the data (classifiers) are keyed on it."""
+        return VERSION
 
     def dataset(self, split: Split) -> Dataset:
         """The (cached) dataset of ``split``; only ``train`` gets missing modalities."""

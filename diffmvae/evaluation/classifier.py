@@ -4,11 +4,16 @@ layer, the in-domain feature extractor for Fréchet distances."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
+
+from diffmvae.io import DiffMVAEError, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +87,65 @@ def predict(clf: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
     """Predicted classes ``[N]`` for ``images [N, C, H, W]``."""
     with torch.no_grad():
         return torch.cat([clf(images[i : i + batch_size]).argmax(-1) for i in range(0, len(images), batch_size)])
+
+
+# ---------------------------------------------------------------------------------------------- classifier sets
+CLASSIFIERS_FORMAT = "diffmvae-classifiers"
+
+
+def collate_split(dataset: Dataset, limit: int | None = None, batch_size: int = 512) -> dict[str, Tensor]:
+    """A whole dataset (or its first ``limit`` items) as one dict of stacked tensors."""
+    if limit is not None and limit < len(dataset):
+        dataset = Subset(dataset, range(limit))
+    batches = list(DataLoader(dataset, batch_size=batch_size))
+    if not batches:
+        raise DiffMVAEError("the dataset is empty")
+    return {k: torch.cat([b[k] for b in batches]) for k in batches[0] if isinstance(batches[0][k], Tensor)}
+
+
+def fit_classifier_set(
+    datamodule: Any, *, label_key: str = "label", epochs: int = 15, batch_size: int = 128, lr: float = 2e-3, seed: int = 0, progress: bool = True
+) -> tuple[dict[str, ImageClassifier], dict[str, float]]:
+    """One classifier per image modality of ``datamodule`` on its train split; returns them with their test
+    accuracy ``{modality: acc}``."""
+    train, test = collate_split(datamodule.dataset("train")), collate_split(datamodule.dataset("test"))
+    if label_key not in train:
+        raise DiffMVAEError(f"the data has no {label_key!r} field to train classifiers on")
+    out, acc = {}, {}
+    for m in datamodule.modalities:
+        if train[m].dim() != 4:
+            continue
+        out[m] = fit_classifier(train[m], train[label_key], num_classes=int(train[label_key].max()) + 1, epochs=epochs,
+                                batch_size=batch_size, lr=lr, seed=seed, progress=progress)
+        acc[m] = (predict(out[m], test[m]) == test[label_key]).float().mean().item()
+        log.info("classifier %s: test accuracy %.3f", m, acc[m])
+    return out, acc
+
+
+def save_classifier_set(path: str | Path, classifiers: dict[str, ImageClassifier], accuracy: dict[str, float], data: dict[str, Any]) -> Path:
+    payload = {
+        "format": CLASSIFIERS_FORMAT,
+        "data": data,
+        "accuracy": accuracy,
+        "classifiers": {m: {"config": c.config, "state_dict": c.state_dict()} for m, c in classifiers.items()},
+    }
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_classifier_set(path: str | Path) -> tuple[dict[str, ImageClassifier], dict[str, float], dict[str, Any]]:
+    """``(classifiers, test accuracy, data config)`` from a file written by :func:`save_classifier_set`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiffMVAEError(f"classifier file {path} does not exist; train one with `diffmvae classifiers fit`")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # several exception types for a bad file
+        raise DiffMVAEError(f"classifier file {path} is not readable ({type(e).__name__})") from e
+    if not isinstance(raw, dict) or raw.get("format") != CLASSIFIERS_FORMAT:
+        raise DiffMVAEError(f"{path} is not a classifier file written by `diffmvae classifiers fit`")
+    out = {}
+    for m, entry in raw["classifiers"].items():
+        clf = ImageClassifier(**entry["config"])
+        clf.load_state_dict(entry["state_dict"])
+        out[m] = clf.eval()
+    return out, dict(raw["accuracy"]), dict(raw["data"])

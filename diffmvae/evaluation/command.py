@@ -1,0 +1,99 @@
+"""What ``diffmvae evaluate`` and ``diffmvae classifiers fit`` do, callable from Python."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from diffmvae.checkpoint import LoadedRun, instantiate, load_run
+from diffmvae.evaluation.classifier import fit_classifier_set, load_classifier_set, save_classifier_set
+from diffmvae.evaluation.report import write_report
+from diffmvae.evaluation.suite import EvalSettings, evaluate_model
+from diffmvae.io import DiffMVAEError
+
+log = logging.getLogger(__name__)
+
+CLASSIFIER_DIR = Path("runs/classifiers")
+
+
+def data_key(data_config: dict[str, Any]) -> str:
+    """A file-name key for the real data a classifier set is trained on (loader settings left out)."""
+    init = {k: v for k, v in (data_config.get("init_args") or {}).items() if k not in ("batch_size", "num_workers", "missing_rate")}
+    digest = hashlib.sha256(json.dumps([data_config.get("class_path"), init], sort_keys=True, default=str).encode()).hexdigest()[:10]
+    datamodule = instantiate(data_config)
+    version = getattr(datamodule, "version", None)
+    name = str(data_config.get("class_path", "data")).rsplit(".", 1)[-1]
+    return f"{name}{'-v' + str(version) if version is not None else ''}-{digest}"
+
+
+def fit_classifiers(data_config: dict[str, Any], out: str | Path | None = None, *, overwrite: bool = False, progress: bool = True, **settings: Any) -> Path:
+    """Train and save one classifier per image modality of the data described by ``data_config``."""
+    path = Path(out) if out else CLASSIFIER_DIR / f"{data_key(data_config)}.pt"
+    if path.exists() and not overwrite:
+        raise DiffMVAEError(f"{path} already exists; pass --overwrite true or choose --out (nothing was overwritten)")
+    classifiers, accuracy = fit_classifier_set(instantiate(data_config), progress=progress, **settings)
+    return save_classifier_set(path, classifiers, accuracy, data_config)
+
+
+def classifiers_for_run(run: LoadedRun, path: str | Path | None, progress: bool = True) -> tuple[dict, dict[str, float], Path]:
+    """The classifier set at ``path``, or the cached one for the run's data (trained and saved when missing)."""
+    if path is None:
+        path = CLASSIFIER_DIR / f"{data_key(run.config['data'])}.pt"
+        if not Path(path).is_file():
+            log.info("no classifiers for this data yet: training them on its train split (saved to %s)", path)
+            fit_classifiers(run.config["data"], path, progress=progress)
+    classifiers, accuracy, _ = load_classifier_set(path)
+    missing = [m for m in run.module.model.modalities if m not in classifiers]
+    if missing:
+        raise DiffMVAEError(f"classifier file {path} has no classifier for modality {missing[0]!r}")
+    return classifiers, accuracy, Path(path)
+
+
+def evaluate_checkpoints(
+    ckpts: Sequence[str | Path],
+    out: str | Path,
+    *,
+    settings: EvalSettings = EvalSettings(),
+    names: Sequence[str] | None = None,
+    classifiers: str | Path | None = None,
+    prior: str = "auto",
+    progress: bool = True,
+) -> list[Path]:
+    """Evaluate every checkpoint with one classifier set and write ``metrics.{json,csv,md,png}`` into ``out``."""
+    from diffmvae.sampling import choose_prior
+
+    if not ckpts:
+        raise DiffMVAEError("give at least one --ckpt")
+    names = list(names) if names else [_default_name(c, ckpts) for c in ckpts]
+    if len(names) != len(ckpts) or len(set(names)) != len(names):
+        raise DiffMVAEError(f"--names needs {len(ckpts)} distinct names, got {names}")
+    runs = [load_run(c) for c in ckpts]
+    first = runs[0].module.model.modalities
+    for ckpt, run in zip(ckpts, runs):
+        if run.module.model.modalities != first:
+            raise DiffMVAEError(f"checkpoints have different modality sets: {ckpts[0]} has {', '.join(first)}; {ckpt} has {', '.join(run.module.model.modalities)}")
+    clfs, accuracy, clf_path = classifiers_for_run(runs[0], classifiers, progress)
+    summaries, rows = [], []
+    for name, ckpt, run in zip(names, ckpts, runs):
+        model = run.module.model
+        prior_module, prior_name = choose_prior(prior, None, ckpt, model)
+        log.info("evaluating %s (%s prior for unconditional samples)", name, prior_name)
+        summary, model_rows = evaluate_model(name, model, run.datamodule, clfs, prior_module, prior_name, settings, progress=progress)
+        summary.update({"checkpoint": str(ckpt), "classifiers": str(clf_path), "classifier_accuracy": accuracy})
+        summaries.append(summary)
+        rows += model_rows
+        log.info("%s: coherence %s, unconditional %.3f; FD %s (%.0fs)", name,
+                 {k: round(v, 3) for k, v in summary["coherence"]["conditional"].items()}, summary["coherence"]["unconditional"],
+                 {k: round(v, 1) for k, v in summary["fd"]["conditional"].items()}, summary["seconds"])
+    return write_report(out, summaries, rows)
+
+
+def _default_name(ckpt: str | Path, ckpts: Sequence[str | Path]) -> str:
+    """The run directory's name (``runs/<name>/checkpoints/last.ckpt`` -> ``<name>``), else the file stem."""
+    path = Path(ckpt)
+    name = path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
+    return name or str(ckpts.index(ckpt))

@@ -1,0 +1,209 @@
+"""The evaluation protocol of DESIGN §3 for one trained model: conditional coherence and Fréchet distance per
+number of observed modalities, unconditional coherence and Fréchet distance, latent linear probes per subset
+size, and the test ELBO.
+
+Subsets: for each ``k`` in ``1..M-1`` every subset of size ``k`` is used, unless there are more than
+``max_subsets``; then a random sample of ``max_subsets`` of them (seeded by ``seed``) stands for that ``k``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from diffmvae.evaluation.classifier import collate_split, predict
+from diffmvae.evaluation.coherence import unconditional_coherence
+from diffmvae.evaluation.frechet import FeatureExtractor, frechet_distance
+from diffmvae.io import DiffMVAEError
+from diffmvae.model import LatentPrior, MultimodalVAE
+from diffmvae.sampling import generate_from_subset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How much to evaluate: test examples (``None``: the whole split), subsets per size, probe training size."""
+
+    n_samples: int | None = None
+    seed: int = 0
+    max_subsets: int = 10
+    probe_train: int = 2000
+    label_key: str = "label"
+
+    def __post_init__(self) -> None:
+        if self.n_samples is not None and self.n_samples < 1:
+            raise DiffMVAEError(f"--n-samples must be >= 1, got {self.n_samples}")
+        if self.max_subsets < 1 or self.probe_train < 2:
+            raise DiffMVAEError(f"--max-subsets must be >= 1 and --probe-train >= 2, got {self.max_subsets}, {self.probe_train}")
+
+
+def subsets_by_size(modalities: Sequence[str], max_subsets: int, seed: int) -> dict[int, list[tuple[str, ...]]]:
+    """``{k: subsets of size k}`` for ``k = 1..M-1``, each list capped at ``max_subsets`` by a seeded sample."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k in range(1, len(modalities)):
+        subsets = list(itertools.combinations(modalities, k))
+        if len(subsets) > max_subsets:
+            keep = sorted(rng.choice(len(subsets), size=max_subsets, replace=False))
+            subsets = [subsets[i] for i in keep]
+        out[k] = subsets
+    return out
+
+
+def conditional_metrics(
+    model: MultimodalVAE,
+    test: Mapping[str, Tensor],
+    labels: Tensor,
+    subsets: Mapping[int, list[tuple[str, ...]]],
+    classifiers: Mapping[str, nn.Module],
+    extractors: Mapping[str, FeatureExtractor],
+    *,
+    seed: int,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Rows ``{metric, k, target, value}`` of conditional coherence and FD, per target and averaged (``mean``)."""
+    n = labels.shape[0]
+    rows: list[dict[str, Any]] = []
+    todo = [(k, s) for k, ss in subsets.items() for s in ss]
+    pools: dict[tuple[int, str], list[Tensor]] = {}
+    hits: dict[tuple[int, str], list[float]] = {}
+    for i, (k, subset) in enumerate(tqdm(todo, desc="conditional generation", disable=not progress, leave=False)):
+        generator = torch.Generator().manual_seed(seed * 7919 + i)
+        samples = generate_from_subset(model, test, subset, n, generator=generator, progress=False)
+        for target in model.modalities:
+            if target in subset or target not in classifiers:
+                continue
+            hits.setdefault((k, target), []).append((predict(classifiers[target], samples[target]) == labels).float().mean().item())
+            pools.setdefault((k, target), []).append(samples[target])
+    for k in subsets:
+        targets = [t for t in model.modalities if (k, t) in hits]
+        coh = {t: float(np.mean(hits[(k, t)])) for t in targets}
+        fd = {t: frechet_distance(test[t], torch.cat(pools[(k, t)]), extractors[t]) for t in targets}
+        for metric, values in (("coherence", coh), ("fd", fd)):
+            rows += [{"metric": metric, "k": k, "target": t, "value": v} for t, v in values.items()]
+            rows.append({"metric": metric, "k": k, "target": "mean", "value": float(np.mean(list(values.values())))})
+    return rows
+
+
+def unconditional_metrics(
+    model: MultimodalVAE,
+    test: Mapping[str, Tensor],
+    prior: LatentPrior,
+    n: int,
+    classifiers: Mapping[str, nn.Module],
+    extractors: Mapping[str, FeatureExtractor],
+    *,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Rows of unconditional coherence (``all`` and ``at_least_k`` agree) and FD per modality and mean."""
+    generator = torch.Generator().manual_seed(seed + 104729)
+    samples = generate_from_subset(model, {}, [], n, generator=generator, prior=prior, progress=False)
+    rows = [{"metric": "coherence_unconditional", "k": 0, "target": key, "value": v} for key, v in unconditional_coherence(samples, classifiers).items()]
+    fd = {m: frechet_distance(test[m], samples[m], extractors[m]) for m in model.modalities if m in extractors}
+    rows += [{"metric": "fd_unconditional", "k": 0, "target": m, "value": v} for m, v in fd.items()]
+    rows.append({"metric": "fd_unconditional", "k": 0, "target": "mean", "value": float(np.mean(list(fd.values())))})
+    return rows
+
+
+def latent_means(model: MultimodalVAE, data: Mapping[str, Tensor], subset: Sequence[str], batch_size: int = 512) -> np.ndarray:
+    """Posterior means ``[N, d]`` of ``q(z|x_subset)``."""
+    device = model.subset_mask.device
+    n = next(iter(data.values())).shape[0]
+    with torch.no_grad():
+        mus = [model.posterior({m: data[m][i : i + batch_size].to(device) for m in subset})[0].cpu() for i in range(0, n, batch_size)]
+    return torch.cat(mus).numpy()
+
+
+def latent_probe_rows(
+    model: MultimodalVAE, train: Mapping[str, Tensor], test: Mapping[str, Tensor], label_key: str, subsets: Mapping[int, list[tuple[str, ...]]], progress: bool = True
+) -> list[dict[str, Any]]:
+    """Test accuracy of a logistic regression on posterior means, per subset size (the full set as ``k = M``)."""
+    every = {**subsets, len(model.modalities): [tuple(model.modalities)]}
+    rows = []
+    for k, ss in tqdm(every.items(), desc="latent probes", disable=not progress, leave=False):
+        accs = []
+        for subset in ss:
+            clf = LogisticRegression(max_iter=2000)
+            clf.fit(latent_means(model, train, subset), train[label_key].numpy())
+            accs.append(float(clf.score(latent_means(model, test, subset), test[label_key].numpy())))
+        rows.append({"metric": "latent_probe", "k": k, "target": "mean", "value": float(np.mean(accs))})
+    return rows
+
+
+def elbo_on_split(model: MultimodalVAE, test: Mapping[str, Tensor], *, seed: int, batch_size: int = 256) -> dict[str, float]:
+    """Mean test ELBO (``beta = 1``, nats per example) and its terms: ``elbo``, ``kl``, ``nll/<m>``."""
+    device = model.subset_mask.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    n = next(iter(test.values())).shape[0]
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            record = model.elbo({m: test[m][i : i + batch_size].to(device) for m in model.modalities}, generator=generator)
+            terms = {"elbo": -record.loss(1.0), "kl": record.kl, **{f"nll/{m}": v for m, v in record.nll.items()}}
+            for key, v in terms.items():
+                sums[key] = sums.get(key, 0.0) + v.sum().item()
+    return {key: v / n for key, v in sums.items()}
+
+
+def evaluate_model(
+    name: str,
+    model: MultimodalVAE,
+    datamodule: Any,
+    classifiers: Mapping[str, nn.Module],
+    prior: LatentPrior,
+    prior_name: str,
+    settings: EvalSettings = EvalSettings(),
+    *,
+    progress: bool = True,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every metric of the protocol for one model: ``(summary in the metrics.json layout, table rows)``."""
+    start = time.perf_counter()
+    test = collate_split(datamodule.dataset("test"), settings.n_samples)
+    if settings.label_key not in test:
+        raise DiffMVAEError(f"the test data has no {settings.label_key!r} field; coherence needs labels")
+    labels = test.pop(settings.label_key)
+    test = {m: test[m] for m in model.modalities}
+    n = labels.shape[0]
+    extractors = {m: FeatureExtractor(c) for m, c in classifiers.items()}
+    subsets = subsets_by_size(model.modalities, settings.max_subsets, settings.seed)
+    torch.manual_seed(settings.seed)
+    rows = conditional_metrics(model, test, labels, subsets, classifiers, extractors, seed=settings.seed, progress=progress)
+    rows += unconditional_metrics(model, test, prior, n, classifiers, extractors, seed=settings.seed)
+    train = collate_split(datamodule.dataset("train"), settings.probe_train)
+    rows += latent_probe_rows(model, train, {**test, settings.label_key: labels}, settings.label_key, subsets, progress)
+    elbo = elbo_on_split(model, test, seed=settings.seed)
+    rows += [{"metric": "elbo" if key == "elbo" else f"elbo_{key}", "k": len(model.modalities), "target": "all", "value": v} for key, v in elbo.items()]
+    for row in rows:
+        row["model"] = name
+
+    def pick(metric: str) -> dict[str, float]:
+        return {str(r["k"]): r["value"] for r in rows if r["metric"] == metric and r["target"] == "mean"}
+
+    uncond = {r["target"]: r["value"] for r in rows if r["metric"] == "coherence_unconditional"}
+    summary = {
+        "model": name,
+        "coherence": {"conditional": pick("coherence"), "unconditional": uncond["all"], "unconditional_at_least": {k: v for k, v in uncond.items() if k != "all"}},
+        "fd": {"conditional": pick("fd"), "unconditional": pick("fd_unconditional")["0"]},
+        "latent_probe": pick("latent_probe"),
+        "elbo": elbo["elbo"],
+        "elbo_terms": {k: v for k, v in elbo.items() if k != "elbo"},
+        "bits_per_dim": None,  # filled by decoders that give a bound (VDM); feed-forward densities do not
+        "n_samples": n,
+        "seed": settings.seed,
+        "prior": prior_name,
+        "subsets": {str(k): ["+".join(s) for s in ss] for k, ss in subsets.items()},
+        "settings": asdict(settings),
+        "seconds": time.perf_counter() - start,
+    }
+    return summary, rows
