@@ -48,3 +48,19 @@ def write_config(tmp_path, cfg):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path, run
+
+
+def make_polymnist(root, n_train=12, n_test=6, num_modalities=2, seed=0):
+    """A tiny PolyMNIST folder in the published layout: ROOT/{train,test}/m{k}/{index}.{digit}.png."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        digits = rng.integers(0, 10, n)
+        for k in range(num_modalities):
+            folder = root / split / f"m{k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, d in enumerate(digits):
+                Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(folder / f"{i}.{d}.png")
+    return root

@@ -1,6 +1,7 @@
 """Datasets and DataModules. ``PolyDigits`` is embedded (no download); the others read local paths."""
 
-from diffmvae.data.datamodule import PolyDigitsDataModule
+from diffmvae.data.datamodule import MultimodalDataModule, PolyDigitsDataModule, PolyMNISTDataModule
 from diffmvae.data.polydigits import PolyDigits
+from diffmvae.data.polymnist import PolyMNIST
 
-__all__ = ["PolyDigits", "PolyDigitsDataModule"]
+__all__ = ["MultimodalDataModule", "PolyDigits", "PolyDigitsDataModule", "PolyMNIST", "PolyMNISTDataModule"]

@@ -68,7 +68,7 @@ def evaluate_checkpoints(
 
     if not ckpts:
         raise DiffMVAEError("give at least one --ckpt")
-    names = list(names) if names else [_default_name(c, ckpts) for c in ckpts]
+    names = list(names) if names else _default_names(ckpts)
     if len(names) != len(ckpts) or len(set(names)) != len(names):
         raise DiffMVAEError(f"--names needs {len(ckpts)} distinct names, got {names}")
     runs = [load_run(c) for c in ckpts]
@@ -76,6 +76,8 @@ def evaluate_checkpoints(
     for ckpt, run in zip(ckpts, runs):
         if run.module.model.modalities != first:
             raise DiffMVAEError(f"checkpoints have different modality sets: {ckpts[0]} has {', '.join(first)}; {ckpt} has {', '.join(run.module.model.modalities)}")
+    for run in runs:  # fail on missing data files now, not after minutes of classifier training
+        run.datamodule.dataset("test")
     clfs, accuracy, clf_path = classifiers_for_run(runs[0], classifiers, progress)
     summaries, rows = [], []
     for name, ckpt, run in zip(names, ckpts, runs):
@@ -92,8 +94,10 @@ def evaluate_checkpoints(
     return write_report(out, summaries, rows)
 
 
-def _default_name(ckpt: str | Path, ckpts: Sequence[str | Path]) -> str:
-    """The run directory's name (``runs/<name>/checkpoints/last.ckpt`` -> ``<name>``), else the file stem."""
-    path = Path(ckpt)
-    name = path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
-    return name or str(ckpts.index(ckpt))
+def _default_names(ckpts: Sequence[str | Path]) -> list[str]:
+    """Run directory names (``runs/<name>/checkpoints/last.ckpt`` -> ``<name>``, else the file stem), numbered
+    where two would clash."""
+    names = [Path(c).parent.parent.name if Path(c).parent.name == "checkpoints" else Path(c).stem for c in ckpts]
+    if len(set(names)) < len(names):
+        names = [f"{n}-{i + 1}" for i, n in enumerate(names)]
+    return names

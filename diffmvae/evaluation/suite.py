@@ -125,6 +125,11 @@ def latent_means(model: MultimodalVAE, data: Mapping[str, Tensor], subset: Seque
     return torch.cat(mus).numpy()
 
 
+def probe_accuracy(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray, y_test: np.ndarray) -> float:
+    """Test accuracy of a scikit-learn logistic regression fitted on ``(z_train, y_train)``."""
+    return float(LogisticRegression(max_iter=2000).fit(z_train, y_train).score(z_test, y_test))
+
+
 def latent_probe_rows(
     model: MultimodalVAE, train: Mapping[str, Tensor], test: Mapping[str, Tensor], label_key: str, subsets: Mapping[int, list[tuple[str, ...]]], progress: bool = True
 ) -> list[dict[str, Any]]:
@@ -132,11 +137,10 @@ def latent_probe_rows(
     every = {**subsets, len(model.modalities): [tuple(model.modalities)]}
     rows = []
     for k, ss in tqdm(every.items(), desc="latent probes", disable=not progress, leave=False):
-        accs = []
-        for subset in ss:
-            clf = LogisticRegression(max_iter=2000)
-            clf.fit(latent_means(model, train, subset), train[label_key].numpy())
-            accs.append(float(clf.score(latent_means(model, test, subset), test[label_key].numpy())))
+        accs = [
+            probe_accuracy(latent_means(model, train, s), train[label_key].numpy(), latent_means(model, test, s), test[label_key].numpy())
+            for s in ss
+        ]
         rows.append({"metric": "latent_probe", "k": k, "target": "mean", "value": float(np.mean(accs))})
     return rows
 

@@ -3,7 +3,7 @@
     python experiments/polydigits/unconditional.py --ckpt runs/quickstart/checkpoints/last.ckpt [--n 1000]
 
 For each prior: Fréchet distance per modality to the real test images, in the feature space of the digit
-classifier trained on real images (cached as in coherence.py), and unconditional coherence (fraction of
+classifier trained on real images (the cached set of `diffmvae evaluate`), and unconditional coherence (fraction of
 joint samples on which all modalities' classifiers agree). Prints one JSON line per prior.
 """
 
@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
-from coherence import classifiers_for, stack
 from diffmvae.checkpoint import load_run
-from diffmvae.data.polydigits import VERSION
 from diffmvae.evaluation import FeatureExtractor, frechet_distance, unconditional_coherence
+from diffmvae.evaluation.classifier import collate_split
+from diffmvae.evaluation.command import classifiers_for_run
 from diffmvae.sampling import choose_prior
 
 
@@ -32,8 +31,8 @@ def main() -> None:
     args = p.parse_args()
     run = load_run(args.ckpt)
     model = run.module.model
-    test = run.datamodule.dataset("test")
-    classifiers = classifiers_for(len(model.modalities), Path(f"runs/classifiers_polydigits-v{VERSION}_M{len(model.modalities)}.pt"), 1)
+    test = collate_split(run.datamodule.dataset("test"))
+    classifiers, _, _ = classifiers_for_run(run, None)
     extractors = {m: FeatureExtractor(c) for m, c in classifiers.items()}
     for choice in ("gaussian", "score"):
         prior, name = choose_prior(choice, args.prior_ckpt, args.ckpt, model)
@@ -42,7 +41,7 @@ def main() -> None:
             z = prior.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
             samples = model.decode(z, generator=torch.Generator().manual_seed(args.seed + 1))
         seconds = time.perf_counter() - start
-        fd = {m: frechet_distance(stack(test, m), samples[m], extractors[m]) for m in model.modalities}
+        fd = {m: frechet_distance(test[m], samples[m], extractors[m]) for m in model.modalities}
         coh = unconditional_coherence(samples, classifiers)
         print(json.dumps({"prior": name, "n": args.n, "fd_mean": round(sum(fd.values()) / len(fd), 2),
                           "fd": {m: round(v, 2) for m, v in fd.items()}, "coherence": {k: round(v, 4) for k, v in coh.items()},

@@ -1,0 +1,171 @@
+"""The evaluation protocol on tiny data: coherence, Fréchet distance, latent probes, the report and the CLI."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from tiny_run import TINY, make_polymnist, write_config
+
+from diffmvae.cli import main
+from diffmvae.evaluation import FeatureExtractor, ImageClassifier, frechet_distance, predict, unconditional_coherence
+from diffmvae.evaluation.suite import conditional_metrics, probe_accuracy, subsets_by_size
+from diffmvae.subsets import subset_mask
+
+
+def tiny_classifier(seed):
+    torch.manual_seed(seed)
+    return ImageClassifier(num_classes=10, in_channels=3, image_size=8, feature_dim=16).eval()
+
+
+def paired_data(n=40, names=("m0", "m1", "m2"), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    base = torch.rand(10, 3, 8, 8, generator=g)
+    data = {m: (base[labels] + 0.3 * torch.rand(n, 3, 8, 8, generator=g)).clamp(0, 1) for m in names}
+    return data, labels
+
+
+class PairedDataOracle:
+    """A 'model' whose generation returns the true paired data of the observed examples."""
+
+    def __init__(self, data):
+        self.data, self.modalities = data, tuple(data)
+        self.subset_mask = subset_mask(len(data), "mopoe")
+        self.keys = data[self.modalities[0]].flatten(1)
+
+    def generate(self, given, n, *, generator=None, prior=None):
+        m, x = next(iter(given.items()))
+        rows = torch.cdist(x.flatten(1), self.data[m].flatten(1)).argmin(1)
+        return {name: (given[name] if name in given else v[rows]) for name, v in self.data.items()}
+
+
+def test_true_paired_data_scores_the_classifier_accuracy():
+    data, labels = paired_data()
+    classifiers = {m: tiny_classifier(i) for i, m in enumerate(data)}
+    extractors = {m: FeatureExtractor(c) for m, c in classifiers.items()}
+    subsets = subsets_by_size(list(data), max_subsets=10, seed=0)
+    rows = conditional_metrics(PairedDataOracle(data), data, labels, subsets, classifiers, extractors, seed=0, progress=False)
+    accuracy = {m: (predict(c, data[m]) == labels).float().mean().item() for m, c in classifiers.items()}
+    coherence = [r for r in rows if r["metric"] == "coherence" and r["target"] != "mean"]
+    assert {(r["k"], r["target"]) for r in coherence} == {(k, t) for k in (1, 2) for t in data}
+    for r in coherence:
+        assert r["value"] == pytest.approx(accuracy[r["target"]], abs=1e-6)
+    fd = [r for r in rows if r["metric"] == "fd" and r["target"] != "mean"]
+    assert all(abs(r["value"]) < 1e-2 for r in fd)  # generated == real: the distance vanishes
+
+
+def test_frechet_distance_is_zero_for_real_and_grows_with_noise():
+    data, _ = paired_data(n=300)
+    real = data["m0"]
+    extractor = FeatureExtractor(tiny_classifier(0))
+    distances = [frechet_distance(real, (real + s * torch.randn(real.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1), extractor)
+                 for s in (0.0, 0.05, 0.2, 0.5)]
+    assert abs(distances[0]) < 1e-3
+    assert all(a < b for a, b in zip(distances, distances[1:])), distances
+
+
+def test_probe_on_separable_latents_is_near_one_and_chance_on_noise():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (600,), generator=g).numpy()
+    centres = 6 * torch.randn(3, 8, generator=g)
+    z = (centres[y] + torch.randn(600, 8, generator=g)).numpy()
+    assert probe_accuracy(z[:400], y[:400], z[400:], y[400:]) > 0.97
+    noise = torch.randn(600, 8, generator=g).numpy()
+    assert probe_accuracy(noise[:400], y[:400], noise[400:], y[400:]) < 0.6
+
+
+def test_subsets_by_size_enumerates_or_samples():
+    names = [f"m{k}" for k in range(6)]
+    full = subsets_by_size(names, max_subsets=100, seed=0)
+    assert [len(full[k]) for k in range(1, 6)] == [math.comb(6, k) for k in range(1, 6)]
+    capped = subsets_by_size(names, max_subsets=4, seed=1)
+    assert [len(capped[k]) for k in range(1, 6)] == [4, 4, 4, 4, 4]
+    assert capped == subsets_by_size(names, max_subsets=4, seed=1)
+    assert all(set(s) <= set(names) and len(s) == k for k, ss in capped.items() for s in ss)
+
+
+def test_unconditional_coherence_counts_agreement():
+    class Constant(torch.nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.c = c
+
+        def forward(self, x):
+            return torch.nn.functional.one_hot(torch.full((x.shape[0],), self.c), 10).float()
+
+    samples = {m: torch.zeros(5, 3, 8, 8) for m in ("a", "b", "c")}
+    assert unconditional_coherence(samples, {"a": Constant(1), "b": Constant(1), "c": Constant(1)}) == {"all": 1.0, "at_least_2": 1.0}
+    out = unconditional_coherence({**samples, "d": samples["a"]}, {"a": Constant(1), "b": Constant(1), "c": Constant(2), "d": Constant(3)})
+    assert out == {"all": 0.0, "at_least_2": 1.0, "at_least_3": 0.0}
+
+
+@pytest.fixture(scope="module")
+def classifier_file(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("clf")
+    cfg = tmp / "classifiers.yaml"
+    cfg.write_text(yaml.safe_dump({"data": TINY["data"], "epochs": 1, "batch_size": 16}))
+    assert main(["classifiers", "fit", "--config", str(cfg), "--out", str(tmp / "clf.pt")]) == 0
+    return tmp / "clf.pt"
+
+
+def test_evaluate_writes_json_csv_md_and_plot(trained, classifier_file, tmp_path):
+    _, ckpt = trained
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--ckpt", str(ckpt), "--ckpt", str(ckpt), "--names", "a,b", "--out", str(out), "--n-samples", "12",
+            "--seed", "5", "--classifiers", str(classifier_file), "--probe-train", "16", "--prior", "gaussian"]
+    assert main(argv) == 0
+    summaries = json.loads((out / "metrics.json").read_text())
+    assert [s["model"] for s in summaries] == ["a", "b"]
+    s = summaries[0]
+    assert set(s["coherence"]["conditional"]) == {"1", "2"} and set(s["fd"]["conditional"]) == {"1", "2"}
+    assert set(s["latent_probe"]) == {"1", "2", "3"}
+    assert s["n_samples"] == 12 and s["seed"] == 5 and s["prior"] == "gaussian"
+    assert all(0 <= v <= 1 for v in s["coherence"]["conditional"].values()) and math.isfinite(s["elbo"])
+    assert s["coherence"] == summaries[1]["coherence"]  # same checkpoint, same seed: same numbers
+    table = pd.read_csv(out / "metrics.csv")
+    assert list(table.columns) == ["model", "metric", "k", "target", "value"]
+    assert {"coherence", "fd", "coherence_unconditional", "fd_unconditional", "latent_probe", "elbo"} <= set(table["metric"])
+    assert "| metric | k | a | b |" in (out / "metrics.md").read_text()
+    assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_refuses_different_modality_sets(trained, tmp_path, capsys):
+    _, ckpt = trained
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["data"]["init_args"]["num_modalities"] = 2
+    for side in ("encoders", "decoders"):
+        cfg["model"]["init_args"][side].pop("m2")
+    path, run = write_config(tmp_path, cfg)
+    assert main(["fit", "--config", str(path)]) == 0
+    assert main(["evaluate", "--ckpt", str(ckpt), "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "different modality sets" in err and not (tmp_path / "e").exists()
+
+
+def test_evaluate_fails_in_one_line_when_dataset_files_are_missing(tmp_path, capsys):
+    root = make_polymnist(tmp_path / "polymnist")
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["data"] = {"class_path": "diffmvae.data.PolyMNISTDataModule", "init_args": {"root": str(root), "num_modalities": 3, "batch_size": 4}}
+    make_polymnist(root, num_modalities=3)
+    path, run = write_config(tmp_path, cfg)
+    assert main(["fit", "--config", str(path)]) == 0
+    for f in (root / "test" / "m1").iterdir():
+        f.unlink()
+    (root / "test" / "m1").rmdir()
+    assert main(["evaluate", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"PolyMNIST folder {root / 'test' / 'm1'} does not exist" in err
+
+
+def test_classifier_file_errors(tmp_path, capsys):
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert main(["evaluate", "--ckpt", "missing.ckpt", "--out", str(tmp_path / "e")]) == 2
+    assert "missing.ckpt does not exist" in capsys.readouterr().err
+    assert main(["classifiers", "train"]) == 2
+    assert "the only classifiers command is `fit`" in capsys.readouterr().err
+    assert main(["classifiers", "fit", "--data.class_path", "diffmvae.data.PolyDigitsDataModule", "--epochs", "x"]) == 2
+    assert "epochs" in capsys.readouterr().err
