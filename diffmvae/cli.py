@@ -160,9 +160,12 @@ def _evaluate(argv: list[str]) -> int:
     p.add_argument("--probe-train", type=int, default=2000, help="training examples of the latent linear probes")
     p.add_argument("--classifiers", default=None, help="classifier file (default: runs/classifiers/<data key>.pt, trained if missing)")
     p.add_argument("--prior", default="auto", choices=("auto", "score", "gaussian"), help="prior of unconditional samples")
+    p.add_argument("--inception-weights", default=None,
+                   help="local Inception-v3 weights file: Fréchet distances in Inception space (needs the 'fid' extra)")
     args = p.parse_args(argv)
     start = time.perf_counter()
-    settings = EvalSettings(n_samples=args.n_samples, seed=args.seed, max_subsets=args.max_subsets, probe_train=args.probe_train)
+    settings = EvalSettings(n_samples=args.n_samples, seed=args.seed, max_subsets=args.max_subsets, probe_train=args.probe_train,
+                            inception_weights=args.inception_weights)
     names = args.names.split(",") if args.names else None
     paths = evaluate_checkpoints(args.ckpt, args.out, settings=settings, names=names, classifiers=args.classifiers, prior=args.prior)
     log.info("wrote %s in %.0fs", ", ".join(map(str, paths)), time.perf_counter() - start)

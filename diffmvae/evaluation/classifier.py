@@ -19,11 +19,15 @@ log = logging.getLogger(__name__)
 
 
 class ImageClassifier(nn.Module):
-    """A small conv net ``[B, C, H, W] -> logits [B, num_classes]``; ``features`` gives ``[B, feature_dim]``."""
+    """A small conv net ``[B, C, H, W] -> logits [B, num_classes]``; ``features`` gives ``[B, feature_dim]``.
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 28, feature_dim: int = 128) -> None:
+    ``multilabel``: the outputs are independent binary attributes (CelebA-style) instead of one class.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 28, feature_dim: int = 128, multilabel: bool = False) -> None:
         super().__init__()
-        self.config = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size, "feature_dim": feature_dim}
+        self.multilabel = multilabel
+        self.config = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size, "feature_dim": feature_dim, "multilabel": multilabel}
         size = image_size
         layers: list[nn.Module] = []
         c_in = in_channels
@@ -59,11 +63,12 @@ def fit_classifier(
     seed: int = 0,
     progress: bool = True,
 ) -> ImageClassifier:
-    """Train an :class:`ImageClassifier` on ``images [N, C, H, W]`` and integer ``labels [N]``; returns it in
-    eval mode."""
+    """Train an :class:`ImageClassifier` on ``images [N, C, H, W]`` and integer ``labels [N]`` (cross-entropy), or
+    0/1 attribute ``labels [N, A]`` (a multi-label classifier, binary cross-entropy); returns it in eval mode."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    clf = ImageClassifier(num_classes, images.shape[1], images.shape[-1])
+    multilabel = labels.dim() == 2
+    clf = ImageClassifier(labels.shape[1] if multilabel else num_classes, images.shape[1], images.shape[-1], multilabel=multilabel)
     opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * -(-len(images) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -73,7 +78,11 @@ def fit_classifier(
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(images), batch_size):
             idx = order[start : start + batch_size]
-            loss = F.cross_entropy(clf(_augment(images[idx], generator)), labels[idx])
+            logits = clf(_augment(images[idx], generator))
+            if multilabel:
+                loss = F.binary_cross_entropy_with_logits(logits, labels[idx].float())
+            else:
+                loss = F.cross_entropy(logits, labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -84,9 +93,12 @@ def fit_classifier(
 
 
 def predict(clf: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
-    """Predicted classes ``[N]`` for ``images [N, C, H, W]``."""
+    """Predicted classes ``[N]`` for ``images [N, C, H, W]``, or 0/1 attributes ``[N, A]`` for a multi-label
+    classifier; compare with labels by ``==`` either way."""
+    multilabel = getattr(clf, "multilabel", False)
     with torch.no_grad():
-        return torch.cat([clf(images[i : i + batch_size]).argmax(-1) for i in range(0, len(images), batch_size)])
+        logits = torch.cat([clf(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    return (logits > 0).long() if multilabel else logits.argmax(-1)
 
 
 # ---------------------------------------------------------------------------------------------- classifier sets
@@ -115,7 +127,9 @@ def fit_classifier_set(
     for m in datamodule.modalities:
         if train[m].dim() != 4:
             continue
-        out[m] = fit_classifier(train[m], train[label_key], num_classes=int(train[label_key].max()) + 1, epochs=epochs,
+        labels = train[label_key]
+        num_classes = labels.shape[1] if labels.dim() == 2 else int(labels.max()) + 1
+        out[m] = fit_classifier(train[m], labels, num_classes=num_classes, epochs=epochs,
                                 batch_size=batch_size, lr=lr, seed=seed, progress=progress)
         acc[m] = (predict(out[m], test[m]) == test[label_key]).float().mean().item()
         log.info("classifier %s: test accuracy %.3f", m, acc[m])

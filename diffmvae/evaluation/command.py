@@ -78,6 +78,10 @@ def evaluate_checkpoints(
             raise DiffMVAEError(f"checkpoints have different modality sets: {ckpts[0]} has {', '.join(first)}; {ckpt} has {', '.join(run.module.model.modalities)}")
     for run in runs:  # fail on missing data files now, not after minutes of classifier training
         run.datamodule.dataset("test")
+    if settings.inception_weights:
+        from diffmvae.evaluation.frechet import InceptionExtractor
+
+        InceptionExtractor(settings.inception_weights)  # fail now on a missing file or the missing extra
     clfs, accuracy, clf_path = classifiers_for_run(runs[0], classifiers, progress)
     summaries, rows = [], []
     for name, ckpt, run in zip(names, ckpts, runs):

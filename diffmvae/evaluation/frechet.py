@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
+
+from diffmvae.io import DiffMVAEError
 
 
 class FeatureExtractor(nn.Module):
@@ -30,8 +33,9 @@ def model_input_shape(model: nn.Module) -> tuple[int, int, int]:
     return (config["in_channels"], config["image_size"], config["image_size"])
 
 
-def frechet_distance(real: Tensor | Iterable[Tensor], fake: Tensor | Iterable[Tensor], extractor: FeatureExtractor, batch_size: int = 512) -> float:
-    """FD between the feature statistics of ``real`` and ``fake`` images ``[N, C, H, W]`` in ``[0, 1]``."""
+def frechet_distance(real: Tensor | Iterable[Tensor], fake: Tensor | Iterable[Tensor], extractor: nn.Module, batch_size: int = 512) -> float:
+    """FD between the feature statistics of ``real`` and ``fake`` images ``[N, C, H, W]`` in ``[0, 1]``;
+    ``extractor`` is a :class:`FeatureExtractor` (in-domain) or an :class:`InceptionExtractor` (Inception FID)."""
     metric = FrechetInceptionDistance(feature=extractor, reset_real_features=True, normalize=True)
     with torch.no_grad():
         for images, is_real in ((real, True), (fake, False)):
@@ -44,3 +48,33 @@ def _chunks(images: Tensor | Iterable[Tensor], batch_size: int) -> Iterable[Tens
     if isinstance(images, Tensor):
         return images.split(batch_size)
     return images
+
+
+class InceptionExtractor(nn.Module):
+    """Inception-v3 pool features (2048) from a local weights file, for real Inception FID.
+
+    Needs the optional ``fid`` extra (torch-fidelity, which needs a working torchvision); nothing is downloaded:
+    ``weights`` is the ``pt_inception-2015-12-05`` file torch-fidelity would otherwise fetch.
+    """
+
+    num_features = 2048
+
+    def __init__(self, weights: str | Path) -> None:
+        super().__init__()
+        weights = Path(weights)
+        if not weights.is_file():
+            raise DiffMVAEError(f"Inception weights file {weights} does not exist")
+        try:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+            from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+        except ImportError as e:  # pragma: no cover - depends on the torchmetrics build
+            raise DiffMVAEError(f"Inception FID is unavailable in this torchmetrics ({e})") from e
+        if not _TORCH_FIDELITY_AVAILABLE:
+            raise DiffMVAEError("Inception FID needs the optional 'fid' extra: pip install 'diffmvae[fid]' (torch-fidelity, which needs a working torchvision)")
+        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(weights))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [B, C, H, W]`` in ``[0, 1]`` (grey images are repeated to RGB) -> ``[B, 2048]``."""
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        return self.net((x.clamp(0, 1) * 255).to(torch.uint8))

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from diffmvae.evaluation.classifier import collate_split, predict
 from diffmvae.evaluation.coherence import unconditional_coherence
-from diffmvae.evaluation.frechet import FeatureExtractor, frechet_distance
+from diffmvae.evaluation.frechet import FeatureExtractor, InceptionExtractor, frechet_distance
 from diffmvae.io import DiffMVAEError
 from diffmvae.model import LatentPrior, MultimodalVAE
 from diffmvae.sampling import generate_from_subset
@@ -40,6 +40,7 @@ class EvalSettings:
     max_subsets: int = 10
     probe_train: int = 2000
     label_key: str = "label"
+    inception_weights: str | None = None
 
     def __post_init__(self) -> None:
         if self.n_samples is not None and self.n_samples < 1:
@@ -67,7 +68,7 @@ def conditional_metrics(
     labels: Tensor,
     subsets: Mapping[int, list[tuple[str, ...]]],
     classifiers: Mapping[str, nn.Module],
-    extractors: Mapping[str, FeatureExtractor],
+    extractors: Mapping[str, nn.Module],
     *,
     seed: int,
     progress: bool = True,
@@ -102,7 +103,7 @@ def unconditional_metrics(
     prior: LatentPrior,
     n: int,
     classifiers: Mapping[str, nn.Module],
-    extractors: Mapping[str, FeatureExtractor],
+    extractors: Mapping[str, nn.Module],
     *,
     seed: int,
 ) -> list[dict[str, Any]]:
@@ -160,6 +161,25 @@ def elbo_on_split(model: MultimodalVAE, test: Mapping[str, Tensor], *, seed: int
     return {key: v / n for key, v in sums.items()}
 
 
+def bits_per_dim(model: MultimodalVAE, test: Mapping[str, Tensor], *, seed: int, batch_size: int = 256) -> dict[str, float]:
+    """``{modality: bits/dim}`` for every decoder that bounds a discrete likelihood (it has a
+    ``bits_per_dim(x, z) -> [B]`` method, as VDM decoders do), with ``z ~ q(z|X)`` of all modalities."""
+    names = [m for m in model.modalities if callable(getattr(model.decoders[m], "bits_per_dim", None))]
+    if not names:
+        return {}
+    device = model.subset_mask.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    n = next(iter(test.values())).shape[0]
+    sums = dict.fromkeys(names, 0.0)
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            x = {m: test[m][i : i + batch_size].to(device) for m in model.modalities}
+            z = model.sample_latent(x, generator=generator)
+            for m in names:
+                sums[m] += model.decoders[m].bits_per_dim(x[m], z).sum().item()
+    return {m: v / n for m, v in sums.items()}
+
+
 def evaluate_model(
     name: str,
     model: MultimodalVAE,
@@ -179,7 +199,11 @@ def evaluate_model(
     labels = test.pop(settings.label_key)
     test = {m: test[m] for m in model.modalities}
     n = labels.shape[0]
-    extractors = {m: FeatureExtractor(c) for m, c in classifiers.items()}
+    if settings.inception_weights:
+        inception = InceptionExtractor(settings.inception_weights)
+        extractors: dict[str, nn.Module] = {m: inception for m in classifiers}
+    else:
+        extractors = {m: FeatureExtractor(c) for m, c in classifiers.items()}
     subsets = subsets_by_size(model.modalities, settings.max_subsets, settings.seed)
     torch.manual_seed(settings.seed)
     rows = conditional_metrics(model, test, labels, subsets, classifiers, extractors, seed=settings.seed, progress=progress)
@@ -202,7 +226,8 @@ def evaluate_model(
         "latent_probe": pick("latent_probe"),
         "elbo": elbo["elbo"],
         "elbo_terms": {k: v for k, v in elbo.items() if k != "elbo"},
-        "bits_per_dim": None,  # filled by decoders that give a bound (VDM); feed-forward densities do not
+        "bits_per_dim": bits_per_dim(model, test, seed=settings.seed) or None,
+        "fd_features": "inception" if settings.inception_weights else "classifier",
         "n_samples": n,
         "seed": settings.seed,
         "prior": prior_name,

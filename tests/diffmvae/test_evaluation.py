@@ -169,3 +169,45 @@ def test_classifier_file_errors(tmp_path, capsys):
     assert "the only classifiers command is `fit`" in capsys.readouterr().err
     assert main(["classifiers", "fit", "--data.class_path", "diffmvae.data.PolyDigitsDataModule", "--epochs", "x"]) == 2
     assert "epochs" in capsys.readouterr().err
+
+
+def test_multilabel_classifier_and_coherence():
+    """Attribute vectors: BCE training, 0/1 predictions compared elementwise, agreement on whole vectors."""
+    from diffmvae.evaluation import conditional_coherence, fit_classifier
+
+    g = torch.Generator().manual_seed(0)
+    attrs = torch.randint(0, 2, (200, 3), generator=g)
+    images = attrs.float()[:, :, None, None].expand(-1, 3, 8, 8) + 0.05 * torch.randn(200, 3, 8, 8, generator=g)
+    clf = fit_classifier(images, attrs, epochs=30, batch_size=50, lr=5e-3, progress=False)
+    assert clf.multilabel and clf.config["num_classes"] == 3
+    pred = predict(clf, images)
+    assert pred.shape == (200, 3) and set(pred.unique().tolist()) <= {0, 1}
+    assert conditional_coherence({"a": images}, attrs, [], {"a": clf})["a"] > 0.95
+    flipped = (1 - attrs).float()[:, :, None, None].expand(-1, 3, 8, 8)
+    out = unconditional_coherence({"a": images, "b": images, "c": flipped}, {"a": clf, "b": clf, "c": clf})
+    assert out["all"] < 0.1 and out["at_least_2"] == 1.0
+
+
+def test_bits_per_dim_reported_for_decoders_that_bound_it(image_vae):
+    from diffmvae.evaluation.suite import bits_per_dim
+
+    data = {m: torch.rand(5, 3, 8, 8) for m in image_vae.modalities}
+    assert bits_per_dim(image_vae, data, seed=0) == {}
+    image_vae.decoders["m1"].bits_per_dim = lambda x, z: torch.full((x.shape[0],), 3.5)
+    assert bits_per_dim(image_vae, data, seed=0) == {"m1": pytest.approx(3.5)}
+
+
+def test_inception_fid_needs_a_local_file_and_the_extra(tmp_path, capsys):
+    assert main(["evaluate", "--ckpt", "x.ckpt", "--out", str(tmp_path), "--inception-weights", str(tmp_path / "none.pth")]) == 2
+    assert "x.ckpt does not exist" in capsys.readouterr().err
+    from diffmvae.evaluation.frechet import InceptionExtractor
+    from diffmvae.io import DiffMVAEError
+
+    with pytest.raises(DiffMVAEError, match="none.pth does not exist"):
+        InceptionExtractor(tmp_path / "none.pth")
+    (tmp_path / "w.pth").write_bytes(b"x")
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError:
+        with pytest.raises(DiffMVAEError, match="optional 'fid' extra"):
+            InceptionExtractor(tmp_path / "w.pth")
