@@ -80,3 +80,31 @@ class LinearLogSNR(Schedule):
 
     def log_snr(self, t: Tensor) -> Tensor:
         return -(self.gamma_min + (self.gamma_max - self.gamma_min) * t)
+
+
+class LearnedLogSNR(Schedule):
+    """VDM's learned monotone schedule (seed 002 App. H): ``gamma(t) = gamma_0 + (gamma_1 - gamma_0)
+    * (g(t) - g(0)) / (g(1) - g(0))`` with ``g`` a monotone network (positive weights: a linear term plus a
+    sigmoid layer), and the end points ``gamma_0``, ``gamma_1`` learned too."""
+
+    def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0, hidden: int = 1024) -> None:
+        super().__init__()
+        if not gamma_min < gamma_max:
+            raise ValueError(f"LearnedLogSNR needs gamma_min < gamma_max, got {gamma_min}, {gamma_max}")
+        self.gamma_0 = nn.Parameter(torch.tensor(float(gamma_min)))
+        self.gamma_1 = nn.Parameter(torch.tensor(float(gamma_max)))
+        self.w1, self.b1 = nn.Parameter(torch.ones(1)), nn.Parameter(torch.zeros(1))
+        self.w2, self.b2 = nn.Parameter(torch.randn(hidden, 1) * 0.1), nn.Parameter(torch.zeros(hidden))
+        self.w3 = nn.Parameter(torch.randn(1, hidden) * 0.01)
+
+    def _g(self, t: Tensor) -> Tensor:
+        """Monotone increasing in ``t``: non-negative weights (softplus) on increasing functions."""
+        softplus = nn.functional.softplus
+        l1 = softplus(self.w1) * t[..., None] + self.b1
+        l2 = torch.sigmoid(l1 @ softplus(self.w2).T + self.b2)
+        return (l1 + l2 @ softplus(self.w3).T)[..., 0]
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        ends = self._g(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device))
+        frac = (self._g(t) - ends[0]) / (ends[1] - ends[0])
+        return -(self.gamma_0 + (self.gamma_1 - self.gamma_0) * frac)
