@@ -29,12 +29,13 @@ def _one_line(e: BaseException) -> str:
 
 def _parser_error(text: str) -> str:
     """Distil jsonargparse's nested Union report to the innermost class and its complaint."""
-    problems = re.findall(r"Problem with given class_path '([^']+)': (.*?)(?= - Expected a <class|Given value|$)", text)
-    if not problems:
+    where, what = None, text
+    while (match := re.search(r"Problem with given class_path '([^']+)': (.*)", what)) is not None:
+        where, what = match.group(1), match.group(2)
+    if where is None:
         return text[:400]
+    what = re.split(r" - Expected a <class| Given value", what)[0].strip()
     outer = re.match(r'Parser key "([^"]+)"', text)
-    where, what = problems[-1]
-    what = re.sub(r"^(Parser key \"[^\"]+\"): ", r"\1: ", what.strip())
     prefix = f'config key "{outer.group(1)}" ' if outer else ""
     return f"{prefix}({where}): {what}"[:400]
 
@@ -93,7 +94,9 @@ def _sample(argv: list[str]) -> int:
     p.add_argument("--prior", default="auto", choices=("auto", "score", "gaussian"),
                    help="prior for --given none: the score prior (default when the model has one) or N(0, I)")
     p.add_argument("--prior-ckpt", default=None, help="score prior checkpoint (default: CKPT's name with .prior.ckpt)")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps of the score prior (default: its own, 50)")
+    p.add_argument("--prior-steps", type=int, default=None, help="DDIM steps of the score prior (default: its own, 50)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps of every diffusion decoder (default: each one's own)")
+    p.add_argument("--sampler", default=None, help="sampler of every diffusion decoder: ddim, ancestral, euler_maruyama (as the process allows)")
     args = p.parse_args(argv)
     if args.n < 1:
         raise DiffMVAEError(f"--n must be >= 1, got {args.n}")
@@ -101,7 +104,10 @@ def _sample(argv: list[str]) -> int:
     run = load_run(args.ckpt, use_ema=not args.no_ema)
     model = run.module.model
     given = parse_given(args.given, model.modalities)
-    prior, prior_name = choose_prior(args.prior, args.prior_ckpt, args.ckpt, model, steps=args.steps) if not given else (None, None)
+    if args.steps is not None or args.sampler is not None:
+        if not model.configure_sampling(steps=args.steps, sampler=args.sampler):
+            raise DiffMVAEError("--steps/--sampler apply to diffusion decoders, and this model has none")
+    prior, prior_name = choose_prior(args.prior, args.prior_ckpt, args.ckpt, model, steps=args.prior_steps) if not given else (None, None)
     generator = torch.Generator().manual_seed(args.seed)
     batch = select_examples(run.datamodule.dataset(args.split), args.n, generator)
     samples = generate_from_subset(model, batch, given, args.n, generator=generator, prior=prior)
@@ -160,6 +166,8 @@ def _evaluate(argv: list[str]) -> int:
     p.add_argument("--probe-train", type=int, default=2000, help="training examples of the latent linear probes")
     p.add_argument("--classifiers", default=None, help="classifier file (default: runs/classifiers/<data key>.pt, trained if missing)")
     p.add_argument("--prior", default="auto", choices=("auto", "score", "gaussian"), help="prior of unconditional samples")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps of every diffusion decoder (default: each one's own)")
+    p.add_argument("--sampler", default=None, help="sampler of every diffusion decoder (ddim, ancestral, euler_maruyama)")
     p.add_argument("--inception-weights", default=None,
                    help="local Inception-v3 weights file: Fréchet distances in Inception space (needs the 'fid' extra)")
     args = p.parse_args(argv)
@@ -167,7 +175,8 @@ def _evaluate(argv: list[str]) -> int:
     settings = EvalSettings(n_samples=args.n_samples, seed=args.seed, max_subsets=args.max_subsets, probe_train=args.probe_train,
                             inception_weights=args.inception_weights)
     names = args.names.split(",") if args.names else None
-    paths = evaluate_checkpoints(args.ckpt, args.out, settings=settings, names=names, classifiers=args.classifiers, prior=args.prior)
+    paths = evaluate_checkpoints(args.ckpt, args.out, settings=settings, names=names, classifiers=args.classifiers, prior=args.prior,
+                                 steps=args.steps, sampler=args.sampler)
     log.info("wrote %s in %.0fs", ", ".join(map(str, paths)), time.perf_counter() - start)
     return 0
 

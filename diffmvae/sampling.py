@@ -62,7 +62,7 @@ def choose_prior(
     prior = load_prior(path, model, model_ckpt).to(model.subset_mask.device)
     if steps is not None:
         if steps < 1:
-            raise DiffMVAEError(f"--steps must be >= 1, got {steps}")
+            raise DiffMVAEError(f"--prior-steps must be >= 1, got {steps}")
         prior.sample_steps = steps
     return prior, "score"
 

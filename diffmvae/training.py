@@ -58,6 +58,14 @@ class DiffMVAE(L.LightningModule):
         lr_schedule, warmup_steps: ``constant`` or ``cosine`` decay to zero over the run's optimizer steps
             (``trainer.estimated_stepping_batches``), after a linear warm-up.
         num_sample_rows: examples shown in the sample grid written each validation epoch.
+        feedforward_warmup_steps: staged training in one run: for this many optimizer steps the diffusion
+            decoders contribute only their feed-forward mean head's likelihood (the diffusion term is off);
+            then everything trains under the full ELBO.
+        freeze_encoders_after_warmup: from the end of that stage on, keep the encoders fixed.
+        init_from: warm start from another ``diffmvae fit`` checkpoint (its EMA weights) at the start of a
+            fresh fit: tensors with the same name and shape are copied, and a feed-forward decoder's weights
+            go to the same modality's diffusion-decoder mean head (``decoders.m.*`` -> ``decoders.m.mean_head.*``).
+        grid_steps: sampler steps of the diffusion decoders for the per-epoch sample grids (default: theirs).
     """
 
     def __init__(
@@ -74,6 +82,10 @@ class DiffMVAE(L.LightningModule):
         lr_schedule: LRSchedule = "constant",
         warmup_steps: int = 0,
         num_sample_rows: int = 8,
+        feedforward_warmup_steps: int = 0,
+        freeze_encoders_after_warmup: bool = False,
+        init_from: str | None = None,
+        grid_steps: int | None = None,
     ) -> None:
         super().__init__()
         self.model = MultimodalVAE(encoders, decoders, latent_dim, subsets)
@@ -89,6 +101,14 @@ class DiffMVAE(L.LightningModule):
         self.lr_schedule, self.warmup_steps = lr_schedule, warmup_steps
         self.beta, self.modality_weights = beta, dict(modality_weights or {})
         self.lr, self.weight_decay, self.num_sample_rows = lr, weight_decay, num_sample_rows
+        if feedforward_warmup_steps < 0:
+            raise ValueError(f"feedforward_warmup_steps must be >= 0, got {feedforward_warmup_steps}")
+        if init_from is not None and not Path(init_from).is_file():
+            raise ValueError(f"init_from checkpoint {init_from} does not exist")
+        if grid_steps is not None and grid_steps < 1:
+            raise ValueError(f"grid_steps must be >= 1, got {grid_steps}")
+        self.feedforward_warmup_steps, self.freeze_encoders_after_warmup = feedforward_warmup_steps, freeze_encoders_after_warmup
+        self.init_from, self.grid_steps = init_from, grid_steps
         self.ema = ExponentialMovingAverage(list(self.model.parameters()), decay=ema_decay)
         self.run_config: dict[str, Any] | None = None  # set by the CLI; stored in checkpoints to rebuild the run
         self._sample_batch: dict[str, Tensor] | None = None
@@ -107,6 +127,18 @@ class DiffMVAE(L.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         return self._step(batch, "train")
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        warm = self.global_step < self.feedforward_warmup_steps
+        for dec in self.model.decoders.values():
+            if dec.is_diffusion:
+                dec.diffusion_weight = 0.0 if warm else 1.0
+        if not warm and self.freeze_encoders_after_warmup and self.global_step >= self.feedforward_warmup_steps:
+            frozen = [p for p in self.model.encoders.parameters() if p.requires_grad]
+            if frozen:
+                for p in frozen:
+                    p.requires_grad_(False)
+                log.info("step %d: feed-forward stage over; encoders frozen", self.global_step)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.ema.update()
 
@@ -121,7 +153,30 @@ class DiffMVAE(L.LightningModule):
 
     # ------------------------------------------------------------------ EMA
     def on_fit_start(self) -> None:
+        if self.init_from is not None and self.global_step == 0:
+            self.warm_start(self.init_from)
         self.ema.to(device=next(self.model.parameters()).device)  # torch-ema keeps its own copies
+
+    def warm_start(self, path: str | Path) -> None:
+        """Copy matching tensors from another run's EMA weights (see ``init_from``), then restart the EMA there."""
+        from diffmvae.checkpoint import read_checkpoint
+
+        ckpt = read_checkpoint(path)
+        source = ckpt.get("ema_state_dict") or {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+        target = self.model.state_dict()
+        copied = {}
+        for name, value in source.items():
+            parts = name.split(".")
+            candidates = [name] + ([".".join([*parts[:2], "mean_head", *parts[2:]])] if parts[0] == "decoders" else [])
+            for cand in candidates:
+                if cand in target and target[cand].shape == value.shape:
+                    copied[cand] = value
+                    break
+        self.model.load_state_dict(copied, strict=False)
+        with torch.no_grad():
+            for shadow, p in zip(self.ema.shadow_params, self.model.parameters()):
+                shadow.copy_(p)
+        log.info("warm start from %s: %d of %d tensors copied", path, len(copied), len(target))
 
     def on_validation_epoch_start(self) -> None:
         with torch.no_grad():
@@ -174,6 +229,8 @@ class DiffMVAE(L.LightningModule):
         first = self.model.modalities[0]
         given = {first: self._sample_batch[first]}
         n = given[first].shape[0]
+        if self.grid_steps is not None:
+            self.model.configure_sampling(steps=self.grid_steps)
         with torch.no_grad():
             cond = self.model.generate(given, generator=generator)
             uncond = self.model.generate(None, n, generator=generator)

@@ -2,59 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from decoders.nets import Attention, ResBlock, timestep_embedding
 from encoders.base import group_norm
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
-    """Sinusoidal embedding ``[B, dim]`` of times ``t [B]`` in ``[0, 1]`` (scaled by 1000, as for DDPM's steps)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = 1000.0 * t.float()[:, None] * freqs[None]
-    emb = torch.cat([args.cos(), args.sin()], dim=-1)
-    return F.pad(emb, (0, dim % 2))
-
-
-class ResBlock1d(nn.Module):
-    """GroupNorm-SiLU-conv twice, the time embedding entering as a FiLM scale and shift."""
-
-    def __init__(self, c_in: int, c_out: int, emb_dim: int) -> None:
-        super().__init__()
-        self.norm1, self.conv1 = group_norm(c_in), nn.Conv1d(c_in, c_out, 3, padding=1)
-        self.film = nn.Linear(emb_dim, 2 * c_out)
-        self.norm2, self.conv2 = group_norm(c_out), nn.Conv1d(c_out, c_out, 3, padding=1)
-        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
-
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.film(emb)[..., None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
-        return self.skip(x) + self.conv2(F.silu(h))
-
-
-class Attention1d(nn.Module):
-    """Self-attention over sequence positions: mixes every latent coordinate with every other."""
-
-    def __init__(self, channels: int, heads: int = 4) -> None:
-        super().__init__()
-        self.norm = group_norm(channels)
-        self.attn = nn.MultiheadAttention(channels, heads if channels % heads == 0 else 1, batch_first=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.norm(x).transpose(1, 2)
-        return x + self.attn(h, h, h, need_weights=False)[0].transpose(1, 2)
-
-
 class UNet1d(nn.Module):
-    """UNet over ``z [B, d]`` as ``[B, 1, d]``: one :class:`ResBlock1d` per level (``channels``), stride-2
+    """UNet over ``z [B, d]`` as ``[B, 1, d]``: one :class:`~decoders.nets.ResBlock` per level (``channels``), stride-2
     down-sampling between levels, self-attention at the coarsest level, skip connections.
 
     ``d`` need not be a power of two: the sequence is zero-padded to a multiple of ``2^(levels-1)`` and
@@ -69,11 +28,11 @@ class UNet1d(nn.Module):
         self.emb = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.emb_dim = emb_dim
         self.stem = nn.Conv1d(1, channels[0], 3, padding=1)
-        self.down = nn.ModuleList(ResBlock1d(c_in, c, emb_dim) for c_in, c in zip([channels[0], *channels[:-1]], channels))
+        self.down = nn.ModuleList(ResBlock(c_in, c, emb_dim, dims=1) for c_in, c in zip([channels[0], *channels[:-1]], channels))
         self.pool = nn.ModuleList(nn.Conv1d(c, c, 3, stride=2, padding=1) for c in channels[:-1])
-        self.mid = ResBlock1d(channels[-1], channels[-1], emb_dim)
-        self.attn = Attention1d(channels[-1]) if attention else nn.Identity()
-        self.up = nn.ModuleList(ResBlock1d(2 * c, c_out, emb_dim) for c, c_out in zip(channels[::-1], [*channels[::-1][1:], channels[0]]))
+        self.mid = ResBlock(channels[-1], channels[-1], emb_dim, dims=1)
+        self.attn = Attention(channels[-1]) if attention else nn.Identity()
+        self.up = nn.ModuleList(ResBlock(2 * c, c_out, emb_dim, dims=1) for c, c_out in zip(channels[::-1], [*channels[::-1][1:], channels[0]]))
         self.out = nn.Sequential(group_norm(channels[0]), nn.SiLU(), nn.Conv1d(channels[0], 1, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)

@@ -74,9 +74,13 @@ class VDMLoss:
         """The diffusion loss of each example at its own time ``t [B]`` (so tests can integrate it exactly)."""
         dims = tuple(range(1, x.dim()))
         if self.timesteps is None:
-            t = t.detach().requires_grad_(True)
-            gamma_t = self.gamma(t)
-            (dgamma,) = torch.autograd.grad(gamma_t.sum(), t, create_graph=True)
+            training = torch.is_grad_enabled()
+            with torch.enable_grad():  # gamma'(t) by autograd, also under evaluation's no_grad
+                t = t.detach().requires_grad_(True)
+                gamma_t = self.gamma(t)
+                (dgamma,) = torch.autograd.grad(gamma_t.sum(), t, create_graph=training)
+            if not training:
+                gamma_t, dgamma = gamma_t.detach(), dgamma.detach()
         else:
             gamma_t = self.gamma(t)
             gamma_s = self.gamma(t - 1.0 / self.timesteps)

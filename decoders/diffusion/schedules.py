@@ -105,6 +105,7 @@ class LearnedLogSNR(Schedule):
         return (l1 + l2 @ softplus(self.w3).T)[..., 0]
 
     def log_snr(self, t: Tensor) -> Tensor:
-        ends = self._g(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device))
-        frac = (self._g(t) - ends[0]) / (ends[1] - ends[0])
-        return -(self.gamma_0 + (self.gamma_1 - self.gamma_0) * frac)
+        dtype = self.gamma_0.dtype  # the samplers ask in float64; the network runs in its own dtype
+        ends = self._g(torch.tensor([0.0, 1.0], dtype=dtype, device=t.device))
+        frac = (self._g(t.to(dtype)) - ends[0]) / (ends[1] - ends[0])
+        return (-(self.gamma_0 + (self.gamma_1 - self.gamma_0) * frac)).to(t.dtype)

@@ -61,6 +61,8 @@ def evaluate_checkpoints(
     names: Sequence[str] | None = None,
     classifiers: str | Path | None = None,
     prior: str = "auto",
+    steps: int | None = None,
+    sampler: str | None = None,
     progress: bool = True,
 ) -> list[Path]:
     """Evaluate every checkpoint with one classifier set and write ``metrics.{json,csv,md,png}`` into ``out``."""
@@ -76,8 +78,10 @@ def evaluate_checkpoints(
     for ckpt, run in zip(ckpts, runs):
         if run.module.model.modalities != first:
             raise DiffMVAEError(f"checkpoints have different modality sets: {ckpts[0]} has {', '.join(first)}; {ckpt} has {', '.join(run.module.model.modalities)}")
-    for run in runs:  # fail on missing data files now, not after minutes of classifier training
+    for run in runs:  # fail on missing data files or a bad sampler now, not after minutes of classifier training
         run.datamodule.dataset("test")
+        if steps is not None or sampler is not None:
+            run.module.model.configure_sampling(steps=steps, sampler=sampler)
     if settings.inception_weights:
         from diffmvae.evaluation.frechet import InceptionExtractor
 
@@ -89,7 +93,9 @@ def evaluate_checkpoints(
         prior_module, prior_name = choose_prior(prior, None, ckpt, model)
         log.info("evaluating %s (%s prior for unconditional samples)", name, prior_name)
         summary, model_rows = evaluate_model(name, model, run.datamodule, clfs, prior_module, prior_name, settings, progress=progress)
-        summary.update({"checkpoint": str(ckpt), "classifiers": str(clf_path), "classifier_accuracy": accuracy})
+        summary.update({"checkpoint": str(ckpt), "classifiers": str(clf_path), "classifier_accuracy": accuracy,
+                        "sampling": {m: {"sampler": model.decoders[m].process.sampler, "steps": model.decoders[m].process.steps}
+                                     for m in model.modalities if model.decoders[m].is_diffusion}})
         summaries.append(summary)
         rows += model_rows
         log.info("%s: coherence %s, unconditional %.3f; FD %s (%.0fs)", name,

@@ -1,0 +1,119 @@
+"""Diffusion decoders ``p(x_m | z)`` for image modalities (DESIGN §2.3): a :class:`~decoders.unet.UNet2d` backbone,
+a :class:`~decoders.diffusion.DiffusionProcess`, and how ``z`` reaches the backbone.
+
+``conditioning`` (measured on PolyDigits in the diffusion-decoder issue: FiLM alone lets a small decoder ignore
+``z``):
+
+* ``film``: ``z`` only through the UNet's embedding (adaptive group norm), as the paper describes;
+* ``mean_channels``: also the decoder's own feed-forward mean image ``mean(z)`` as extra input channels;
+* ``residual``: diffuse ``x - mean(z)``; the UNet sees ``z`` and the mean; a sample is ``mean + residual``
+  (DiffuseVAE-style). A shift by a function of ``z`` keeps this a conditional diffusion model of ``x`` given
+  ``z``, so the loss still bounds ``-log p(x|z)`` for VDM.
+
+With a mean head, the decoder's loss adds the head's own likelihood term (``mean_weight`` times
+``-log p(x | mean(z))``), so the head is trained inside the same ELBO. ``diffusion_weight`` (set by the
+LightningModule) switches the diffusion term off during a feed-forward warm-up stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from decoders.base import Decoder
+from decoders.diffusion.processes import DiffusionProcess, DDPMProcess, VDMProcess
+from decoders.feedforward import ConvImageDecoder, ImageLikelihood
+from decoders.unet import Condition, UNet2d
+
+Conditioning = Literal["film", "mean_channels", "residual"]
+
+
+class DiffusionDecoder(Decoder):
+    """Args:
+        latent_dim: size of ``z``.
+        process: the diffusion process (DDPM / score SDE / VDM); DDPM with DDIM-50 by default.
+        image_size, image_channels: the modality's shape.
+        unet_channels, emb_dim, attention_levels, dropout: the UNet's sizes.
+        conditioning: ``film``, ``mean_channels`` or ``residual`` (default).
+        mean_channels, mean_hidden, likelihood, scale, mean_weight: the feed-forward mean head
+            (a :class:`~decoders.ConvImageDecoder`) and the weight of its likelihood term.
+        cond_dropout: probability of replacing the condition by the learned null in training (guidance,
+            Unite-and-Conquer composition).
+        detach_mean: the backbone sees the mean without back-propagating into the head (the head learns from
+            its likelihood only).
+    """
+
+    is_diffusion = True
+
+    def __init__(
+        self,
+        latent_dim: int,
+        process: DiffusionProcess | None = None,
+        image_size: int = 28,
+        image_channels: int = 3,
+        unet_channels: Sequence[int] = (32, 64, 64),
+        emb_dim: int = 128,
+        attention_levels: Sequence[int] = (),
+        dropout: float = 0.0,
+        conditioning: Conditioning = "residual",
+        mean_channels: Sequence[int] = (32, 16),
+        mean_hidden: int = 128,
+        likelihood: ImageLikelihood = "laplace",
+        scale: float = 0.75,
+        mean_weight: float = 1.0,
+        cond_dropout: float = 0.0,
+        detach_mean: bool = True,
+    ) -> None:
+        super().__init__()
+        if conditioning not in ("film", "mean_channels", "residual"):
+            raise ValueError(f"unknown conditioning {conditioning!r}; choose film, mean_channels or residual")
+        if not 0.0 <= cond_dropout < 1.0:
+            raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
+        self.process = process if process is not None else DDPMProcess()
+        self.conditioning, self.mean_weight, self.cond_dropout, self.detach_mean = conditioning, mean_weight, cond_dropout, detach_mean
+        self.shape = (image_channels, image_size, image_size)
+        self.mean_head = (
+            ConvImageDecoder(latent_dim, image_channels, image_size, mean_channels, mean_hidden, likelihood, scale)
+            if conditioning != "film" else None
+        )
+        self.net = UNet2d(image_channels, latent_dim, image_channels if self.mean_head is not None else 0, unet_channels, emb_dim, attention_levels, dropout)
+        self.diffusion_weight = 1.0
+
+    def condition(self, z: Tensor, drop: Tensor | None = None) -> tuple[Condition, Tensor | None]:
+        """The backbone's condition and the shift of the diffused target (``2 mean - 1`` for ``residual``)."""
+        if self.mean_head is None:
+            return Condition(z=z, drop=drop), None
+        mean = self.mean_head.mean(z)
+        mean = 2 * (mean.detach() if self.detach_mean else mean) - 1
+        return Condition(z=z, image=mean, drop=drop), (mean if self.conditioning == "residual" else None)
+
+    def loss(self, x: Tensor, z: Tensor) -> Tensor:
+        """``diffusion_weight * L_diff(x, z) + mean_weight * (-log p(x | mean(z)))``, ``[B]``."""
+        total = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
+        if self.mean_head is not None and self.mean_weight > 0:
+            total = total + self.mean_weight * self.mean_head.loss(x, z)
+        if self.diffusion_weight > 0:
+            drop = torch.rand(x.shape[0], device=x.device) < self.cond_dropout if self.cond_dropout > 0 else None
+            cond, shift = self.condition(z, drop)
+            target = 2 * x - 1 if shift is None else 2 * x - 1 - shift
+            total = total + self.diffusion_weight * self.process.loss(self.net, target, cond, shift=shift)
+        return total
+
+    def generate(self, z: Tensor, *, generator: torch.Generator | None = None, unconditional: bool = False) -> Tensor:
+        """A sample ``[B, C, H, W]`` in ``[0, 1]`` given ``z`` (``unconditional``: with the null condition)."""
+        drop = torch.full((z.shape[0],), unconditional, device=z.device, dtype=torch.bool)
+        cond, shift = self.condition(z, drop if unconditional or self.cond_dropout > 0 else None)
+        low, high = (-1.0, 1.0) if shift is None else (-1.0 - shift, 1.0 - shift)
+        sample = self.process.sample(self.net, (z.shape[0], *self.shape), cond, clip=(low, high), generator=generator, device=z.device)
+        return ((sample if shift is None else sample + shift) + 1).div(2).clamp(0, 1)
+
+    def bits_per_dim(self, x: Tensor, z: Tensor) -> Tensor:
+        """Bits per dimension of VDM's bound on the 8-bit image given ``z``, ``[B]`` (VDM processes only)."""
+        if not isinstance(self.process, VDMProcess):
+            raise TypeError(f"{type(self.process).__name__} gives no likelihood bound; use a VDMProcess")
+        cond, shift = self.condition(z)
+        target = 2 * x - 1 if shift is None else 2 * x - 1 - shift
+        return self.process.bits_per_dim(self.net, target, cond, shift=shift)

@@ -1,0 +1,109 @@
+"""The image UNet of the diffusion decoders: ``net(x_t, t, cond) -> [B, C, H, W]`` conditioned on the latent ``z``
+through the embedding (adaptive group norm / FiLM) and, optionally, on an image concatenated to ``x_t``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from decoders.nets import Attention, ResBlock, conv, timestep_embedding
+from encoders.base import group_norm
+
+
+@dataclass
+class Condition:
+    """What a conditional backbone sees besides ``(x_t, t)``.
+
+    Attributes:
+        z: the latent ``[B, d]`` (FiLM), or ``None``.
+        image: a conditioning image ``[B, C_c, H, W]`` concatenated to ``x_t`` (e.g. the decoder's mean), or ``None``.
+        drop: ``[B]`` bool; where true the condition is replaced by the learned null (condition dropout /
+            the unconditional prediction of guidance and Unite-and-Conquer).
+    """
+
+    z: Tensor | None = None
+    image: Tensor | None = None
+    drop: Tensor | None = None
+
+
+class UNet2d(nn.Module):
+    """A UNet for ``image_size`` 28, 32, 64, ...: one :class:`~decoders.nets.ResBlock` per level (``channels``),
+    stride-2 down-sampling between levels, attention at the levels in ``attention_levels``, skips.
+
+    Args:
+        in_channels: channels of ``x_t`` (and of the output).
+        latent_dim: size of ``z`` (0: no latent condition).
+        cond_channels: channels of the conditioning image (0: none).
+        channels: width per level; ``image_size`` must be divisible by ``2^(len(channels) - 1)``.
+        emb_dim: size of the time (+ condition) embedding.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        latent_dim: int = 0,
+        cond_channels: int = 0,
+        channels: Sequence[int] = (32, 64, 64),
+        emb_dim: int = 128,
+        attention_levels: Sequence[int] = (),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not channels:
+            raise ValueError("UNet2d needs at least one level")
+        self.in_channels, self.latent_dim, self.cond_channels, self.emb_dim = in_channels, latent_dim, cond_channels, emb_dim
+        self.levels = len(channels)
+        self.time = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if latent_dim:
+            self.z_embed = nn.Sequential(nn.Linear(latent_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            self.null_z = nn.Parameter(torch.zeros(emb_dim))
+        self.stem = conv(2, in_channels + cond_channels, channels[0])
+        widths = [channels[0], *channels]
+        self.down = nn.ModuleList(ResBlock(widths[i], widths[i + 1], emb_dim, 2, dropout) for i in range(self.levels))
+        self.pool = nn.ModuleList(conv(2, c, c, stride=2) for c in channels[:-1])
+        self.down_attn = nn.ModuleList(Attention(c) if i in attention_levels else nn.Identity() for i, c in enumerate(channels))
+        self.mid = ResBlock(channels[-1], channels[-1], emb_dim, 2, dropout)
+        rev = list(channels[::-1])
+        self.up = nn.ModuleList(ResBlock(2 * c, c_out, emb_dim, 2, dropout) for c, c_out in zip(rev, [*rev[1:], channels[0]]))
+        self.out = nn.Sequential(group_norm(channels[0]), nn.SiLU(), conv(2, channels[0], in_channels))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def embed(self, t: Tensor, cond: Condition | None) -> Tensor:
+        emb = self.time(timestep_embedding(t, self.emb_dim))
+        if self.latent_dim:
+            if cond is None or cond.z is None:
+                raise ValueError("this UNet is conditioned on z; pass Condition(z=...)")
+            z_emb = self.z_embed(cond.z)
+            if cond.drop is not None:
+                z_emb = torch.where(cond.drop[:, None], self.null_z.expand_as(z_emb), z_emb)
+            emb = emb + z_emb
+        return emb
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Condition | None = None) -> Tensor:
+        """``x_t [B, C, H, W]``, ``t [B]`` -> ``[B, C, H, W]``."""
+        emb = self.embed(t, cond)
+        h = x_t
+        if self.cond_channels:
+            if cond is None or cond.image is None:
+                raise ValueError(f"this UNet takes a {self.cond_channels}-channel conditioning image; pass Condition(image=...)")
+            image = cond.image if cond.drop is None else cond.image * (~cond.drop).to(cond.image.dtype)[:, None, None, None]
+            h = torch.cat([h, image], dim=1)
+        h = self.stem(h)
+        skips = []
+        for i, block in enumerate(self.down):
+            h = self.down_attn[i](block(h, emb))
+            skips.append(h)
+            if i < len(self.pool):
+                h = self.pool[i](h)
+        h = self.mid(h, emb)
+        for block in self.up:
+            skip = skips.pop()
+            if h.shape[-2:] != skip.shape[-2:]:
+                h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
+            h = block(torch.cat([h, skip], dim=1), emb)
+        return self.out(h)
