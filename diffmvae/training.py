@@ -42,6 +42,16 @@ def lr_factor(step: int, *, schedule: LRSchedule, warmup: int, total: int) -> fl
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def staged_lr_factor(step: int, *, schedule: LRSchedule, warmup: int, total: int, stage: int = 0) -> float:
+    """:func:`lr_factor` restarted at ``stage`` (the end of the feed-forward warm-up stage), so the diffusion
+    stage gets its own warm-up and decay instead of the tail of the first stage's."""
+    if 0 < stage < total:
+        if step < stage:
+            return lr_factor(step, schedule=schedule, warmup=warmup, total=stage)
+        return lr_factor(step - stage, schedule=schedule, warmup=warmup, total=total - stage)
+    return lr_factor(step, schedule=schedule, warmup=warmup, total=total)
+
+
 class DiffMVAE(L.LightningModule):
     """Trains a :class:`MultimodalVAE` (feed-forward and/or diffusion decoders) with the mixture ELBO.
 
@@ -56,7 +66,8 @@ class DiffMVAE(L.LightningModule):
         ema_decay: decay of the weight EMA used for validation, sampling and the checkpoint's
             ``ema_state_dict``.
         lr_schedule, warmup_steps: ``constant`` or ``cosine`` decay to zero over the run's optimizer steps
-            (``trainer.estimated_stepping_batches``), after a linear warm-up.
+            (``trainer.estimated_stepping_batches``), after a linear warm-up; with a feed-forward warm-up stage
+            the schedule restarts when the diffusion stage begins.
         num_sample_rows: examples shown in the sample grid written each validation epoch.
         feedforward_warmup_steps: staged training in one run: for this many optimizer steps the diffusion
             decoders contribute only their feed-forward mean head's likelihood (the diffusion term is off);
@@ -147,7 +158,8 @@ class DiffMVAE(L.LightningModule):
         if self.lr_schedule == "constant" and self.warmup_steps == 0:
             return opt
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        factor = partial(lr_factor, schedule=self.lr_schedule, warmup=self.warmup_steps, total=total)
+        factor = partial(staged_lr_factor, schedule=self.lr_schedule, warmup=self.warmup_steps, total=total,
+                         stage=self.feedforward_warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -24,3 +24,13 @@ def test_unknown_lr_schedule_is_refused():
         DiffMVAE(dict(model.encoders), dict(model.decoders), model.latent_dim, lr_schedule="linear")
     with pytest.raises(ValueError, match="warmup_steps"):
         DiffMVAE(dict(model.encoders), dict(model.decoders), model.latent_dim, warmup_steps=-1)
+
+
+def test_staged_lr_schedule_restarts_at_the_diffusion_stage():
+    from diffmvae.training import staged_lr_factor
+
+    f = lambda step: staged_lr_factor(step, schedule="cosine", warmup=10, total=300, stage=100)  # noqa: E731
+    assert f(0) == pytest.approx(0.1) and f(99) < 0.01  # stage 1: warm-up, then decay to ~0 at step 100
+    assert f(100) == pytest.approx(0.1) and f(109) == pytest.approx(1.0)  # stage 2: its own warm-up
+    assert f(299) < 0.001
+    assert staged_lr_factor(50, schedule="cosine", warmup=10, total=300) == lr_factor(50, schedule="cosine", warmup=10, total=300)
