@@ -27,14 +27,14 @@ def main() -> None:
     p.add_argument("--extra", nargs="*", default=[], help="more SAMPLER:STEPS pairs, e.g. ancestral:1000 ddim:20")
     args = p.parse_args()
     torch.set_grad_enabled(False)
-    model = load_run(args.ckpt).module.model
+    run = load_run(args.ckpt)
+    model = run.module.model
     names = [m for m in model.modalities if model.decoders[m].is_diffusion]
     if not names:
         raise SystemExit(f"{args.ckpt} has no diffusion decoder")
     target = args.modality or names[0]
     decoder = model.decoders[target]
     source = next(m for m in model.modalities if m != target)
-    run = load_run(args.ckpt)
     test = collate_split(run.datamodule.dataset("test"), args.n)
     z = model.sample_latent({source: test[source]}, generator=torch.Generator().manual_seed(args.seed))
     calls = {"images": 0}

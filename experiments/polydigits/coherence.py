@@ -1,9 +1,11 @@
-"""Judge `diffmvae sample` output with the digit classifiers of `diffmvae evaluate` (trained on real images).
+"""Judge `diffmvae sample` output with the digit classifiers of `diffmvae evaluate` (trained on real images):
+coherence of the generated modalities and their Fréchet distance to the real test images.
 
     python experiments/polydigits/coherence.py --samples OUT/samples.npz [--classifiers runs/classifiers/....pt]
 
 Prints the fraction of generated images (the modalities not in `given`) classified as the example's true
-label. Without --classifiers it uses (and trains once, when missing) the classifier set of the quickstart's
+label, and the Fréchet distance of each generated modality to all real test images of that modality, in the
+classifier's penultimate-layer features. Without --classifiers it uses (and trains once, when missing) the classifier set of the quickstart's
 data: PolyDigits with M taken from the samples, seed 0, 6000 training examples.
 """
 
@@ -16,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffmvae.evaluation import conditional_coherence
-from diffmvae.evaluation.classifier import load_classifier_set
+from diffmvae.data import PolyDigits
+from diffmvae.evaluation import FeatureExtractor, conditional_coherence, frechet_distance
+from diffmvae.evaluation.classifier import collate_split, load_classifier_set
 from diffmvae.evaluation.command import CLASSIFIER_DIR, data_key, fit_classifiers
 
 
@@ -39,7 +42,10 @@ def main() -> None:
     samples = {m: torch.from_numpy(data[m]) for m in names}
     scores = conditional_coherence(samples, torch.from_numpy(data["label"]), given, classifiers)
     mean = float(np.mean(list(scores.values())))
+    real = collate_split(PolyDigits("test", len(names), seed=0))
+    fd = {m: frechet_distance(real[m], samples[m], FeatureExtractor(classifiers[m])) for m in scores}
     print(json.dumps({"given": given, "per_modality": scores, "coherence": round(mean, 4), "n": len(data["label"]),
+                      "fd_mean": round(float(np.mean(list(fd.values()))), 2), "fd": {m: round(v, 2) for m, v in fd.items()},
                       "classifier_accuracy": accuracy}))
 
 
