@@ -15,7 +15,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 log = logging.getLogger("diffmvae")
 
@@ -38,6 +38,18 @@ def _parser_error(text: str) -> str:
     outer = re.match(r'Parser key "([^"]+)"', text)
     prefix = f'config key "{outer.group(1)}" ' if outer else ""
     return f"{prefix}({where}): {what}"[:400]
+
+
+def _parse_config(parser: Any, argv: list[str]) -> Any:
+    """``parser.parse_args(argv)`` for a jsonargparse parser, its errors turned into one-line DiffMVAEErrors."""
+    from jsonargparse import ArgumentError
+
+    from diffmvae.io import DiffMVAEError
+
+    try:
+        return parser.parse_args(argv)
+    except ArgumentError as e:
+        raise DiffMVAEError(_parser_error(_one_line(e))) from e
 
 
 def _lightning(argv: list[str]) -> int:
@@ -122,7 +134,7 @@ def _prior(argv: list[str]) -> int:
 
     if not argv or argv[0] != "fit":
         raise DiffMVAEError("usage: diffmvae prior fit --ckpt CKPT [--config YAML] [--out PATH] (the only prior command is `fit`)")
-    from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
+    from jsonargparse import ActionConfigFile, ArgumentParser
 
     from diffmvae.latent_prior import AggregateFamily, fit_prior_for_checkpoint
     from priors import ScorePrior
@@ -139,10 +151,7 @@ def _prior(argv: list[str]) -> int:
     p.add_argument("--split", type=Literal["train", "val", "test"], default="train")
     p.add_class_arguments(ScorePrior, "prior", skip={"latent_dim"}, instantiate=False)
     p.add_class_arguments(PriorFitConfig, "fit", instantiate=False)
-    try:
-        cfg = p.parse_args(argv[1:])
-    except ArgumentError as e:
-        raise DiffMVAEError(_parser_error(_one_line(e))) from e
+    cfg = _parse_config(p, argv[1:])
     start = time.perf_counter()
     path = fit_prior_for_checkpoint(
         cfg.ckpt, prior_args=cfg.prior.as_dict(), fit_args=cfg.fit.as_dict(), out=cfg.out, overwrite=cfg.overwrite,
@@ -187,7 +196,7 @@ def _classifiers(argv: list[str]) -> int:
     if not argv or argv[0] != "fit":
         raise DiffMVAEError("usage: diffmvae classifiers fit --config YAML [--out PATH] (the only classifiers command is `fit`)")
     import lightning as L
-    from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
+    from jsonargparse import ActionConfigFile, ArgumentParser
 
     from diffmvae.evaluation.command import fit_classifiers
 
@@ -201,10 +210,7 @@ def _classifiers(argv: list[str]) -> int:
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
-    try:
-        cfg = p.parse_args(argv[1:])
-    except ArgumentError as e:
-        raise DiffMVAEError(_parser_error(_one_line(e))) from e
+    cfg = _parse_config(p, argv[1:])
     start = time.perf_counter()
     path = fit_classifiers(cfg.data.as_dict(), cfg.out, overwrite=cfg.overwrite, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
     log.info("wrote %s in %.0fs", path, time.perf_counter() - start)

@@ -6,13 +6,13 @@ import torch
 from torch import Tensor, nn
 
 from decoders.diffusion.parameterization import Prediction, check_prediction, expand, target
+from decoders.diffusion.samplers import randn
 from decoders.diffusion.schedules import Schedule
 
 
 def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     """Standard normal noise shaped like ``x``, drawn on the generator's device and moved to ``x``'s."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+    return randn(tuple(x.shape), generator, x.device, x.dtype)
 
 
 def rand(n: int, generator: torch.Generator | None, like: Tensor) -> Tensor:

@@ -38,8 +38,8 @@ class MissingModalities(Dataset):
 
 
 class MultimodalDataModule(L.LightningDataModule):
-    """Shared loader plumbing: subclasses set ``modalities``, ``batch_size``, ``num_workers``, ``seed`` and
-    ``missing_rate`` and implement :meth:`make_dataset`; :meth:`dataset` caches and adds missing modalities."""
+    """Shared loader plumbing: subclasses pass ``batch_size`` (checked here), set ``modalities``,
+    ``num_workers``, ``seed`` and ``missing_rate`` and implement :meth:`make_dataset`; :meth:`dataset` caches and adds missing modalities."""
 
     modalities: tuple[str, ...]
     batch_size: int
@@ -47,8 +47,11 @@ class MultimodalDataModule(L.LightningDataModule):
     seed: int = 0
     missing_rate: float = 0.0
 
-    def __init__(self) -> None:
+    def __init__(self, batch_size: int) -> None:
         super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
         self._sets: dict[str, Dataset] = {}
 
     def make_dataset(self, split: Split) -> Dataset:  # pragma: no cover - abstract
@@ -109,10 +112,8 @@ class PolyDigitsDataModule(MultimodalDataModule):
         missing_rate: float = 0.0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.num_modalities, self.batch_size, self.seed = num_modalities, batch_size, seed
+        super().__init__(batch_size)
+        self.num_modalities, self.seed = num_modalities, seed
         self.train_length, self.missing_rate, self.num_workers = train_length, missing_rate, num_workers
         self.modalities = tuple(f"m{k}" for k in range(num_modalities))
 
@@ -146,12 +147,10 @@ class PolyMNISTDataModule(MultimodalDataModule):
         missing_rate: float = 0.0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        super().__init__(batch_size)
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        self.root, self.num_modalities, self.batch_size, self.val_fraction = root, num_modalities, batch_size, val_fraction
+        self.root, self.num_modalities, self.val_fraction = root, num_modalities, val_fraction
         self.seed, self.missing_rate, self.num_workers = seed, missing_rate, num_workers
         self.modalities = tuple(f"m{k}" for k in range(num_modalities))
 
