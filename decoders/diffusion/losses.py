@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from decoders.diffusion.parameterization import Prediction, check_prediction, expand, target
+from decoders.diffusion.parameterization import Prediction, check_prediction, expand, target, to_eps
 from decoders.diffusion.samplers import randn
 from decoders.diffusion.schedules import Schedule
 
@@ -107,7 +107,8 @@ class DSMLoss:
     """Denoising score matching for the VP-SDE (Song et al. 2021; seed 003's Diff-MVAE decoders):
     ``E_t lambda(t)/2 ||grad log p_t(x_t|x) - s_theta(x_t, t)||^2`` with ``t ~ U(eps_t, 1]``.
 
-    The backbone predicts eps; the score is ``s = -eps_hat / sigma_t``, so the per-example loss is
+    The backbone predicts ``prediction`` (eps by default; v or x0 are reparameterisations of the same score
+    model), converted to ``eps_hat``; the score is ``s = -eps_hat / sigma_t``, so the per-example loss is
     ``lambda(t) / (2 sigma_t^2) ||eps - eps_hat||^2``. ``weighting``: ``variance`` (``lambda = sigma_t^2``,
     Song et al.'s default, = the simple eps loss / 2), ``likelihood`` (``lambda = beta(t)``, a bound on the
     NLL up to constants) or ``none`` (``lambda = 1``).
@@ -115,7 +116,8 @@ class DSMLoss:
 
     WEIGHTINGS = ("variance", "likelihood", "none")
 
-    def __init__(self, schedule: Schedule, *, weighting: str = "variance", t_min: float = 1e-5) -> None:
+    def __init__(self, schedule: Schedule, *, weighting: str = "variance", t_min: float = 1e-5, prediction: Prediction = "eps") -> None:
+        self.prediction = check_prediction(prediction)
         if weighting not in self.WEIGHTINGS:
             raise ValueError(f"unknown DSM weighting {weighting!r}; choose one of {', '.join(self.WEIGHTINGS)}")
         if weighting == "likelihood" and not hasattr(schedule, "beta"):
@@ -127,7 +129,7 @@ class DSMLoss:
         eps = randn_like(x, generator)
         alpha, sigma = self.schedule.alpha_sigma(t)
         x_t = expand(alpha, x) * x + expand(sigma, x) * eps
-        err = (eps - net(x_t, t, cond)).pow(2).flatten(1).sum(dim=1)
+        err = (eps - to_eps(self.prediction, net(x_t, t, cond), x_t, alpha, sigma)).pow(2).flatten(1).sum(dim=1)
         if self.weighting == "variance":
             weight = torch.full_like(t, 0.5)
         elif self.weighting == "likelihood":

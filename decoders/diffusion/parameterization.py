@@ -48,6 +48,17 @@ def to_x0(prediction: Prediction, out: Tensor, x_t: Tensor, alpha: Tensor, sigma
     return out
 
 
+def to_eps(prediction: Prediction, out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """The noise estimate implied by ``out`` (for score-based losses: ``score = -eps_hat / sigma``); the ``v`` form
+    ``eps = sigma x_t + alpha v`` stays well conditioned as ``sigma -> 0``."""
+    a, s = expand(alpha, x_t), expand(sigma, x_t)
+    if prediction == "eps":
+        return out
+    if prediction == "v":
+        return s * x_t + a * out
+    return (x_t - a * out) / s
+
+
 def make_denoiser(
     net: nn.Module,
     schedule: Schedule,

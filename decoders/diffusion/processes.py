@@ -96,15 +96,17 @@ class DDPMProcess(DiffusionProcess):
 
 class ScoreSDEProcess(DiffusionProcess):
     """The VP-SDE of Diff-MVAE: ``beta(t)`` linear from ``beta_min`` to ``beta_max``, DSM with ``weighting``
-    (``variance``, ``likelihood`` or ``none``), Euler-Maruyama with ``corrector_steps`` Langevin steps."""
+    (``variance``, ``likelihood`` or ``none``), Euler-Maruyama with ``corrector_steps`` Langevin steps.
+    ``prediction`` is the backbone's output (eps, as in the paper, or v), the same score model either way."""
 
     samplers = ("euler_maruyama", "ddim")
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, weighting: str = "variance", sampler: str = "euler_maruyama",
-                 steps: int = 1000, corrector_steps: int = 0, snr: float = 0.16, t_min: float = 1e-3) -> None:
+                 steps: int = 1000, corrector_steps: int = 0, snr: float = 0.16, t_min: float = 1e-3, prediction: Prediction = "eps") -> None:
         super().__init__(sampler, steps)
         self.schedule = VPSchedule(beta_min, beta_max)
-        self.diffusion_loss = DSMLoss(self.schedule, weighting=weighting, t_min=1e-5)
+        self.prediction = check_prediction(prediction)
+        self.diffusion_loss = DSMLoss(self.schedule, weighting=weighting, t_min=1e-5, prediction=self.prediction)
         self.corrector_steps, self.snr, self.t_min = corrector_steps, snr, t_min
 
     def loss(self, net, x, cond=None, *, shift=None, generator=None):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from decoders.diffusion import (
-    PREDICTIONS, CosineSchedule, DDPMLoss, LinearLogSNR, VPSchedule, ddim_sample, make_denoiser, target, time_grid, to_x0,
+    PREDICTIONS, CosineSchedule, DDPMLoss, LinearLogSNR, VPSchedule, ddim_sample, make_denoiser, target, time_grid, to_eps, to_x0,
 )
 from decoders.diffusion.parameterization import check_prediction
 
@@ -55,6 +55,7 @@ def test_target_and_x0_round_trip(prediction):
     alpha, sigma = CosineSchedule().alpha_sigma(torch.rand(5, generator=g))
     x_t = alpha[:, None, None] * x0 + sigma[:, None, None] * eps
     torch.testing.assert_close(to_x0(prediction, target(prediction, x0, eps, alpha, sigma), x_t, alpha, sigma), x0, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(to_eps(prediction, target(prediction, x0, eps, alpha, sigma), x_t, alpha, sigma), eps, rtol=1e-4, atol=1e-4)
 
 
 def test_unknown_prediction_fails_with_one_line():
@@ -229,6 +230,16 @@ def test_dsm_loss_weightings_and_errors():
     for weighting in DSMLoss.WEIGHTINGS:
         out = DSMLoss(VPSchedule(), weighting=weighting)(zero, x, generator=torch.Generator().manual_seed(0))
         assert out.shape == (5,) and torch.all(torch.isfinite(out)) and torch.all(out > 0)
+    # the same score model, parameterised by v instead of eps, gives the same loss
+    eps_net = lambda x_t, t, c: 0.3 * x_t  # noqa: E731
+    alpha_sigma = VPSchedule().alpha_sigma
+    def v_net(x_t, t, c):
+        a, s = (u[:, None, None] for u in alpha_sigma(t))
+        return (0.3 * x_t - s * x_t) / a  # eps_hat = s x_t + a v
+    torch.testing.assert_close(DSMLoss(VPSchedule(), prediction="v")(v_net, x, generator=torch.Generator().manual_seed(1)),
+                               DSMLoss(VPSchedule())(eps_net, x, generator=torch.Generator().manual_seed(1)), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown prediction type 'score'"):
+        DSMLoss(VPSchedule(), prediction="score")
     with pytest.raises(ValueError, match="unknown DSM weighting 'snr'"):
         DSMLoss(VPSchedule(), weighting="snr")
     with pytest.raises(ValueError, match="needs a VP schedule"):
