@@ -17,7 +17,7 @@ LightningModule) switches the diffusion term off during a feed-forward warm-up s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -26,6 +26,7 @@ from torch import Tensor
 from decoders.base import Decoder
 from decoders.diffusion.processes import DiffusionProcess, DDPMProcess, VDMProcess
 from decoders.feedforward import ConvImageDecoder, ImageLikelihood
+from decoders.guidance import guided
 from decoders.unet import Condition, UNet2d
 
 Conditioning = Literal["film", "mean_channels", "residual"]
@@ -44,6 +45,8 @@ class DiffusionDecoder(Decoder):
             Unite-and-Conquer composition).
         detach_mean: the backbone sees the mean without back-propagating into the head (the head learns from
             its likelihood only).
+        guidance: classifier-free guidance scale at sampling (:func:`~decoders.guidance.guided`; 1 = none,
+            0 = unconditional); anything but 1 needs ``cond_dropout > 0`` so the null condition is learned.
     """
 
     is_diffusion = True
@@ -66,6 +69,7 @@ class DiffusionDecoder(Decoder):
         mean_weight: float = 1.0,
         cond_dropout: float = 0.0,
         detach_mean: bool = True,
+        guidance: float = 1.0,
     ) -> None:
         super().__init__()
         if conditioning not in ("film", "mean_channels", "residual"):
@@ -73,6 +77,7 @@ class DiffusionDecoder(Decoder):
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         self.process = process if process is not None else DDPMProcess()
+        self.guidance = self.check_guidance(guidance, cond_dropout)
         self.conditioning, self.mean_weight, self.cond_dropout, self.detach_mean = conditioning, mean_weight, cond_dropout, detach_mean
         self.shape = (image_channels, image_size, image_size)
         self.mean_head = (
@@ -81,6 +86,21 @@ class DiffusionDecoder(Decoder):
         )
         self.net = UNet2d(image_channels, latent_dim, image_channels if self.mean_head is not None else 0, unet_channels, emb_dim, attention_levels, dropout)
         self.diffusion_weight = 1.0
+
+    @staticmethod
+    def check_guidance(guidance: float, cond_dropout: float) -> float:
+        if guidance < 0:
+            raise ValueError(f"guidance must be >= 0, got {guidance}")
+        if guidance != 1.0 and cond_dropout <= 0:
+            raise ValueError(f"guidance {guidance} needs a decoder trained with cond_dropout > 0 (it has {cond_dropout}), "
+                             "or the null condition is untrained")
+        return guidance
+
+    def configure_sampling(self, steps: int | None = None, sampler: str | None = None, guidance: float | None = None) -> None:
+        """Override the sampler, its steps and/or the guidance scale (``diffmvae sample --steps/--sampler/--guidance``)."""
+        self.process.configure_sampling(steps=steps, sampler=sampler)
+        if guidance is not None:
+            self.guidance = self.check_guidance(guidance, self.cond_dropout)
 
     def condition(self, z: Tensor, drop: Tensor | None = None) -> tuple[Condition, Tensor | None]:
         """The backbone's condition and the shift of the diffused target (``2 mean - 1`` for ``residual``)."""
@@ -103,11 +123,13 @@ class DiffusionDecoder(Decoder):
         return total
 
     def generate(self, z: Tensor, *, generator: torch.Generator | None = None, unconditional: bool = False) -> Tensor:
-        """A sample ``[B, C, H, W]`` in ``[0, 1]`` given ``z`` (``unconditional``: with the null condition)."""
+        """A sample ``[B, C, H, W]`` in ``[0, 1]`` given ``z`` (``unconditional``: with the null condition), with
+        classifier-free guidance when ``guidance != 1``."""
         drop = torch.full((z.shape[0],), unconditional, device=z.device, dtype=torch.bool)
         cond, shift = self.condition(z, drop if unconditional or self.cond_dropout > 0 else None)
         low, high = (-1.0, 1.0) if shift is None else (-1.0 - shift, 1.0 - shift)
-        sample = self.process.sample(self.net, (z.shape[0], *self.shape), cond, clip=(low, high), generator=generator, device=z.device)
+        net = self.net if unconditional or self.guidance == 1.0 else guided(self.net, cond, self.guidance)
+        sample = self.process.sample(net, (z.shape[0], *self.shape), cond, clip=(low, high), generator=generator, device=z.device)
         return ((sample if shift is None else sample + shift) + 1).div(2).clamp(0, 1)
 
     def bits_per_dim(self, x: Tensor, z: Tensor) -> Tensor:
@@ -117,3 +139,25 @@ class DiffusionDecoder(Decoder):
         cond, shift = self.condition(z)
         target = 2 * x - 1 if shift is None else 2 * x - 1 - shift
         return self.process.bits_per_dim(self.net, target, cond, shift=shift)
+
+
+def share_backbones(decoders: Mapping[str, Decoder]) -> list[str]:
+    """Make every :class:`DiffusionDecoder` in ``decoders`` use the first one's UNet: one backbone trained on all
+    modalities, so each optimizer step gives it ``M`` times the examples (the setting of the diffusion-decoder
+    issue's measurements). The backbone tells modalities apart by the mean image it is conditioned on, so every
+    decoder needs a mean head (``conditioning`` ``residual`` or ``mean_channels``), and the UNets must have the
+    same shapes. Returns the names of the sharing decoders; the heads and processes stay per modality."""
+    names = [m for m, d in decoders.items() if isinstance(d, DiffusionDecoder)]
+    if len(names) < 2:
+        raise ValueError(f"share_backbone needs at least two diffusion decoders, got {len(names)}")
+    first = decoders[names[0]].net
+    shapes = {k: v.shape for k, v in first.state_dict().items()}
+    for m in names:
+        dec = decoders[m]
+        if dec.mean_head is None:
+            raise ValueError(f"share_backbone: decoder {m!r} has conditioning 'film', so a shared backbone could not tell its modality "
+                             "from the others; use 'residual' or 'mean_channels'")
+        if {k: v.shape for k, v in dec.net.state_dict().items()} != shapes:
+            raise ValueError(f"share_backbone: decoder {m!r} has a UNet of other sizes than {names[0]!r}'s")
+        dec.net = first
+    return names

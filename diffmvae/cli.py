@@ -109,6 +109,8 @@ def _sample(argv: list[str]) -> int:
     p.add_argument("--prior-steps", type=int, default=None, help="DDIM steps of the score prior (default: its own, 50)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps of every diffusion decoder (default: each one's own)")
     p.add_argument("--sampler", default=None, help="sampler of every diffusion decoder: ddim, ancestral, euler_maruyama (as the process allows)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale of every diffusion decoder (1: none; needs decoders trained with cond_dropout)")
     args = p.parse_args(argv)
     if args.n < 1:
         raise DiffMVAEError(f"--n must be >= 1, got {args.n}")
@@ -116,9 +118,9 @@ def _sample(argv: list[str]) -> int:
     run = load_run(args.ckpt, use_ema=not args.no_ema)
     model = run.module.model
     given = parse_given(args.given, model.modalities)
-    if args.steps is not None or args.sampler is not None:
-        if not model.configure_sampling(steps=args.steps, sampler=args.sampler):
-            raise DiffMVAEError("--steps/--sampler apply to diffusion decoders, and this model has none")
+    if args.steps is not None or args.sampler is not None or args.guidance is not None:
+        if not model.configure_sampling(steps=args.steps, sampler=args.sampler, guidance=args.guidance):
+            raise DiffMVAEError("--steps/--sampler/--guidance apply to diffusion decoders, and this model has none")
     prior, prior_name = choose_prior(args.prior, args.prior_ckpt, args.ckpt, model, steps=args.prior_steps) if not given else (None, None)
     generator = torch.Generator().manual_seed(args.seed)
     batch = select_examples(run.datamodule.dataset(args.split), args.n, generator)
@@ -177,6 +179,8 @@ def _evaluate(argv: list[str]) -> int:
     p.add_argument("--prior", default="auto", choices=("auto", "score", "gaussian"), help="prior of unconditional samples")
     p.add_argument("--steps", type=int, default=None, help="sampler steps of every diffusion decoder (default: each one's own)")
     p.add_argument("--sampler", default=None, help="sampler of every diffusion decoder (ddim, ancestral, euler_maruyama)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale of every diffusion decoder (1: none; needs decoders trained with cond_dropout)")
     p.add_argument("--inception-weights", default=None,
                    help="local Inception-v3 weights file: Fréchet distances in Inception space (needs the 'fid' extra)")
     args = p.parse_args(argv)
@@ -185,7 +189,7 @@ def _evaluate(argv: list[str]) -> int:
                             inception_weights=args.inception_weights)
     names = args.names.split(",") if args.names else None
     paths = evaluate_checkpoints(args.ckpt, args.out, settings=settings, names=names, classifiers=args.classifiers, prior=args.prior,
-                                 steps=args.steps, sampler=args.sampler)
+                                 steps=args.steps, sampler=args.sampler, guidance=args.guidance)
     log.info("wrote %s in %.0fs", ", ".join(map(str, paths)), time.perf_counter() - start)
     return 0
 

@@ -63,6 +63,7 @@ def evaluate_checkpoints(
     prior: str = "auto",
     steps: int | None = None,
     sampler: str | None = None,
+    guidance: float | None = None,
     progress: bool = True,
 ) -> list[Path]:
     """Evaluate every checkpoint with one classifier set and write ``metrics.{json,csv,md,png}`` into ``out``."""
@@ -80,8 +81,8 @@ def evaluate_checkpoints(
             raise DiffMVAEError(f"checkpoints have different modality sets: {ckpts[0]} has {', '.join(first)}; {ckpt} has {', '.join(run.module.model.modalities)}")
     for run in runs:  # fail on missing data files or a bad sampler now, not after minutes of classifier training
         run.datamodule.dataset("test")
-        if steps is not None or sampler is not None:
-            run.module.model.configure_sampling(steps=steps, sampler=sampler)
+        if steps is not None or sampler is not None or guidance is not None:
+            run.module.model.configure_sampling(steps=steps, sampler=sampler, guidance=guidance)
     if settings.inception_weights:
         from diffmvae.evaluation.frechet import InceptionExtractor
 
@@ -94,7 +95,8 @@ def evaluate_checkpoints(
         log.info("evaluating %s (%s prior for unconditional samples)", name, prior_name)
         summary, model_rows = evaluate_model(name, model, run.datamodule, clfs, prior_module, prior_name, settings, progress=progress)
         summary.update({"checkpoint": str(ckpt), "classifiers": str(clf_path), "classifier_accuracy": accuracy,
-                        "sampling": {m: {"sampler": model.decoders[m].process.sampler, "steps": model.decoders[m].process.steps}
+                        "sampling": {m: {"sampler": model.decoders[m].process.sampler, "steps": model.decoders[m].process.steps,
+                                         "guidance": model.decoders[m].guidance}
                                      for m in model.modalities if model.decoders[m].is_diffusion}})
         summaries.append(summary)
         rows += model_rows
