@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 
-from diffmvae.io import DiffMVAEError
+from diffmvae.io import DiffMVAEError, load_tensors
 
 ALLOWED_PACKAGES = ("diffmvae", "encoders", "decoders", "priors")
 
@@ -44,14 +43,7 @@ def instantiate(spec: Any) -> Any:
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """``torch.load(path, weights_only=True)`` with one-line errors for a missing or unreadable file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DiffMVAEError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DiffMVAEError(f"checkpoint {path} is not a readable checkpoint ({first[:200]})") from e
+    ckpt = load_tensors(path, "checkpoint", unreadable="is not a readable checkpoint")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise DiffMVAEError(f"checkpoint {path} has no 'state_dict'; is it a Lightning checkpoint?")
     return ckpt

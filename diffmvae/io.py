@@ -6,6 +6,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def load_tensors(path: str | os.PathLike, what: str, *, missing_hint: str = "", unreadable: str = "is not readable") -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` (never runs pickled code) with one-line
+    errors naming ``what`` and the file: ``{what} {path} does not exist{missing_hint}`` or
+    ``{what} {path} {unreadable} (<first line of the cause>)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiffMVAEError(f"{what} {path} does not exist{missing_hint}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise DiffMVAEError(f"{what} {path} {unreadable} ({first})") from e
 
 
 def save_png(image: Tensor, path: str | os.PathLike) -> Path:

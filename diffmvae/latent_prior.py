@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from diffmvae.checkpoint import instantiate
-from diffmvae.io import DiffMVAEError, atomic_write
+from diffmvae.io import DiffMVAEError, atomic_write, load_tensors
 from diffmvae.model import MultimodalVAE
 from diffmvae.posterior import product_of_experts, reparameterize
 from diffmvae.training import split_batch
@@ -114,12 +114,7 @@ def load_prior(path: str | Path, model: MultimodalVAE, model_ckpt: str | Path | 
     """Read a prior checkpoint (``weights_only=True``) and check it fits ``model``: same latent size and, when
     ``model_ckpt`` is given, the very checkpoint file it was fitted to."""
     path = Path(path)
-    if not path.is_file():
-        raise DiffMVAEError(f"prior checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a bad file
-        raise DiffMVAEError(f"prior checkpoint {path} is not readable ({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})") from e
+    ckpt = load_tensors(path, "prior checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise DiffMVAEError(f"{path} is not a latent-prior checkpoint (written by `diffmvae prior fit`)")
     meta = ckpt["model"]

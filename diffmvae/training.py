@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from functools import partial
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import lightning as L
 import torch
@@ -15,6 +14,8 @@ from torch import Tensor
 from torch_ema import ExponentialMovingAverage
 
 from decoders import Decoder
+from decoders.diffusion_decoder import share_backbones
+from decoders.optim import LRSchedule, lr_factor
 from diffmvae.io import image_grid, save_png
 from diffmvae.model import MultimodalVAE
 from diffmvae.subsets import SubsetFamily
@@ -26,20 +27,6 @@ log = logging.getLogger(__name__)
 def split_batch(batch: Mapping[str, Any], modalities: tuple[str, ...]) -> tuple[dict[str, Tensor], Tensor | None]:
     """A collated batch to ``(x, present)``: the modality tensors and the optional ``[B, M]`` mask."""
     return {m: batch[m] for m in modalities if m in batch}, batch.get("present")
-
-
-LRSchedule = Literal["constant", "cosine"]
-
-
-def lr_factor(step: int, *, schedule: LRSchedule, warmup: int, total: int) -> float:
-    """Multiplier of the base learning rate at optimizer step ``step``: a linear warm-up over ``warmup`` steps,
-    then constant or a cosine decay to zero at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def staged_lr_factor(step: int, *, schedule: LRSchedule, warmup: int, total: int, stage: int = 0) -> float:
@@ -77,6 +64,7 @@ class DiffMVAE(L.LightningModule):
             fresh fit: tensors with the same name and shape are copied, and a feed-forward decoder's weights
             go to the same modality's diffusion-decoder mean head (``decoders.m.*`` -> ``decoders.m.mean_head.*``).
         grid_steps: sampler steps of the diffusion decoders for the per-epoch sample grids (default: theirs).
+        share_backbone: all diffusion decoders use one UNet (:func:`decoders.diffusion_decoder.share_backbones`).
     """
 
     def __init__(
@@ -97,8 +85,11 @@ class DiffMVAE(L.LightningModule):
         freeze_encoders_after_warmup: bool = False,
         init_from: str | None = None,
         grid_steps: int | None = None,
+        share_backbone: bool = False,
     ) -> None:
         super().__init__()
+        if share_backbone:
+            share_backbones(decoders)
         self.model = MultimodalVAE(encoders, decoders, latent_dim, subsets)
         unknown = set(modality_weights or {}) - set(self.model.modalities)
         if unknown:
@@ -206,8 +197,9 @@ class DiffMVAE(L.LightningModule):
     def ema_state_dict(self) -> dict[str, Tensor]:
         """The model's state dict with every parameter replaced by its EMA value."""
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        for (name, _), shadow in zip(self.model.named_parameters(), self.ema.shadow_params):
-            state[name] = shadow.detach().clone().to(state[name].device)
+        shadows = {id(p): shadow for p, shadow in zip(self.model.parameters(), self.ema.shadow_params)}
+        for name, p in self.model.named_parameters(remove_duplicate=False):  # a shared module appears under every name
+            state[name] = shadows[id(p)].detach().clone().to(state[name].device)
         return state
 
     def load_ema_state_dict(self, state: Mapping[str, Tensor]) -> None:

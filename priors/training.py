@@ -4,15 +4,16 @@ of the weights (copied into the prior at the end), a progress bar."""
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
 from torch_ema import ExponentialMovingAverage
 from tqdm.auto import tqdm
 
+from decoders.optim import lr_factor
 from priors.score import ScorePrior
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,7 @@ def fit_score_prior(
     params = list(prior.parameters())
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress_ = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
-        return 0.5 * (1 + math.cos(math.pi * min(progress_, 1.0)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, schedule="cosine", warmup=config.warmup_steps, total=config.steps))
     ema = ExponentialMovingAverage(params, decay=config.ema_decay)
     prior.train()
     losses, running = [], 0.0

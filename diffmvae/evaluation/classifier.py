@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from diffmvae.io import DiffMVAEError, atomic_write
+from diffmvae.io import DiffMVAEError, atomic_write, load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +149,7 @@ def save_classifier_set(path: str | Path, classifiers: dict[str, ImageClassifier
 def load_classifier_set(path: str | Path) -> tuple[dict[str, ImageClassifier], dict[str, float], dict[str, Any]]:
     """``(classifiers, test accuracy, data config)`` from a file written by :func:`save_classifier_set`."""
     path = Path(path)
-    if not path.is_file():
-        raise DiffMVAEError(f"classifier file {path} does not exist; train one with `diffmvae classifiers fit`")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # several exception types for a bad file
-        raise DiffMVAEError(f"classifier file {path} is not readable ({type(e).__name__})") from e
+    raw = load_tensors(path, "classifier file", missing_hint="; train one with `diffmvae classifiers fit`")
     if not isinstance(raw, dict) or raw.get("format") != CLASSIFIERS_FORMAT:
         raise DiffMVAEError(f"{path} is not a classifier file written by `diffmvae classifiers fit`")
     out = {}

@@ -7,7 +7,7 @@ import yaml
 
 from diffmvae.checkpoint import instantiate, load_run
 from diffmvae.cli import main
-from diffmvae.training import lr_factor
+from decoders.optim import lr_factor
 from tiny_run import TINY, write_config
 
 def test_fit_writes_run_directory(trained):

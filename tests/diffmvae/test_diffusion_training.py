@@ -51,6 +51,11 @@ def test_sample_with_sampler_overrides(diffusion_run, tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "c"), "--sampler", "euler_maruyama"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown sampler 'euler_maruyama' for DDPMProcess" in err
+    # this decoder was trained without condition dropout, so it has no null condition to guide with
+    assert main([*base, "--out", str(tmp_path / "d"), "--guidance", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "guidance 2.0 needs a decoder trained with cond_dropout > 0" in err
+    assert not (tmp_path / "d").exists()
 
 
 def test_warm_start_copies_feedforward_weights_into_the_mean_head(trained, tmp_path):
@@ -83,3 +88,36 @@ def test_bad_diffusion_config_fails_at_start_up(process, message, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err
     assert not (run / "checkpoints").exists()  # it stopped before training
+
+
+def test_shared_backbone_trains_one_unet_and_round_trips(tmp_path):
+    cfg = diffusion_config(share_backbone=True)
+    cfg["model"]["init_args"]["decoders"]["m0"] = cfg["model"]["init_args"]["decoders"]["m1"]
+    path, run = write_config(tmp_path, cfg)
+    assert main(["fit", "--config", str(path)]) == 0
+    raw = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    ema, state = raw["ema_state_dict"], raw["state_dict"]
+    key = "decoders.{}.net.out.2.weight"
+    # one UNet under both names, in the raw weights and in the EMA weights alike
+    torch.testing.assert_close(ema[key.format("m0")], ema[key.format("m1")])
+    torch.testing.assert_close(state["model." + key.format("m0")], state["model." + key.format("m1")])
+    assert not torch.equal(ema[key.format("m0")], state["model." + key.format("m0")])  # the EMA lags the raw weights
+    model = load_run(run / "checkpoints" / "last.ckpt").module.model
+    assert model.decoders["m0"].net is model.decoders["m1"].net
+    assert model.decoders["m0"].mean_head is not model.decoders["m1"].mean_head
+    torch.testing.assert_close(model.decoders["m1"].net.out[2].weight, ema[key.format("m1")])
+
+
+def test_shared_backbone_needs_a_mean_head():
+    from decoders import DiffusionDecoder
+    from decoders.diffusion_decoder import share_backbones
+
+    film = {m: DiffusionDecoder(4, image_size=8, unet_channels=(8, 8), emb_dim=16, conditioning="film") for m in ("a", "b")}
+    with pytest.raises(ValueError, match="decoder 'a' has conditioning 'film'"):
+        share_backbones(film)
+    with pytest.raises(ValueError, match="needs at least two diffusion decoders"):
+        share_backbones({"a": film["a"]})
+    other = {"a": DiffusionDecoder(4, image_size=8, unet_channels=(8, 8), emb_dim=16),
+             "b": DiffusionDecoder(4, image_size=8, unet_channels=(8, 16), emb_dim=16)}
+    with pytest.raises(ValueError, match="decoder 'b' has a UNet of other sizes"):
+        share_backbones(other)

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from conftest import tiny_image_vae
-from diffmvae.training import DiffMVAE, lr_factor
+from decoders.optim import lr_factor
+from diffmvae.training import DiffMVAE
 
 
 def test_lr_factor_warmup_then_cosine_to_zero():
