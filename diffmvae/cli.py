@@ -22,6 +22,22 @@ log = logging.getLogger("diffmvae")
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 
 
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """``--steps/--sampler/--guidance/--start``: overrides of every diffusion decoder's sampling (also used by the
+    experiment scripts)."""
+    p.add_argument("--steps", type=int, default=None, help="sampler steps of every diffusion decoder (default: each one's own)")
+    p.add_argument("--sampler", default=None, help="sampler of every diffusion decoder: ddim, ancestral, euler_maruyama (as the process allows)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale of every diffusion decoder (1: none; needs decoders trained with cond_dropout)")
+    p.add_argument("--start", type=float, default=None,
+                   help="time in (0, 1] where sampling begins: 1 samples the model exactly; below 1 refines the decoder's noised mean image")
+
+
+def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling options given on the command line, for ``MultimodalVAE.configure_sampling``."""
+    return {k: getattr(args, k) for k in ("steps", "sampler", "guidance", "start") if getattr(args, k, None) is not None}
+
+
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return text or type(e).__name__
@@ -107,10 +123,7 @@ def _sample(argv: list[str]) -> int:
                    help="prior for --given none: the score prior (default when the model has one) or N(0, I)")
     p.add_argument("--prior-ckpt", default=None, help="score prior checkpoint (default: CKPT's name with .prior.ckpt)")
     p.add_argument("--prior-steps", type=int, default=None, help="DDIM steps of the score prior (default: its own, 50)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps of every diffusion decoder (default: each one's own)")
-    p.add_argument("--sampler", default=None, help="sampler of every diffusion decoder: ddim, ancestral, euler_maruyama (as the process allows)")
-    p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale of every diffusion decoder (1: none; needs decoders trained with cond_dropout)")
+    add_sampling_arguments(p)
     args = p.parse_args(argv)
     if args.n < 1:
         raise DiffMVAEError(f"--n must be >= 1, got {args.n}")
@@ -118,9 +131,8 @@ def _sample(argv: list[str]) -> int:
     run = load_run(args.ckpt, use_ema=not args.no_ema)
     model = run.module.model
     given = parse_given(args.given, model.modalities)
-    if args.steps is not None or args.sampler is not None or args.guidance is not None:
-        if not model.configure_sampling(steps=args.steps, sampler=args.sampler, guidance=args.guidance):
-            raise DiffMVAEError("--steps/--sampler/--guidance apply to diffusion decoders, and this model has none")
+    if sampling_overrides(args) and not model.configure_sampling(**sampling_overrides(args)):
+        raise DiffMVAEError("--steps/--sampler/--guidance/--start apply to diffusion decoders, and this model has none")
     prior, prior_name = choose_prior(args.prior, args.prior_ckpt, args.ckpt, model, steps=args.prior_steps) if not given else (None, None)
     generator = torch.Generator().manual_seed(args.seed)
     batch = select_examples(run.datamodule.dataset(args.split), args.n, generator)
@@ -177,10 +189,7 @@ def _evaluate(argv: list[str]) -> int:
     p.add_argument("--probe-train", type=int, default=2000, help="training examples of the latent linear probes")
     p.add_argument("--classifiers", default=None, help="classifier file (default: runs/classifiers/<data key>.pt, trained if missing)")
     p.add_argument("--prior", default="auto", choices=("auto", "score", "gaussian"), help="prior of unconditional samples")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps of every diffusion decoder (default: each one's own)")
-    p.add_argument("--sampler", default=None, help="sampler of every diffusion decoder (ddim, ancestral, euler_maruyama)")
-    p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale of every diffusion decoder (1: none; needs decoders trained with cond_dropout)")
+    add_sampling_arguments(p)
     p.add_argument("--inception-weights", default=None,
                    help="local Inception-v3 weights file: Fréchet distances in Inception space (needs the 'fid' extra)")
     args = p.parse_args(argv)
@@ -189,7 +198,7 @@ def _evaluate(argv: list[str]) -> int:
                             inception_weights=args.inception_weights)
     names = args.names.split(",") if args.names else None
     paths = evaluate_checkpoints(args.ckpt, args.out, settings=settings, names=names, classifiers=args.classifiers, prior=args.prior,
-                                 steps=args.steps, sampler=args.sampler, guidance=args.guidance)
+                                 sampling=sampling_overrides(args))
     log.info("wrote %s in %.0fs", ", ".join(map(str, paths)), time.perf_counter() - start)
     return 0
 

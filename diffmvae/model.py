@@ -144,13 +144,14 @@ class MultimodalVAE(nn.Module):
         device = self.subset_mask.device
         return (prior or self.prior).sample(n, generator=generator, device=device)
 
-    def configure_sampling(self, steps: int | None = None, sampler: str | None = None, guidance: float | None = None) -> list[str]:
-        """Override the sampler, its steps and/or the guidance scale of every diffusion decoder; returns their
-        modality names. An unknown sampler, ``steps < 1`` or guidance without condition dropout raises
-        ``ValueError`` naming it."""
+    def configure_sampling(self, steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
+                           start: float | None = None) -> list[str]:
+        """Override the sampler, its steps, the guidance scale and/or the start time of every diffusion decoder;
+        returns their modality names. An unknown sampler, ``steps < 1``, guidance without condition dropout or a
+        start outside (0, 1] raises ``ValueError`` naming it."""
         names = [m for m in self.modalities if self.decoders[m].is_diffusion]
         for m in names:
-            self.decoders[m].configure_sampling(steps=steps, sampler=sampler, guidance=guidance)
+            self.decoders[m].configure_sampling(steps=steps, sampler=sampler, guidance=guidance, start=start)
         return names
 
     def decode(self, z: Tensor, names: Sequence[str] | None = None, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:

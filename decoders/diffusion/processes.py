@@ -63,17 +63,19 @@ class DiffusionProcess(nn.Module):
         raise NotImplementedError
 
     def sample(self, net: nn.Module, shape: tuple[int, ...], cond: Any = None, *, clip: tuple[Any, Any] | None = None,
-               generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
-        """A sample of the diffused target, ``shape``, with the configured sampler."""
+               generator: torch.Generator | None = None, device: torch.device | str = "cpu", start: float = 1.0,
+               x_init: Tensor | None = None) -> Tensor:
+        """A sample of the diffused target, ``shape``, with the configured sampler; ``start < 1`` begins the
+        reverse process at that time from ``x_init`` (default 0) noised by the forward process."""
         denoise = make_denoiser(net, self.schedule, self.prediction, cond, clip)
+        kw = {"generator": generator, "device": device, "start": start, "x_init": x_init}
         if self.sampler == "ddim":
-            return ddim_sample(denoise, shape, schedule=self.schedule, steps=self.steps, eta=getattr(self, "eta", 0.0),
-                               timesteps=self.timesteps, generator=generator, device=device)
+            return ddim_sample(denoise, shape, schedule=self.schedule, steps=self.steps, eta=getattr(self, "eta", 0.0), timesteps=self.timesteps, **kw)
         if self.sampler == "ancestral":
-            return ancestral_sample(denoise, shape, schedule=self.schedule, steps=self.steps, timesteps=self.timesteps, generator=generator, device=device)
-        return self._sample(denoise, shape, generator=generator, device=device)
+            return ancestral_sample(denoise, shape, schedule=self.schedule, steps=self.steps, timesteps=self.timesteps, **kw)
+        return self._sample(denoise, shape, **kw)
 
-    def _sample(self, denoise, shape, *, generator, device) -> Tensor:  # pragma: no cover - only for extra samplers
+    def _sample(self, denoise, shape, *, generator, device, start, x_init) -> Tensor:  # pragma: no cover - only for extra samplers
         raise NotImplementedError
 
 
@@ -112,9 +114,9 @@ class ScoreSDEProcess(DiffusionProcess):
     def loss(self, net, x, cond=None, *, shift=None, generator=None):
         return self.diffusion_loss(net, x, cond, generator=generator)
 
-    def _sample(self, denoise, shape, *, generator, device):
-        return euler_maruyama_sample(denoise, shape, schedule=self.schedule, steps=self.steps, t_min=self.t_min,
-                                     corrector_steps=self.corrector_steps, snr=self.snr, generator=generator, device=device)
+    def _sample(self, denoise, shape, *, generator, device, start, x_init):
+        return euler_maruyama_sample(denoise, shape, schedule=self.schedule, steps=self.steps, t_min=self.t_min, corrector_steps=self.corrector_steps,
+                                     snr=self.snr, generator=generator, device=device, start=start, x_init=x_init)
 
 
 class VDMProcess(DiffusionProcess):

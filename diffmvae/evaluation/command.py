@@ -61,9 +61,7 @@ def evaluate_checkpoints(
     names: Sequence[str] | None = None,
     classifiers: str | Path | None = None,
     prior: str = "auto",
-    steps: int | None = None,
-    sampler: str | None = None,
-    guidance: float | None = None,
+    sampling: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> list[Path]:
     """Evaluate every checkpoint with one classifier set and write ``metrics.{json,csv,md,png}`` into ``out``."""
@@ -81,8 +79,8 @@ def evaluate_checkpoints(
             raise DiffMVAEError(f"checkpoints have different modality sets: {ckpts[0]} has {', '.join(first)}; {ckpt} has {', '.join(run.module.model.modalities)}")
     for run in runs:  # fail on missing data files or a bad sampler now, not after minutes of classifier training
         run.datamodule.dataset("test")
-        if steps is not None or sampler is not None or guidance is not None:
-            run.module.model.configure_sampling(steps=steps, sampler=sampler, guidance=guidance)
+        if sampling:
+            run.module.model.configure_sampling(**sampling)
     if settings.inception_weights:
         from diffmvae.evaluation.frechet import InceptionExtractor
 
@@ -96,7 +94,7 @@ def evaluate_checkpoints(
         summary, model_rows = evaluate_model(name, model, run.datamodule, clfs, prior_module, prior_name, settings, progress=progress)
         summary.update({"checkpoint": str(ckpt), "classifiers": str(clf_path), "classifier_accuracy": accuracy,
                         "sampling": {m: {"sampler": model.decoders[m].process.sampler, "steps": model.decoders[m].process.steps,
-                                         "guidance": model.decoders[m].guidance}
+                                         "guidance": model.decoders[m].guidance, "start": model.decoders[m].start}
                                      for m in model.modalities if model.decoders[m].is_diffusion}})
         summaries.append(summary)
         rows += model_rows

@@ -26,6 +26,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--extra", nargs="*", default=[], help="more SAMPLER:STEPS pairs, e.g. ancestral:1000 ddim:20")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale for every sampler (guided steps batch 2 evaluations)")
+    p.add_argument("--start", type=float, default=None, help="start time for every sampler (truncated sampling from the mean)")
     args = p.parse_args()
     torch.set_grad_enabled(False)
     run = load_run(args.ckpt)
@@ -44,7 +45,7 @@ def main() -> None:
     results = {}
     for sampler, steps in configs:
         try:
-            decoder.configure_sampling(steps=steps, sampler=sampler, guidance=args.guidance)
+            decoder.configure_sampling(steps=steps, sampler=sampler, guidance=args.guidance, start=args.start)
         except ValueError as e:
             print(f"{sampler}-{steps}: skipped ({e})")
             continue
@@ -54,7 +55,7 @@ def main() -> None:
         seconds = time.perf_counter() - start
         results[(sampler, steps)] = args.n / seconds
         print(f"{sampler}-{steps}: {args.n / seconds:.2f} images/s, {calls['images'] / args.n:.0f} network evaluations per sample "
-              f"({seconds:.1f}s for {args.n}, {type(decoder.process).__name__} on {target}, guidance {decoder.guidance})", flush=True)
+              f"({seconds:.1f}s for {args.n}, {type(decoder.process).__name__} on {target}, guidance {decoder.guidance}, start {decoder.start})", flush=True)
     if ("ddim", 50) in results and ("euler_maruyama", 1000) in results:
         print(f"throughput ratio DDIM-50 / Euler-Maruyama-1000: {results[('ddim', 50)] / results[('euler_maruyama', 1000)]:.1f}x")
 

@@ -1,7 +1,7 @@
 """Unconditional generation with N(0, I) against the latent score prior, side by side on one model.
 
     python experiments/polydigits/unconditional.py --ckpt runs/quickstart/checkpoints/last.ckpt [--n 1000]
-        [--steps S] [--sampler NAME] [--guidance W]   # diffusion decoders: the same overrides as `diffmvae sample`
+        [--steps S] [--sampler NAME] [--guidance W] [--start T]   # the sampling overrides of `diffmvae sample`
 
 For each prior: Fréchet distance per modality to the real test images, in the feature space of the digit
 classifier trained on real images (the cached set of `diffmvae evaluate`), and unconditional coherence (fraction of
@@ -17,6 +17,7 @@ import time
 import torch
 
 from diffmvae.checkpoint import load_run
+from diffmvae.cli import add_sampling_arguments, sampling_overrides
 from diffmvae.evaluation import FeatureExtractor, frechet_distance, unconditional_coherence
 from diffmvae.evaluation.classifier import collate_split
 from diffmvae.evaluation.command import classifiers_for_run
@@ -29,14 +30,11 @@ def main() -> None:
     p.add_argument("--prior-ckpt", default=None)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="sampler steps of every diffusion decoder")
-    p.add_argument("--sampler", default=None, help="sampler of every diffusion decoder")
-    p.add_argument("--guidance", type=float, default=None, help="guidance scale of every diffusion decoder")
+    add_sampling_arguments(p)
     args = p.parse_args()
     run = load_run(args.ckpt)
     model = run.module.model
-    if args.steps is not None or args.sampler is not None or args.guidance is not None:
-        model.configure_sampling(steps=args.steps, sampler=args.sampler, guidance=args.guidance)
+    model.configure_sampling(**sampling_overrides(args))
     test = collate_split(run.datamodule.dataset("test"))
     classifiers, _, _ = classifiers_for_run(run, None)
     extractors = {m: FeatureExtractor(c) for m, c in classifiers.items()}
@@ -52,7 +50,7 @@ def main() -> None:
         print(json.dumps({"prior": name, "n": args.n, "fd_mean": round(sum(fd.values()) / len(fd), 2),
                           "fd": {m: round(v, 2) for m, v in fd.items()}, "coherence": {k: round(v, 4) for k, v in coh.items()},
                           "sample_seconds": round(seconds, 2),
-                          "sampling": {"steps": args.steps, "sampler": args.sampler, "guidance": args.guidance}}), flush=True)
+                          "sampling": sampling_overrides(args)}), flush=True)
 
 
 if __name__ == "__main__":

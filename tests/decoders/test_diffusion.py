@@ -244,3 +244,35 @@ def test_dsm_loss_weightings_and_errors():
         DSMLoss(VPSchedule(), weighting="snr")
     with pytest.raises(ValueError, match="needs a VP schedule"):
         DSMLoss(CosineSchedule(), weighting="likelihood")
+
+
+def test_truncated_ddim_from_the_mean_has_the_closed_form_spread():
+    """Starting the probability-flow ODE at t0 from x_init = mean noised gives x_t0 ~ N(alpha mean, sigma^2)
+    instead of the true marginal N(alpha mean, alpha^2 var + sigma^2); the ODE of Gaussian data is linear and
+    keeps the standardised coordinate, so x0 ~ N(mean, var sigma^2 / (alpha^2 var + sigma^2))."""
+    schedule = VPSchedule()
+    mean = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
+    var = torch.tensor([0.25, 4.0, 1.0], dtype=torch.float64)
+    start = 0.3
+    x = ddim_sample(gaussian_denoiser(schedule, mean, var), (20_000, 3), schedule=schedule, steps=1000, start=start, x_init=mean,
+                    generator=torch.Generator().manual_seed(0))
+    alpha, sigma = (v.double() for v in schedule.alpha_sigma(torch.tensor([start], dtype=torch.float64)))
+    expected = var * sigma**2 / (alpha**2 * var + sigma**2)
+    assert expected.max() < 0.9 * var.max()  # truncation visibly narrows the spread, so the check can fail
+    torch.testing.assert_close(x.double().mean(0), mean, atol=0.03, rtol=0)
+    torch.testing.assert_close(x.double().var(0), expected, rtol=0.04, atol=0)
+    grid = time_grid(50, 1000, "cpu", start=0.2)
+    assert grid[0] == 0.2 and grid[-1] == 0 and len(grid) == 11
+    with pytest.raises(ValueError, match=r"start must be in \(0, 1\], got 0.0"):
+        time_grid(50, 1000, "cpu", start=0.0)
+
+
+def test_truncated_euler_maruyama_stays_centred_and_narrower():
+    from decoders.diffusion import euler_maruyama_sample
+
+    schedule = VPSchedule()
+    mean, var = torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([4.0, 1.0], dtype=torch.float64)
+    x = euler_maruyama_sample(gaussian_denoiser(schedule, mean, var), (20_000, 2), schedule=schedule, steps=1000, start=0.3, x_init=mean,
+                              generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(x.double().mean(0), mean, atol=0.03, rtol=0)
+    assert torch.all(x.double().var(0) < 0.9 * var)

@@ -100,3 +100,22 @@ def test_configure_sampling_overrides_and_checks():
     assert (proc.steps, proc.sampler) == (10, "ddim")
     with pytest.raises(ValueError, match="unknown sampler 'ancestral' for ScoreSDEProcess"):
         proc.configure_sampling(sampler="ancestral")
+
+
+def test_start_refines_the_mean_and_is_checked():
+    """start near 0 returns (almost) the mean head's image; start = 1 is the exact sampler; film has no mean."""
+    dec = tiny(DDPMProcess(prediction="v", steps=20))
+    torch.nn.init.normal_(dec.net.out[-1].weight, std=0.1)
+    z = torch.randn(3, 4)
+    with torch.no_grad():
+        full = dec.generate(z, generator=torch.Generator().manual_seed(0))
+        dec.configure_sampling(start=1.0)
+        assert torch.equal(dec.generate(z, generator=torch.Generator().manual_seed(0)), full)
+        dec.configure_sampling(start=0.002)
+        near = dec.generate(z, generator=torch.Generator().manual_seed(0))
+        mean = dec.mean_head.mean(z).clamp(0, 1)
+    assert (near - mean).abs().mean() < 0.02 and (full - mean).abs().mean() > 0.1
+    with pytest.raises(ValueError, match="a 'film' decoder has none"):
+        tiny(DDPMProcess(), conditioning="film", start=0.5)
+    with pytest.raises(ValueError, match=r"start must be in \(0, 1\], got 1.5"):
+        dec.configure_sampling(start=1.5)
