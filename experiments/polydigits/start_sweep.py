@@ -2,6 +2,7 @@
 
     python experiments/polydigits/start_sweep.py --ckpt runs/diffmvae_star/checkpoints/last.ckpt \
         [--starts 1,0.5,0.3,0.2] [--given m0] [--reference runs/quickstart/checkpoints/last.ckpt] [--out DIR]
+        [--steps S] [--sampler NAME] [--guidance W]
 
 ``start = 1`` samples each decoder's model exactly; below 1 the reverse process begins from the decoder's mean
 image noised to that time, which keeps more of the mean's digit and less of the diffusion model's detail.
@@ -25,6 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from diffmvae.checkpoint import load_run  # noqa: E402
+from diffmvae.cli import add_sampling_arguments, sampling_overrides  # noqa: E402
 from diffmvae.evaluation import FeatureExtractor, conditional_coherence, frechet_distance  # noqa: E402
 from diffmvae.evaluation.classifier import collate_split  # noqa: E402
 from diffmvae.evaluation.command import classifiers_for_run  # noqa: E402
@@ -52,14 +54,14 @@ def main() -> None:
     p.add_argument("--starts", default="1,0.5,0.3,0.2", help="comma-separated start times in (0, 1]")
     p.add_argument("--given", default="m0")
     p.add_argument("--reference", default=None, help="another checkpoint to show as a point (e.g. the feed-forward model)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps per unit time (default: each decoder's own)")
+    add_sampling_arguments(p)  # --steps/--sampler/--guidance apply to every start; --start is ignored (see --starts)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="directory for start_sweep.png/.json (default: beside the checkpoint)")
     args = p.parse_args()
     starts = [float(s) for s in args.starts.split(",")]
     run = load_run(args.ckpt)
     model = run.module.model
-    if not model.configure_sampling(steps=args.steps):
+    if not model.configure_sampling(**{k: v for k, v in sampling_overrides(args).items() if k != "start"}):
         raise SystemExit(f"{args.ckpt} has no diffusion decoder")
     given = parse_given(args.given, model.modalities)
     test = collate_split(run.datamodule.dataset("test"))
@@ -69,7 +71,8 @@ def main() -> None:
     rows = []
     for start in starts:
         model.configure_sampling(start=start)
-        row = {"start": start, **judge(model, test, given, z, classifiers, extractors, args.seed + 1)}
+        row = {"start": start, "sampler": model.decoders[next(m for m in model.modalities if model.decoders[m].is_diffusion)].process.sampler,
+               **judge(model, test, given, z, classifiers, extractors, args.seed + 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     reference = None
