@@ -22,11 +22,15 @@ from decoders.unet import Condition
 Backbone = Callable[[Tensor, Tensor, Condition], Tensor]
 
 
+def _drop_mask(cond: Condition, value: bool) -> Tensor:
+    """A ``[B]`` bool mask filled with ``value``, on the device of the condition's first tensor."""
+    ref = cond.z if cond.z is not None else cond.image
+    return torch.full((ref.shape[0],), value, dtype=torch.bool, device=ref.device)
+
+
 def null_condition(cond: Condition) -> Condition:
     """``cond`` with every example's condition replaced by the learned null."""
-    n = next(v for v in (cond.z, cond.image) if v is not None).shape[0]
-    device = next(v for v in (cond.z, cond.image) if v is not None).device
-    return replace(cond, drop=torch.ones(n, dtype=torch.bool, device=device))
+    return replace(cond, drop=_drop_mask(cond, True))
 
 
 def cat_conditions(conds: Sequence[Condition]) -> Condition:
@@ -39,10 +43,7 @@ def cat_conditions(conds: Sequence[Condition]) -> Condition:
             raise ValueError(f"cannot batch conditions where only some have {field!r}")
         return torch.cat(values)
 
-    drops = []
-    for c in conds:
-        ref = c.z if c.z is not None else c.image
-        drops.append(c.drop if c.drop is not None else torch.zeros(ref.shape[0], dtype=torch.bool, device=ref.device))
+    drops = [c.drop if c.drop is not None else _drop_mask(c, False) for c in conds]
     return Condition(z=cat("z"), image=cat("image"), drop=torch.cat(drops))
 
 

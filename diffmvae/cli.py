@@ -56,16 +56,21 @@ def _parser_error(text: str) -> str:
     return f"{prefix}({where}): {what}"[:400]
 
 
+def _config_error(e: BaseException) -> Exception:
+    """A jsonargparse error as a one-line DiffMVAEError naming the innermost class and its complaint."""
+    from diffmvae.io import DiffMVAEError
+
+    return DiffMVAEError(_parser_error(_one_line(e)))
+
+
 def _parse_config(parser: Any, argv: list[str]) -> Any:
     """``parser.parse_args(argv)`` for a jsonargparse parser, its errors turned into one-line DiffMVAEErrors."""
     from jsonargparse import ArgumentError
 
-    from diffmvae.io import DiffMVAEError
-
     try:
         return parser.parse_args(argv)
     except ArgumentError as e:
-        raise DiffMVAEError(_parser_error(_one_line(e))) from e
+        raise _config_error(e) from e
 
 
 def _lightning(argv: list[str]) -> int:
@@ -100,7 +105,7 @@ def _lightning(argv: list[str]) -> int:
             parser_kwargs={"exit_on_error": False},
         )
     except ArgumentError as e:
-        raise DiffMVAEError(_parser_error(_one_line(e))) from e
+        raise _config_error(e) from e
     return 0
 
 
@@ -131,7 +136,8 @@ def _sample(argv: list[str]) -> int:
     run = load_run(args.ckpt, use_ema=not args.no_ema)
     model = run.module.model
     given = parse_given(args.given, model.modalities)
-    if sampling_overrides(args) and not model.configure_sampling(**sampling_overrides(args)):
+    overrides = sampling_overrides(args)
+    if overrides and not model.configure_sampling(**overrides):
         raise DiffMVAEError("--steps/--sampler/--guidance/--start apply to diffusion decoders, and this model has none")
     prior, prior_name = choose_prior(args.prior, args.prior_ckpt, args.ckpt, model, steps=args.prior_steps) if not given else (None, None)
     generator = torch.Generator().manual_seed(args.seed)

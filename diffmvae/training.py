@@ -134,7 +134,7 @@ class DiffMVAE(L.LightningModule):
         for dec in self.model.decoders.values():
             if dec.is_diffusion:
                 dec.diffusion_weight = 0.0 if warm else 1.0
-        if not warm and self.freeze_encoders_after_warmup and self.global_step >= self.feedforward_warmup_steps:
+        if not warm and self.freeze_encoders_after_warmup:
             frozen = [p for p in self.model.encoders.parameters() if p.requires_grad]
             if frozen:
                 for p in frozen:
