@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from decoders.random import randn
+
 
 def kl_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
     """``KL(N(mu, diag exp(logvar)) || N(0, I))`` summed over the last dimension: shape ``mu.shape[:-1]``."""
@@ -20,4 +22,4 @@ class StandardNormalPrior(nn.Module):
 
     def sample(self, n: int, *, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
         """``[n, latent_dim]`` draws."""
-        return torch.randn(n, self.latent_dim, generator=generator, device=device)
+        return randn((n, self.latent_dim), generator, device)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from decoders.diffusion import DDPMLoss, Prediction, Schedule, ddim_sample, make_denoiser
+from decoders.diffusion import DDIM, DDPMLoss, ForwardProcess, Prediction, Schedule, make_denoiser
 from decoders.diffusion.parameterization import check_prediction
 from decoders.diffusion.schedules import CosineSchedule
 from priors.unet1d import UNet1d
@@ -51,8 +51,8 @@ class ScorePrior(nn.Module):
             raise ValueError(f"sample_steps must be >= 1, got {sample_steps}")
         self.latent_dim = latent_dim
         self.net = UNet1d(latent_dim, channels, emb_dim, attention)
-        self.schedule = schedule if schedule is not None else CosineSchedule()
-        self.diffusion_loss = DDPMLoss(self.schedule, timesteps=timesteps, prediction=check_prediction(prediction))
+        self.forward_process = ForwardProcess(schedule if schedule is not None else CosineSchedule())
+        self.diffusion_loss = DDPMLoss(self.forward_process, timesteps=timesteps, prediction=check_prediction(prediction))
         self.sample_steps, self.eta, self.clip_margin = sample_steps, eta, clip_margin
         self.register_buffer("mean", torch.zeros(latent_dim))
         self.register_buffer("std", torch.ones(latent_dim))
@@ -79,9 +79,10 @@ class ScorePrior(nn.Module):
         return (z - self.mean) / self.std
 
     def loss(self, z: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        """The DDPM loss on standardised latents, ``[B]``."""
+        """The DDPM loss on standardised latents, ``[B]``, averaged over the ``d`` coordinates (the library's
+        diffusion losses sum; the prior is no ELBO term, and the mean keeps its fit settings independent of ``d``)."""
         self._check(z)
-        return self.diffusion_loss(self.net, self.standardize(z), generator=generator)
+        return self.diffusion_loss(self.net, self.standardize(z), generator=generator) / self.latent_dim
 
     def sample(
         self,
@@ -96,15 +97,9 @@ class ScorePrior(nn.Module):
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         device = self.mean.device if device is None else device
-        denoise = make_denoiser(self.net, self.schedule, self.diffusion_loss.prediction, clip=(self.low, self.high))
-        u = ddim_sample(
-            denoise,
-            (n, self.latent_dim),
-            schedule=self.schedule,
-            steps=steps or self.sample_steps,
-            eta=self.eta if eta is None else eta,
-            timesteps=self.diffusion_loss.timesteps,
-            generator=generator,
-            device=device,
-        )
+        marginal = self.forward_process.given()
+        denoise = make_denoiser(self.net, marginal, self.diffusion_loss.prediction, clip=(self.low, self.high))
+        sampler = DDIM(steps=steps or self.sample_steps, eta=self.eta if eta is None else eta)
+        u = sampler(denoise, marginal, (n, self.latent_dim), timesteps=self.diffusion_loss.timesteps, generator=generator, device=device,
+                    dtype=self.mean.dtype)
         return u * self.std + self.mean

@@ -1,14 +1,16 @@
-"""Diffusion machinery shared by the diffusion decoders and the latent score prior (STYLE: schedule, backbone,
-loss, sampler kept apart). Backbones are ``net(x_t, t, cond)`` and never see the schedule."""
+"""Diffusion machinery shared by the diffusion decoders and the latent score prior (STYLE: schedule, forward process,
+backbone, loss and sampler kept apart). Backbones are ``net(x_t, t, cond)`` and never see the schedule."""
 
+from decoders.diffusion.forward import ForwardProcess, Marginal
 from decoders.diffusion.losses import DDPMLoss, DSMLoss, VDMLoss
-from decoders.diffusion.parameterization import PREDICTIONS, Denoiser, Prediction, make_denoiser, target, to_eps, to_x0
+from decoders.diffusion.parameterization import PREDICTIONS, Backbone, Denoiser, Prediction, make_denoiser, target, to_eps, to_x0
 from decoders.diffusion.processes import DDPMProcess, DiffusionProcess, ScoreSDEProcess, VDMProcess
-from decoders.diffusion.samplers import ancestral_sample, ddim_sample, euler_maruyama_sample, time_grid
+from decoders.diffusion.samplers import DDIM, SAMPLERS, Ancestral, EulerMaruyama, Sampler, langevin_step, time_grid
 from decoders.diffusion.schedules import CosineSchedule, LearnedLogSNR, LinearLogSNR, Schedule, VPSchedule
 
 __all__ = [
-    "DDPMProcess", "DiffusionProcess", "ScoreSDEProcess", "VDMProcess",
-    "CosineSchedule", "DDPMLoss", "DSMLoss", "VDMLoss", "ancestral_sample", "euler_maruyama_sample", "Denoiser", "LearnedLogSNR", "LinearLogSNR", "PREDICTIONS", "Prediction", "Schedule",
-    "VPSchedule", "ddim_sample", "make_denoiser", "target", "time_grid", "to_eps", "to_x0",
+    "DDIM", "PREDICTIONS", "SAMPLERS", "Ancestral", "Backbone", "CosineSchedule", "DDPMLoss", "DDPMProcess", "DSMLoss", "Denoiser",
+    "DiffusionProcess", "EulerMaruyama", "ForwardProcess", "LearnedLogSNR", "LinearLogSNR", "Marginal", "Prediction", "Sampler",
+    "Schedule", "ScoreSDEProcess", "VDMLoss", "VDMProcess", "VPSchedule", "langevin_step", "make_denoiser", "target", "time_grid",
+    "to_eps", "to_x0",
 ]

@@ -1,20 +1,27 @@
-"""What a diffusion backbone predicts, and the conversions between predictions (one place for all of them)."""
+"""What a diffusion backbone predicts, and the conversions between predictions (one place for all of them).
+
+All conversions are written in offset-free coordinates ``y_t = alpha_t x_0 + sigma_t eps`` (for a forward process
+with an offset, ``y_t = x_t - offset_t``; see :meth:`decoders.diffusion.forward.Marginal.remove_offset`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from decoders.diffusion.schedules import Schedule
+if TYPE_CHECKING:
+    from decoders.diffusion.forward import Marginal
 
 Prediction = Literal["eps", "v", "x0"]
 PREDICTIONS = get_args(Prediction)
 
 # A denoiser maps a noisy ``x_t [B, ...]`` at times ``t [B]`` to a clean estimate ``x0_hat [B, ...]``.
 Denoiser = Callable[[Tensor, Tensor], Tensor]
+# A backbone: ``net(x_t, t, cond) -> output [B, ...]`` (eps, v or x0, as the process says).
+Backbone = Callable[[Tensor, Tensor, Any], Tensor]
 
 
 def check_prediction(prediction: str) -> Prediction:
@@ -38,42 +45,54 @@ def target(prediction: Prediction, x0: Tensor, eps: Tensor, alpha: Tensor, sigma
     return x0
 
 
-def to_x0(prediction: Prediction, out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+def to_x0(prediction: Prediction, out: Tensor, y_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
     """The clean estimate implied by the backbone output ``out`` (variance-preserving: ``alpha^2 + sigma^2 = 1``)."""
-    a, s = expand(alpha, x_t), expand(sigma, x_t)
+    a, s = expand(alpha, y_t), expand(sigma, y_t)
     if prediction == "eps":
-        return (x_t - s * out) / a
+        return (y_t - s * out) / a
     if prediction == "v":
-        return a * x_t - s * out
+        return a * y_t - s * out
     return out
 
 
-def to_eps(prediction: Prediction, out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+def to_eps(prediction: Prediction, out: Tensor, y_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
     """The noise estimate implied by ``out`` (for score-based losses: ``score = -eps_hat / sigma``); the ``v`` form
-    ``eps = sigma x_t + alpha v`` stays well conditioned as ``sigma -> 0``."""
-    a, s = expand(alpha, x_t), expand(sigma, x_t)
+    ``eps = sigma y_t + alpha v`` stays well conditioned as ``sigma -> 0``."""
+    a, s = expand(alpha, y_t), expand(sigma, y_t)
     if prediction == "eps":
         return out
     if prediction == "v":
-        return s * x_t + a * out
-    return (x_t - a * out) / s
+        return s * y_t + a * out
+    return (y_t - a * out) / s
+
+
+def shift_prediction(prediction: Prediction, out: Tensor, shift: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """A prediction made for ``x - shift`` re-expressed for ``x`` at the same noise: the noisy inputs are related by
+    ``x_t = (x - shift)_t + alpha_t shift``, so ``eps`` is unchanged, ``x0`` gains ``shift`` and ``v`` loses
+    ``sigma_t shift`` (the residual conditioning of :class:`~decoders.DiffusionDecoder`)."""
+    if prediction == "eps":
+        return out
+    if prediction == "v":
+        return out - expand(sigma, out) * shift
+    return out + shift
 
 
 def make_denoiser(
-    net: nn.Module,
-    schedule: Schedule,
+    net: Backbone,
+    marginal: Marginal,
     prediction: Prediction,
-    cond: Tensor | None = None,
+    cond: Any = None,
     clip: tuple[Tensor | float, Tensor | float] | None = None,
 ) -> Denoiser:
     """Wrap ``net(x_t, t, cond)`` into a :data:`Denoiser`; ``clip=(low, high)`` clamps ``x0_hat`` to a data range
-    (the guard against blow-up of ``x0 = (x_t - sigma eps) / alpha`` at high noise)."""
+    (the guard against blow-up of ``x0 = (y_t - sigma eps) / alpha`` at high noise)."""
 
     def denoise(x_t: Tensor, t: Tensor) -> Tensor:
-        alpha, sigma = schedule.alpha_sigma(t)
-        x0 = to_x0(prediction, net(x_t, t, cond), x_t, alpha, sigma)
+        alpha, sigma = marginal.alpha_sigma(t)
+        x0 = to_x0(prediction, net(x_t, t, cond), marginal.remove_offset(x_t, t), alpha, sigma)
         if clip is not None:
-            x0 = torch.maximum(torch.minimum(x0, torch.as_tensor(clip[1], dtype=x0.dtype)), torch.as_tensor(clip[0], dtype=x0.dtype))
+            low, high = (torch.as_tensor(c, dtype=x0.dtype, device=x0.device) for c in clip)
+            x0 = torch.maximum(torch.minimum(x0, high), low)
         return x0
 
     return denoise

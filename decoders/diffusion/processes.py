@@ -1,153 +1,149 @@
-"""Diffusion processes: a schedule, a loss and the samplers that go with them, as configurable modules.
+"""Diffusion processes: a forward process, a loss, a backbone parameterisation and a default sampler, bundled as
+configurable modules.
 
-* :class:`DDPMProcess` (Diff-MVAE*): T = 1000, eps or v prediction, the simple loss; DDIM (50 steps) or
-  ancestral sampling.
+* :class:`DDPMProcess` (Diff-MVAE*): T = 1000, eps or v prediction, the simple loss; DDIM-50 by default.
 * :class:`ScoreSDEProcess` (Diff-MVAE): VP-SDE with beta from 0.1 to 20, denoising score matching with a
-  configurable lambda(t); Euler-Maruyama (1000 steps) with an optional Langevin corrector, or DDIM.
-* :class:`VDMProcess`: fixed linear or learned log-SNR, discrete or continuous-time loss plus the
-  reconstruction term on 8-bit pixel values and the prior term, so it gives bits per dimension; ancestral
-  sampling.
+  configurable lambda(t); Euler-Maruyama (1000 steps) by default.
+* :class:`VDMProcess`: fixed linear or learned log-SNR, discrete or continuous-time loss plus the reconstruction
+  term on 8-bit pixel values and the prior term, so it gives bits per dimension; ancestral sampling.
 
-Every process works on data in ``[-1, 1]`` (possibly shifted by a per-example ``shift``: the residual
-conditioning of :class:`~decoders.diffusion_decoder.DiffusionDecoder`). Bad names (sampler, prediction,
-weighting) fail when the process is built, i.e. at start-up.
+Every process works on data scaled to ``[-1, 1]`` and returns its loss as named per-example terms summed over
+the data dimensions (:meth:`DiffusionProcess.loss`). The sampler is a value: the process holds only its
+default, and :meth:`DiffusionProcess.sample` takes the one to use. Bad names fail when the process is built.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from decoders.diffusion.losses import DDPMLoss, DSMLoss, VDMLoss, randn_like
-from decoders.diffusion.parameterization import Prediction, check_prediction, make_denoiser
-from decoders.diffusion.samplers import ancestral_sample, ddim_sample, euler_maruyama_sample
+from decoders.diffusion.forward import ForwardProcess, Marginal
+from decoders.diffusion.losses import DDPMLoss, DSMLoss, VDMLoss, sum_event
+from decoders.diffusion.parameterization import Backbone, Denoiser, Prediction, check_prediction, make_denoiser
+from decoders.diffusion.samplers import DDIM, Ancestral, EulerMaruyama, Sampler
 from decoders.diffusion.schedules import LinearLogSNR, Schedule, VPSchedule
+from decoders.random import randn
 
 
 class DiffusionProcess(nn.Module):
-    """Base class. Subclasses set ``schedule``, ``prediction``, ``samplers`` (their names) and implement
-    :meth:`loss` and :meth:`_sample`."""
+    """Base class. Subclasses set ``forward_process`` (a :class:`~decoders.diffusion.forward.ForwardProcess`),
+    ``prediction``, ``timesteps`` (the training grid, ``None`` for continuous time), ``sampler`` (the default)
+    and ``bound`` (whether the loss terms bound ``-log p(x)``), and implement :meth:`loss`."""
 
-    samplers: ClassVar[tuple[str, ...]] = ()
-    schedule: Schedule
+    forward_process: ForwardProcess
     prediction: Prediction = "eps"
     timesteps: int | None = None
+    bound: bool = False
 
-    def __init__(self, sampler: str, steps: int) -> None:
+    def __init__(self, sampler: Sampler) -> None:
         super().__init__()
-        self.sampler, self.steps = self.check_sampler(sampler), self.check_steps(steps)
+        self.sampler = sampler
 
-    def check_sampler(self, sampler: str) -> str:
-        if sampler not in self.samplers:
-            raise ValueError(f"unknown sampler {sampler!r} for {type(self).__name__}; choose one of {', '.join(self.samplers)}")
+    def check_sampler(self, sampler: Sampler) -> Sampler:
+        """``sampler`` itself, or a one-line ``ValueError`` when it cannot sample this process."""
+        if not isinstance(sampler, Sampler):
+            raise ValueError(f"{sampler!r} is not a decoders.diffusion.Sampler")
+        sampler.check(self)
         return sampler
 
-    @staticmethod
-    def check_steps(steps: int) -> int:
-        if steps < 1:
-            raise ValueError(f"sampler steps must be >= 1, got {steps}")
-        return steps
+    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        return self.forward_process.alpha_sigma(t)
 
-    def configure_sampling(self, steps: int | None = None, sampler: str | None = None) -> None:
-        """Override the default sampler and its number of steps (``diffmvae sample --steps/--sampler``)."""
-        if sampler is not None:
-            self.sampler = self.check_sampler(sampler)
-        if steps is not None:
-            self.steps = self.check_steps(steps)
-
-    def loss(self, net: nn.Module, x: Tensor, cond: Any = None, *, shift: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:  # pragma: no cover
-        """Per-example loss ``[B]`` of ``x`` (the diffused target; ``x + shift`` is the data in ``[-1, 1]``)."""
+    def loss(self, net: Backbone, x: Tensor, cond: Any = None, *, marginal: Marginal | None = None, anchor: Tensor | None = None,
+             generator: torch.Generator | None = None) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        """Named per-example terms ``{"diffusion": [B], ...}`` of data ``x`` in ``[-1, 1]``. ``anchor`` is the
+        point the model's prior at ``t = 1`` is centred on (a residual decoder's mean), ``marginal`` the forward
+        process bound to the batch's forward condition."""
         raise NotImplementedError
 
-    def sample(self, net: nn.Module, shape: tuple[int, ...], cond: Any = None, *, clip: tuple[Any, Any] | None = None,
+    def denoiser(self, net: Backbone, cond: Any = None, *, marginal: Marginal | None = None, clip: tuple[Any, Any] | None = None) -> Denoiser:
+        return make_denoiser(net, marginal if marginal is not None else self.forward_process.given(), self.prediction, cond, clip)
+
+    def sample(self, denoise: Denoiser, shape: tuple[int, ...], *, sampler: Sampler | None = None, marginal: Marginal | None = None,
                generator: torch.Generator | None = None, device: torch.device | str = "cpu", start: float = 1.0,
-               x_init: Tensor | None = None) -> Tensor:
-        """A sample of the diffused target, ``shape``, with the configured sampler; ``start < 1`` begins the
-        reverse process at that time from ``x_init`` (default 0) noised by the forward process."""
-        denoise = make_denoiser(net, self.schedule, self.prediction, cond, clip)
-        kw = {"generator": generator, "device": device, "start": start, "x_init": x_init}
-        if self.sampler == "ddim":
-            return ddim_sample(denoise, shape, schedule=self.schedule, steps=self.steps, eta=getattr(self, "eta", 0.0), timesteps=self.timesteps, **kw)
-        if self.sampler == "ancestral":
-            return ancestral_sample(denoise, shape, schedule=self.schedule, steps=self.steps, timesteps=self.timesteps, **kw)
-        return self._sample(denoise, shape, **kw)
-
-    def _sample(self, denoise, shape, *, generator, device, start, x_init) -> Tensor:  # pragma: no cover - only for extra samplers
-        raise NotImplementedError
+               anchor: Tensor | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        """A sample ``shape`` with ``sampler`` (default: the process's own); ``start < 1`` begins the reverse
+        process at that time from ``anchor`` noised by the forward process."""
+        sampler = self.check_sampler(sampler if sampler is not None else self.sampler)
+        return sampler(denoise, marginal if marginal is not None else self.forward_process.given(), shape, timesteps=self.timesteps,
+                       generator=generator, device=device, start=start, anchor=anchor, dtype=dtype)
 
 
 class DDPMProcess(DiffusionProcess):
     """DDPM / DDIM (Diff-MVAE*): ``T = timesteps``, ``prediction`` eps or v, DDPM's linear schedule (the VP
-    schedule at ``t = i / T``) unless another is given."""
-
-    samplers = ("ddim", "ancestral")
+    schedule at ``t = i / T``) unless another is given; DDIM with 50 steps by default."""
 
     def __init__(self, schedule: Schedule | None = None, timesteps: int = 1000, prediction: Prediction = "eps",
-                 sampler: str = "ddim", steps: int = 50, eta: float = 0.0) -> None:
-        super().__init__(sampler, steps)
-        self.schedule = schedule if schedule is not None else VPSchedule()
-        self.prediction, self.timesteps, self.eta = check_prediction(prediction), timesteps, eta
-        self.diffusion_loss = DDPMLoss(self.schedule, timesteps=timesteps, prediction=prediction)
+                 sampler: Sampler | None = None) -> None:
+        super().__init__(sampler if sampler is not None else DDIM(steps=50))
+        self.forward_process = ForwardProcess(schedule if schedule is not None else VPSchedule())
+        self.prediction, self.timesteps = check_prediction(prediction), timesteps
+        self.diffusion_loss = DDPMLoss(self.forward_process, timesteps=timesteps, prediction=prediction)
+        self.check_sampler(self.sampler)
 
-    def loss(self, net, x, cond=None, *, shift=None, generator=None):
-        return self.diffusion_loss(net, x, cond, generator=generator)
+    def loss(self, net, x, cond=None, *, marginal=None, anchor=None, generator=None):
+        return {"diffusion": self.diffusion_loss(net, x, cond, marginal=marginal, generator=generator)}
 
 
 class ScoreSDEProcess(DiffusionProcess):
     """The VP-SDE of Diff-MVAE: ``beta(t)`` linear from ``beta_min`` to ``beta_max``, DSM with ``weighting``
-    (``variance``, ``likelihood`` or ``none``), Euler-Maruyama with ``corrector_steps`` Langevin steps.
-    ``prediction`` is the backbone's output (eps, as in the paper, or v), the same score model either way."""
+    (``variance``, ``likelihood`` or ``none``); Euler-Maruyama with 1000 steps by default. ``prediction`` is
+    the backbone's output (eps, as in the paper, or v), the same score model either way."""
 
-    samplers = ("euler_maruyama", "ddim")
-
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, weighting: str = "variance", sampler: str = "euler_maruyama",
-                 steps: int = 1000, corrector_steps: int = 0, snr: float = 0.16, t_min: float = 1e-3, prediction: Prediction = "eps") -> None:
-        super().__init__(sampler, steps)
-        self.schedule = VPSchedule(beta_min, beta_max)
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, weighting: str = "variance", prediction: Prediction = "eps",
+                 sampler: Sampler | None = None) -> None:
+        super().__init__(sampler if sampler is not None else EulerMaruyama(steps=1000))
+        self.forward_process = ForwardProcess(VPSchedule(beta_min, beta_max))
         self.prediction = check_prediction(prediction)
-        self.diffusion_loss = DSMLoss(self.schedule, weighting=weighting, t_min=1e-5, prediction=self.prediction)
-        self.corrector_steps, self.snr, self.t_min = corrector_steps, snr, t_min
+        self.diffusion_loss = DSMLoss(self.forward_process, weighting=weighting, t_min=1e-5, prediction=self.prediction)
+        self.check_sampler(self.sampler)
 
-    def loss(self, net, x, cond=None, *, shift=None, generator=None):
-        return self.diffusion_loss(net, x, cond, generator=generator)
-
-    def _sample(self, denoise, shape, *, generator, device, start, x_init):
-        return euler_maruyama_sample(denoise, shape, schedule=self.schedule, steps=self.steps, t_min=self.t_min, corrector_steps=self.corrector_steps,
-                                     snr=self.snr, generator=generator, device=device, start=start, x_init=x_init)
+    def loss(self, net, x, cond=None, *, marginal=None, anchor=None, generator=None):
+        return {"diffusion": self.diffusion_loss(net, x, cond, marginal=marginal, generator=generator)}
 
 
 class VDMProcess(DiffusionProcess):
     """Variational diffusion (seed 002): ``-log p(x)`` bound = reconstruction (8-bit pixels) + diffusion + prior,
     in nats per example; ``timesteps`` ``None`` for the continuous-time loss. ``schedule``: a fixed
-    :class:`~decoders.diffusion.LinearLogSNR` by default, or a :class:`~decoders.diffusion.LearnedLogSNR`."""
+    :class:`~decoders.diffusion.LinearLogSNR` by default, or a :class:`~decoders.diffusion.LearnedLogSNR`.
+    The backbone predicts eps. Ancestral sampling with 1000 steps by default."""
 
-    samplers = ("ancestral", "ddim")
     BINS = 256
+    bound = True
 
-    def __init__(self, schedule: Schedule | None = None, timesteps: int | None = None, sampler: str = "ancestral", steps: int = 1000) -> None:
-        super().__init__(sampler, steps)
-        self.schedule = schedule if schedule is not None else LinearLogSNR()
+    def __init__(self, schedule: Schedule | None = None, timesteps: int | None = None, sampler: Sampler | None = None) -> None:
+        super().__init__(sampler if sampler is not None else Ancestral(steps=1000))
+        self.forward_process = ForwardProcess(schedule if schedule is not None else LinearLogSNR())
         self.timesteps = timesteps
-        self.diffusion_loss = VDMLoss(self.schedule, timesteps=timesteps)
+        self.diffusion_loss = VDMLoss(self.forward_process, timesteps=timesteps)
+        self.check_sampler(self.sampler)
 
-    def reconstruction(self, x: Tensor, shift: Tensor | None, generator: torch.Generator | None) -> Tensor:
-        """``-log p(x | z_0)`` over the 256 pixel values of each dimension (seed 002 App. C), ``[B]``."""
-        alpha_0, sigma_0 = self.schedule.alpha_sigma(torch.zeros(1, device=x.device, dtype=x.dtype))
-        pixels = x if shift is None else x + shift
-        index = ((pixels.clamp(-1, 1) + 1) * (self.BINS - 1) / 2).round().long()
-        z_0 = alpha_0 * x + sigma_0 * randn_like(x, generator)
-        grid = torch.linspace(-1, 1, self.BINS, device=x.device, dtype=x.dtype)
-        means = grid if shift is None else grid - shift[..., None]
-        logits = -0.5 * ((z_0[..., None] - alpha_0 * means) / sigma_0) ** 2
-        nll = torch.logsumexp(logits, dim=-1) - logits.gather(-1, index[..., None])[..., 0]
-        return nll.flatten(1).sum(dim=1)
+    def bin_log_probs(self, z_0: Tensor) -> Tensor:
+        """``log p(k | z_0)`` for each of the 256 values ``v_k`` of every dimension, ``[..., 256]``: a softmax over the
+        Gaussian log-densities ``log N(z_0; alpha_0 v_k, sigma_0^2)`` (seed 002 App. C)."""
+        alpha_0, sigma_0 = self.forward_process.alpha_sigma(torch.zeros(1, device=z_0.device, dtype=z_0.dtype))
+        grid = torch.linspace(-1, 1, self.BINS, device=z_0.device, dtype=z_0.dtype)
+        return torch.log_softmax(-0.5 * ((z_0[..., None] - alpha_0 * grid) / sigma_0) ** 2, dim=-1)
 
-    def loss(self, net, x, cond=None, *, shift=None, generator=None):
-        return self.reconstruction(x, shift, generator) + self.diffusion_loss(net, x, cond, generator=generator)
+    def reconstruction(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``-log p(x | z_0)`` summed over the dimensions of ``x`` in ``[-1, 1]``, ``[B]``, with ``z_0 = alpha_0 x +
+        sigma_0 eps`` and ``x`` read as its nearest of the 256 values."""
+        alpha_0, sigma_0 = self.forward_process.alpha_sigma(torch.zeros(1, device=x.device, dtype=x.dtype))
+        index = ((x.clamp(-1, 1) + 1) * (self.BINS - 1) / 2).round().long()
+        z_0 = alpha_0 * x + sigma_0 * randn(tuple(x.shape), generator, x.device, x.dtype)
+        return -sum_event(self.bin_log_probs(z_0).gather(-1, index[..., None])[..., 0])
 
-    def bits_per_dim(self, net, x, cond=None, *, shift=None, generator=None) -> Tensor:
-        """The bound in bits per dimension ``[B]``."""
-        return self.loss(net, x, cond, shift=shift, generator=generator) / (x[0].numel() * math.log(2))
+    def loss(self, net, x, cond=None, *, marginal=None, anchor=None, generator=None):
+        t = self.diffusion_loss.sample_t(x.shape[0], generator, x)
+        eps = randn(tuple(x.shape), generator, x.device, x.dtype)
+        return {"recon": self.reconstruction(x, generator),
+                "diffusion": self.diffusion_loss.diffusion_term(net, x, eps, t, cond, marginal),
+                "prior": self.diffusion_loss.prior_term(x, anchor)}
+
+    @staticmethod
+    def bits_per_dim(terms: dict[str, Tensor], x: Tensor) -> Tensor:
+        """The bound ``recon + diffusion + prior`` in bits per dimension ``[B]``."""
+        return sum(terms.values()) / (x[0].numel() * math.log(2))

@@ -1,18 +1,28 @@
-"""Samplers: stateless free functions of a :data:`~decoders.diffusion.parameterization.Denoiser`."""
+"""Samplers: small frozen dataclasses of settings, called as stateless functions of a denoiser.
+
+    sampler(denoise, marginal, shape, *, timesteps=None, generator=None, device="cpu", start=1.0, anchor=None)
+
+``denoise(x_t, t) -> x0_hat`` is the backbone wrapped by :func:`~decoders.diffusion.make_denoiser`; ``marginal``
+is the forward process bound to the batch (:class:`~decoders.diffusion.forward.Marginal`), which says where
+``x_t`` lies given ``x_0``. Every step is written through it, so the samplers are exact for any forward process
+with an offset (``y_t = x_t - offset_t`` follows a plain VP chain, and the steps act on ``y``). State is kept in
+float64; the denoiser sees and returns ``dtype``. A new sampler is one new subclass of :class:`Sampler`.
+"""
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from decoders.diffusion.forward import ForwardProcess, Marginal
 from decoders.diffusion.parameterization import Denoiser, expand
-from decoders.diffusion.schedules import Schedule, VPSchedule
+from decoders.random import randn
 
-
-def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Noise drawn on the generator's device (so a CPU generator gives the same draws everywhere), then moved."""
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+if TYPE_CHECKING:
+    from decoders.diffusion.processes import DiffusionProcess
 
 
 def check_start(start: float) -> float:
@@ -21,11 +31,16 @@ def check_start(start: float) -> float:
     return start
 
 
+def check_steps(steps: int) -> int:
+    if steps < 1:
+        raise ValueError(f"sampler steps must be >= 1, got {steps}")
+    return steps
+
+
 def time_grid(steps: int, timesteps: int | None, device: torch.device | str, start: float = 1.0) -> Tensor:
     """Decreasing times from ``start`` to 0 on ``steps`` steps per unit of time (``round(steps * start)`` of them,
     at least one); on the training grid ``i / T`` when ``timesteps = T``."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_steps(steps)
     check_start(start)
     n = max(1, round(steps * start))
     t = torch.linspace(start, 0.0, n + 1, dtype=torch.float64, device=device)
@@ -34,110 +49,130 @@ def time_grid(steps: int, timesteps: int | None, device: torch.device | str, sta
     return t
 
 
-def initial_state(shape: tuple[int, ...], schedule: Schedule, start: Tensor, x_init: Tensor | None,
-                  generator: torch.Generator | None, device: torch.device | str) -> Tensor:
-    """``x_1 ~ N(0, I)``, or for ``start < 1`` the forward process applied to ``x_init`` (0 when ``None``):
-    ``alpha_start x_init + sigma_start eps`` (SDEdit-style truncated sampling), float64."""
-    eps = randn(shape, generator, device).double()
-    if start >= 1:
-        return eps
-    alpha, sigma = (v.double() for v in schedule.alpha_sigma(start.expand(shape[0])))
-    base = torch.zeros_like(eps) if x_init is None else x_init.to(device=eps.device, dtype=torch.float64).expand(shape)
-    return expand(alpha, eps) * base + expand(sigma, eps) * eps
+@dataclass(frozen=True)
+class Sampler:
+    """Base class. Subclasses are frozen dataclasses with a ``steps`` field, a ``name`` and :meth:`__call__`."""
+
+    name: ClassVar[str] = "sampler"
+    steps: int = 50
+
+    def __post_init__(self) -> None:
+        check_steps(self.steps)
+
+    def check(self, process: DiffusionProcess) -> None:
+        """Raise ``ValueError`` (one line) when this sampler cannot sample ``process``; checked before sampling."""
+
+    def describe(self) -> dict[str, Any]:
+        """The settings, for ``samples.npz`` and evaluation records: ``{"sampler": name, "steps": ..., ...}``."""
+        return {"sampler": self.name, **asdict(self)}
+
+    def __call__(self, denoise: Denoiser, marginal: Marginal, shape: tuple[int, ...], *, timesteps: int | None = None,
+                 generator: torch.Generator | None = None, device: torch.device | str = "cpu", start: float = 1.0,
+                 anchor: Tensor | None = None, dtype: torch.dtype = torch.float32) -> Tensor:  # pragma: no cover - abstract
+        """A sample ``shape`` (the clean estimate at the last step), ``dtype``."""
+        raise NotImplementedError
 
 
-def ddim_sample(
-    denoise: Denoiser,
-    shape: tuple[int, ...],
-    *,
-    schedule: Schedule,
-    steps: int = 50,
-    eta: float = 0.0,
-    timesteps: int | None = 1000,
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-    start: float = 1.0,
-    x_init: Tensor | None = None,
-) -> Tensor:
-    """DDIM (Song et al. 2021, eq. 12) from ``x_1 ~ N(0, I)`` to ``x_0`` in ``steps`` steps; ``eta = 1`` is
-    DDPM's ancestral sampler, ``eta = 0`` deterministic. ``start < 1`` begins at that time from ``x_init``
-    noised (:func:`initial_state`), with the same step size. State is kept in float64. Returns ``shape``, float32."""
-    t_grid = time_grid(steps, timesteps, device, start)
-    x = initial_state(shape, schedule, t_grid[0], x_init, generator, device)
-    for t, s in zip(t_grid[:-1], t_grid[1:]):
-        t_b = t.expand(shape[0])
-        alpha_t, sigma_t = (v.double() for v in schedule.alpha_sigma(t_b))
-        x0 = denoise(x.float(), t_b.float()).double()
-        if s <= 0:
-            return x0.float()
-        # Implied noise, then the step to s (eq. 12).
-        eps = (x - expand(alpha_t, x) * x0) / expand(sigma_t, x)
-        alpha_s, sigma_s = (v.double() for v in schedule.alpha_sigma(s.expand(shape[0])))
-        std = eta * (sigma_s / sigma_t) * (1 - (alpha_t / alpha_s) ** 2).clamp_min(0).sqrt()
-        x = expand(alpha_s, x) * x0 + expand((sigma_s**2 - std**2).clamp_min(0).sqrt(), x) * eps
-        if eta > 0:
-            x = x + expand(std, x) * randn(shape, generator, device).double()
-    return x.float()
+@dataclass(frozen=True)
+class DDIM(Sampler):
+    """DDIM (Song et al. 2021, eq. 12): ``eta = 0`` integrates the probability-flow ODE deterministically,
+    ``eta = 1`` is DDPM's ancestral sampler. ``start < 1`` begins at that time from the anchor noised
+    (:meth:`Marginal.initial`), with the same step size."""
+
+    name: ClassVar[str] = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.eta < 0:
+            raise ValueError(f"eta must be >= 0, got {self.eta}")
+
+    def __call__(self, denoise, marginal, shape, *, timesteps=None, generator=None, device="cpu", start=1.0, anchor=None, dtype=torch.float32):
+        t_grid = time_grid(self.steps, timesteps, device, start)
+        x = marginal.initial(shape, t_grid[0], anchor, generator, device)
+        for t, s in zip(t_grid[:-1], t_grid[1:]):
+            t_b, s_b = t.expand(shape[0]), s.expand(shape[0])
+            x0 = denoise(x.to(dtype), t_b.to(dtype)).double()
+            if s <= 0:
+                return x0.to(dtype)
+            # Implied noise, then the step to s (eq. 12), in offset-free coordinates.
+            eps = marginal.noise_of(x, x0, t_b)
+            (alpha_t, sigma_t), (alpha_s, sigma_s) = marginal.alpha_sigma(t_b), marginal.alpha_sigma(s_b)
+            std = self.eta * (sigma_s / sigma_t) * (1 - (alpha_t / alpha_s) ** 2).clamp_min(0).sqrt()
+            x = marginal.mean(x0, s_b) + expand((sigma_s**2 - std**2).clamp_min(0).sqrt(), x) * eps
+            if self.eta > 0:
+                x = x + expand(std, x) * randn(shape, generator, device, torch.float64)
+        return x.to(dtype)
 
 
-def ancestral_sample(
-    denoise: Denoiser,
-    shape: tuple[int, ...],
-    *,
-    schedule: Schedule,
-    steps: int = 1000,
-    timesteps: int | None = None,
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-    start: float = 1.0,
-    x_init: Tensor | None = None,
-) -> Tensor:
-    """VDM's ancestral sampler (seed 002 App. A.4): ``z_s ~ q(z_s | z_t, x = x0_hat)`` from ``t = 1`` to 0, which
-    is :func:`ddim_sample` with ``eta = 1``."""
-    return ddim_sample(denoise, shape, schedule=schedule, steps=steps, eta=1.0, timesteps=timesteps, generator=generator, device=device,
-                       start=start, x_init=x_init)
+@dataclass(frozen=True)
+class Ancestral(Sampler):
+    """The ancestral sampler (DDPM; VDM's seed 002 App. A.4): ``x_s ~ q(x_s | x_t, x_0 = x0_hat)``, which is
+    :class:`DDIM` with ``eta = 1``."""
+
+    name: ClassVar[str] = "ancestral"
+    steps: int = 1000
+
+    def __call__(self, denoise, marginal, shape, **kwargs):
+        return DDIM(self.steps, eta=1.0)(denoise, marginal, shape, **kwargs)
 
 
-def euler_maruyama_sample(
-    denoise: Denoiser,
-    shape: tuple[int, ...],
-    *,
-    schedule: VPSchedule,
-    steps: int = 1000,
-    t_min: float = 1e-3,
-    corrector_steps: int = 0,
-    snr: float = 0.16,
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-    start: float = 1.0,
-    x_init: Tensor | None = None,
-) -> Tensor:
-    """Reverse VP-SDE ``dx = [-beta/2 x - beta score] dt + sqrt(beta) dw_bar`` by Euler-Maruyama (Song et al.
-    2021, predictor), from ``t = 1`` (or ``start``, from ``x_init`` noised) to ``t_min``, with ``corrector_steps``
-    Langevin corrector steps at signal-to-noise ``snr`` after each (the PC sampler). Returns the denoised
-    ``x0_hat`` at ``t_min``, float32."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    check_start(start)
-    n = max(1, round(steps * (start - t_min) / (1.0 - t_min)))
-    t_grid = torch.linspace(start, t_min, n + 1, dtype=torch.float64, device=device)
-    x = initial_state(shape, schedule, t_grid[0], x_init, generator, device)
+def langevin_step(x: Tensor, score: Tensor, snr: float, generator: torch.Generator | None) -> Tensor:
+    """One unadjusted Langevin step ``x + e score + sqrt(2 e) xi``, ``xi ~ N(0, I)``, with the per-example step
+    ``e = 2 (snr ||xi|| / ||score||)^2`` (Song et al. 2021, Algorithm 5, the corrector of the PC sampler)."""
+    noise = randn(tuple(x.shape), generator, x.device, x.dtype)
+    step = 2 * (snr * noise.flatten(1).norm(dim=1) / score.flatten(1).norm(dim=1).clamp_min(1e-12)) ** 2
+    return x + expand(step, x) * score + expand((2 * step).sqrt(), x) * noise
 
-    def score(x: Tensor, t_b: Tensor) -> Tensor:
-        alpha, sigma = (v.double() for v in schedule.alpha_sigma(t_b))
-        x0 = denoise(x.float(), t_b.float()).double()
-        return -(x - expand(alpha, x) * x0) / expand(sigma, x) ** 2
 
-    for t, s in zip(t_grid[:-1], t_grid[1:]):
-        t_b, dt = t.expand(shape[0]), (t - s).item()
-        beta = expand(schedule.beta(t_b.double()), x)
-        # Euler-Maruyama predictor step (backwards in time).
-        x = x + (0.5 * beta * x + beta * score(x, t_b)) * dt + (beta * dt).sqrt() * randn(shape, generator, device).double()
-        s_b = s.expand(shape[0])
-        for _ in range(corrector_steps):
-            # Langevin corrector step at time s.
-            grad = score(x, s_b)
-            noise = randn(shape, generator, device).double()
-            step = 2 * (snr * noise.flatten(1).norm(dim=1) / grad.flatten(1).norm(dim=1).clamp_min(1e-12)) ** 2
-            x = x + expand(step, x) * grad + expand((2 * step).sqrt(), x) * noise
-    return denoise(x.float(), t_grid[-1].expand(shape[0]).float())
+@dataclass(frozen=True)
+class EulerMaruyama(Sampler):
+    """The reverse VP-SDE ``dx = [-beta/2 x - beta score] dt + sqrt(beta) dw_bar`` by Euler-Maruyama (Song et al.
+    2021, the predictor), from ``start`` to ``t_min``, with ``corrector_steps`` Langevin steps at ``snr`` after each
+    (the PC sampler); returns the clean estimate at ``t_min``. Needs a VP-SDE schedule with ``beta(t)`` and a
+    forward process without offset."""
+
+    name: ClassVar[str] = "euler_maruyama"
+    steps: int = 1000
+    corrector_steps: int = 0
+    snr: float = 0.16
+    t_min: float = 1e-3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.corrector_steps < 0 or self.snr <= 0 or not 0 < self.t_min < 1:
+            raise ValueError(f"euler_maruyama needs corrector_steps >= 0, snr > 0 and 0 < t_min < 1, got "
+                             f"{self.corrector_steps}, {self.snr}, {self.t_min}")
+
+    def check(self, process: DiffusionProcess) -> None:
+        forward = process.forward_process
+        if not hasattr(forward.schedule, "beta") or type(forward).offset is not ForwardProcess.offset:
+            raise ValueError(f"sampler euler_maruyama needs the VP-SDE (a schedule with beta(t), no forward offset); "
+                             f"{type(process).__name__} has {type(forward.schedule).__name__}; use ddim or ancestral")
+
+    def __call__(self, denoise, marginal, shape, *, timesteps=None, generator=None, device="cpu", start=1.0, anchor=None, dtype=torch.float32):
+        check_start(start)
+        schedule = marginal.process.schedule
+        n = max(1, round(self.steps * (start - self.t_min) / (1.0 - self.t_min)))
+        t_grid = torch.linspace(start, self.t_min, n + 1, dtype=torch.float64, device=device)
+        x = marginal.initial(shape, t_grid[0], anchor, generator, device)
+
+        def score(x: Tensor, t_b: Tensor) -> Tensor:
+            _, sigma = marginal.alpha_sigma(t_b)
+            x0 = denoise(x.to(dtype), t_b.to(dtype)).double()
+            return -(x - marginal.mean(x0, t_b)) / expand(sigma, x) ** 2
+
+        for t, s in zip(t_grid[:-1], t_grid[1:]):
+            t_b, dt = t.expand(shape[0]), (t - s).item()
+            beta = expand(schedule.beta(t_b), x)
+            # Euler-Maruyama predictor step (backwards in time).
+            x = x + (0.5 * beta * x + beta * score(x, t_b)) * dt + (beta * dt).sqrt() * randn(shape, generator, device, torch.float64)
+            for _ in range(self.corrector_steps):
+                # Langevin corrector step at time s.
+                x = langevin_step(x, score(x, s.expand(shape[0])), self.snr, generator)
+        return denoise(x.to(dtype), t_grid[-1].expand(shape[0]).to(dtype))
+
+
+# The samplers the command line names (``--sampler NAME``); a sampler of your own is passed as an object.
+SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDIM, Ancestral, EulerMaruyama)}

@@ -1,14 +1,17 @@
-"""Diffusion machinery against closed forms: schedules, parameterisations, the DDPM loss and the DDIM sampler."""
+"""Diffusion machinery against closed forms: schedules, parameterisations, the forward process, losses, samplers."""
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
 
 from decoders.diffusion import (
-    PREDICTIONS, CosineSchedule, DDPMLoss, LinearLogSNR, VPSchedule, ddim_sample, make_denoiser, target, time_grid, to_eps, to_x0,
+    DDIM, PREDICTIONS, Ancestral, CosineSchedule, DDPMLoss, DSMLoss, EulerMaruyama, ForwardProcess, LinearLogSNR, Sampler, VDMLoss,
+    VPSchedule, langevin_step, make_denoiser, target, time_grid, to_eps, to_x0,
 )
-from decoders.diffusion.parameterization import check_prediction
+from decoders.diffusion.parameterization import check_prediction, expand
 
 SCHEDULES = [VPSchedule(), CosineSchedule(), LinearLogSNR()]
 
@@ -62,18 +65,28 @@ def test_unknown_prediction_fails_with_one_line():
     with pytest.raises(ValueError, match="unknown prediction type 'score'; choose one of eps, v, x0"):
         check_prediction("score")
     with pytest.raises(ValueError, match="unknown prediction"):
-        DDPMLoss(VPSchedule(), prediction="epsilon")
+        DDPMLoss(ForwardProcess(VPSchedule()), prediction="epsilon")
 
 
-def gaussian_denoiser(schedule, mean, var):
-    """The exact E[x0 | x_t] for data x0 ~ N(mean, var) (per coordinate)."""
+def gaussian_denoiser(schedule, mean, var, offset=None):
+    """The exact E[x0 | x_t] for data x0 ~ N(mean, var) (per coordinate), for x_t = alpha x0 + offset_t + sigma eps."""
 
     def denoise(x_t, t):
         alpha, sigma = (v[:, None] for v in schedule.alpha_sigma(t.double()))
+        y_t = x_t.double() - (0 if offset is None else offset(t.double()))
         gain = alpha * var / (alpha**2 * var + sigma**2)
-        return (mean + gain * (x_t.double() - alpha * mean)).float()
+        return (mean + gain * (y_t - alpha * mean)).float()
 
     return denoise
+
+
+def moments(sampler, denoise, marginal, n=20_000, **kw):
+    x = sampler(denoise, marginal, (n, 3), generator=torch.Generator().manual_seed(0), **kw)
+    return x.double().mean(0), x.double().var(0)
+
+
+MEAN = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
+VAR = torch.tensor([0.25, 4.0, 1.0], dtype=torch.float64)
 
 
 @pytest.mark.parametrize("schedule", [VPSchedule(), CosineSchedule()], ids=lambda s: type(s).__name__)
@@ -81,36 +94,35 @@ def gaussian_denoiser(schedule, mean, var):
 def test_ddim_with_exact_denoiser_reproduces_gaussian_moments(schedule, eta):
     """eta = 1 with T steps is DDPM's ancestral sampler; eta = 0 integrates the probability-flow ODE. Both are
     exact in the limit of many steps; with fewer steps the variance shrinks, less so as steps grow."""
-    mean = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
-    var = torch.tensor([0.25, 4.0, 1.0], dtype=torch.float64)
-    denoise = gaussian_denoiser(schedule, mean, var)
-
-    def moments(steps):
-        x = ddim_sample(denoise, (20_000, 3), schedule=schedule, steps=steps, eta=eta, generator=torch.Generator().manual_seed(0))
-        return x.double().mean(0), x.double().var(0)
-
-    m, v = moments(1000)
-    torch.testing.assert_close(m, mean, atol=0.05, rtol=0)
-    torch.testing.assert_close(v, var, rtol=0.04, atol=0)
-    errors = [((moments(steps)[1] - var).abs() / var).max().item() for steps in (20, 100)]
+    denoise, marginal = gaussian_denoiser(schedule, MEAN, VAR), ForwardProcess(schedule).given()
+    m, v = moments(DDIM(1000, eta), denoise, marginal, timesteps=1000)
+    torch.testing.assert_close(m, MEAN, atol=0.05, rtol=0)
+    torch.testing.assert_close(v, VAR, rtol=0.04, atol=0)
+    errors = [((moments(DDIM(steps, eta), denoise, marginal)[1] - VAR).abs() / VAR).max().item() for steps in (20, 100)]
     assert errors[1] < errors[0] < 0.5
 
 
 def test_ddim_same_seed_same_samples_and_steps_checked():
     schedule = CosineSchedule()
     denoise = gaussian_denoiser(schedule, torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
-    a, b, c = (ddim_sample(denoise, (7, 2), schedule=schedule, steps=10, eta=1.0, generator=torch.Generator().manual_seed(s)) for s in (3, 3, 4))
+    marginal = ForwardProcess(schedule).given()
+    a, b, c = (DDIM(10, eta=1.0)(denoise, marginal, (7, 2), generator=torch.Generator().manual_seed(s)) for s in (3, 3, 4))
     assert torch.equal(a, b) and not torch.equal(a, c)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         time_grid(0, 1000, "cpu")
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        DDIM(steps=0)
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        DDIM(eta=-1.0)
     grid = time_grid(50, 1000, "cpu")
     assert grid[0] == 1 and grid[-1] == 0 and torch.all(grid[1:] < grid[:-1])
     assert torch.equal(grid * 1000, torch.round(grid * 1000))
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
-def test_ddpm_loss_is_zero_for_the_exact_target_and_per_example(prediction):
-    """A 'network' that knows x0 and eps (smuggled via cond) has zero loss; the loss is one value per example."""
+def test_ddpm_loss_is_zero_for_the_exact_target_and_summed_per_example(prediction):
+    """A 'network' that knows x0 and eps (smuggled via cond) has zero loss; a zero network's loss is the squared
+    target summed over every data dimension (not averaged)."""
     schedule = CosineSchedule()
     x0 = torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(0))
 
@@ -120,24 +132,27 @@ def test_ddpm_loss_is_zero_for_the_exact_target_and_per_example(prediction):
             eps = (x_t - alpha[:, None, None] * cond) / sigma[:, None, None]
             return target(prediction, cond, eps, alpha, sigma)
 
-    loss = DDPMLoss(schedule, prediction=prediction)(Oracle(), x0, x0, generator=torch.Generator().manual_seed(1))
-    assert loss.shape == (6,)
-    assert loss.max().item() < 1e-6
-    zero = DDPMLoss(schedule, prediction=prediction)(lambda x_t, t, c: torch.zeros_like(x_t), x0, generator=torch.Generator().manual_seed(1))
-    assert torch.all(zero > 0)
+    loss = DDPMLoss(ForwardProcess(schedule), prediction=prediction)
+    assert loss(Oracle(), x0, x0, generator=torch.Generator().manual_seed(1)).max().item() < 1e-6
+    out = loss(lambda x_t, t, c: torch.zeros_like(x_t), x0, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)  # replay the loss's draws: t first, then eps
+    t = loss.sample_t(6, g, x0)
+    eps = torch.randn(x0.shape, generator=g)
+    alpha, sigma = schedule.alpha_sigma(t)
+    torch.testing.assert_close(out, target(prediction, x0, eps, alpha, sigma).pow(2).sum(dim=(1, 2)))
 
 
 def test_ddpm_loss_times_lie_on_the_training_grid():
-    loss = DDPMLoss(VPSchedule(), timesteps=10)
+    loss = DDPMLoss(ForwardProcess(VPSchedule()), timesteps=10)
     t = loss.sample_t(1000, torch.Generator().manual_seed(0), torch.zeros(1))
     assert set((t * 10).round().int().tolist()) == set(range(1, 11))
-    assert torch.all(DDPMLoss(VPSchedule(), timesteps=None).sample_t(100, None, torch.zeros(1)) > 0)
+    assert torch.all(DDPMLoss(ForwardProcess(VPSchedule()), timesteps=None).sample_t(100, None, torch.zeros(1)) > 0)
 
 
 def test_denoiser_clip_bounds_x0():
-    schedule = CosineSchedule()
+    marginal = ForwardProcess(CosineSchedule()).given()
     net = lambda x_t, t, c: torch.full_like(x_t, 100.0)  # noqa: E731
-    denoise = make_denoiser(net, schedule, "x0", clip=(torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 2.0])))
+    denoise = make_denoiser(net, marginal, "x0", clip=(torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 2.0])))
     out = denoise(torch.zeros(3, 2), torch.full((3,), 0.5))
     assert torch.equal(out, torch.tensor([[1.0, 2.0]] * 3))
 
@@ -156,52 +171,57 @@ def test_learned_schedule_is_monotone_with_its_end_points():
 
 
 def test_euler_maruyama_with_exact_score_reproduces_gaussian_moments():
-    from decoders.diffusion import euler_maruyama_sample
-
     schedule = VPSchedule()
-    mean = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
-    var = torch.tensor([0.25, 4.0, 1.0], dtype=torch.float64)
-    x = euler_maruyama_sample(gaussian_denoiser(schedule, mean, var), (20_000, 3), schedule=schedule, steps=1000,
-                              generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(x.double().mean(0), mean, atol=0.05, rtol=0)
-    torch.testing.assert_close(x.double().var(0), var, rtol=0.04, atol=0)
+    m, v = moments(EulerMaruyama(1000), gaussian_denoiser(schedule, MEAN, VAR), ForwardProcess(schedule).given())
+    torch.testing.assert_close(m, MEAN, atol=0.05, rtol=0)
+    torch.testing.assert_close(v, VAR, rtol=0.04, atol=0)
 
 
-def test_langevin_corrector_keeps_moments_close():
-    """Predictor-corrector: unadjusted Langevin at snr 0.16 inflates the variance a little (ULA bias), no more."""
-    from decoders.diffusion import euler_maruyama_sample
+def test_langevin_steps_converge_to_the_target_from_a_wrong_start():
+    """The corrector alone: from N(3, 0.1^2), unadjusted Langevin steps on the exact score of N(-1, 2) in 256
+    dimensions (image-like, where the step rule's norms concentrate) reach its moments within the ULA bias at
+    snr 0.16 (about +4 % variance); a corrector that did nothing would stay at N(3, 0.01)."""
+    mean, var = -1.0, 2.0
+    g = torch.Generator().manual_seed(0)
+    x = 3.0 + 0.1 * torch.randn(1000, 256, generator=g, dtype=torch.float64)
+    for _ in range(300):
+        x = langevin_step(x, -(x - mean) / var, snr=0.16, generator=g)
+    assert abs(x.mean().item() - mean) < 0.02
+    assert 1.0 < x.var().item() / var < 1.08
 
+
+def test_euler_maruyama_runs_its_corrector_and_keeps_moments():
+    """Predictor-corrector: the corrector changes the samples (it runs), and with the exact score the moments stay
+    within the ULA bias at snr 0.16; a corrector step without the score term (noise only) would inflate them."""
     schedule = VPSchedule()
-    mean, var = torch.linspace(-1, 1, 48, dtype=torch.float64), torch.full((48,), 0.5, dtype=torch.float64)
-    x = euler_maruyama_sample(gaussian_denoiser(schedule, mean, var), (4000, 48), schedule=schedule, steps=500,
-                              corrector_steps=1, generator=torch.Generator().manual_seed(0))
-    assert (x.double().mean(0) - mean).abs().max() < 0.06
-    ratio = x.double().var(0) / var
-    assert 0.95 < ratio.min() and ratio.max() < 1.2
+    mean, var = torch.linspace(-1, 1, 64, dtype=torch.float64), torch.full((64,), 0.5, dtype=torch.float64)
+    denoise, marginal = gaussian_denoiser(schedule, mean, var), ForwardProcess(schedule).given()
+    plain = EulerMaruyama(200)(denoise, marginal, (2000, 64), generator=torch.Generator().manual_seed(0))
+    corrected = EulerMaruyama(200, corrector_steps=1)(denoise, marginal, (2000, 64), generator=torch.Generator().manual_seed(0)).double()
+    assert not torch.allclose(plain.double(), corrected)
+    assert (corrected.mean(0) - mean).abs().max() < 0.08
+    ratio = corrected.var(0) / var
+    assert 0.95 < ratio.mean() < 1.12 and ratio.max() < 1.3
 
 
-def test_vdm_ancestral_sampler_reproduces_gaussian_moments():
-    from decoders.diffusion import ancestral_sample
-
+def test_ancestral_sampler_reproduces_gaussian_moments():
     schedule = LinearLogSNR()
     mean, var = torch.tensor([0.3, -0.2], dtype=torch.float64), torch.tensor([0.09, 0.25], dtype=torch.float64)
-    x = ancestral_sample(gaussian_denoiser(schedule, mean, var), (20_000, 2), schedule=schedule, steps=1000,
-                         generator=torch.Generator().manual_seed(0))
+    x = Ancestral(1000)(gaussian_denoiser(schedule, mean, var), ForwardProcess(schedule).given(), (20_000, 2),
+                        generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(x.double().mean(0), mean, atol=0.02, rtol=0)
     torch.testing.assert_close(x.double().var(0), var, rtol=0.05, atol=0)
 
 
 def test_discrete_vdm_loss_approaches_the_continuous_one():
     """Exact expectations over t for a fixed (x, eps) and a fixed imperfect net: L_T -> L_inf as T grows."""
-    from decoders.diffusion import VDMLoss
-
-    schedule = LinearLogSNR()
+    forward = ForwardProcess(LinearLogSNR())
     g = torch.Generator().manual_seed(0)
     x, eps = torch.rand(1, 6, generator=g) * 2 - 1, torch.randn(1, 6, generator=g)
     net = lambda x_t, t, c: 0.7 * x_t  # noqa: E731
 
     def expected(timesteps, points):
-        loss = VDMLoss(schedule, timesteps=timesteps)
+        loss = VDMLoss(forward, timesteps=timesteps)
         t = (torch.arange(points, dtype=torch.float32) + (1.0 if timesteps else 0.5)) / points
         return loss.diffusion_term(net, x.expand(points, -1), eps.expand(points, -1), t).mean().item()
 
@@ -210,56 +230,78 @@ def test_discrete_vdm_loss_approaches_the_continuous_one():
     assert gaps[0] > 5 * gaps[1] > 25 * gaps[2] and gaps[2] < 0.01, gaps  # O(1/T)
 
 
-def test_vdm_prior_term_closed_form_and_loss_shape():
-    from decoders.diffusion import VDMLoss
-
-    schedule = LinearLogSNR(-13.3, 5.0)
-    loss = VDMLoss(schedule, timesteps=None)
-    sigma2 = torch.sigmoid(torch.tensor(5.0))
+def test_vdm_prior_term_closed_form():
+    loss = VDMLoss(ForwardProcess(LinearLogSNR(-13.3, 5.0)), timesteps=None)
+    sigma2, alpha2 = torch.sigmoid(torch.tensor(5.0)), torch.sigmoid(torch.tensor(-5.0))
     expected = 0.5 * (sigma2 - torch.log(sigma2) - 1) * 12
     torch.testing.assert_close(loss.prior_term(torch.zeros(2, 3, 2, 2)), expected.expand(2))
-    out = loss(lambda x_t, t, c: torch.zeros_like(x_t), torch.rand(4, 3, 2, 2), generator=torch.Generator().manual_seed(0))
-    assert out.shape == (4,) and torch.all(out > 0)
+    x, anchor = torch.full((1, 12), 0.5), torch.full((1, 12), -0.5)  # the prior is centred on alpha_1 anchor
+    torch.testing.assert_close(loss.prior_term(x, anchor), (expected + 0.5 * alpha2 * 12).reshape(1))
 
 
-def test_dsm_loss_weightings_and_errors():
-    from decoders.diffusion import DSMLoss
+def test_vdm_reconstruction_is_the_discrete_likelihood_of_its_bins():
+    """seed 002 App. C: p(k | z_0) is a softmax over the bins' Gaussian densities N(z_0; alpha_0 v_k, sigma_0^2). It is
+    normalised; at z_0 = alpha_0 v_k the bin k is recovered (the bins are 2/255 apart, sigma_0 ~ 1.3e-3 for the
+    default schedule); and the reconstruction term is -log p(nearest bin | z_0) summed, with z_0 from its generator."""
+    from decoders.diffusion import VDMProcess
 
+    proc = VDMProcess()
+    values = torch.linspace(-1, 1, 256, dtype=torch.float64)
+    alpha0, sigma0 = proc.forward_process.alpha_sigma(torch.zeros(1, dtype=torch.float64))
+    log_p = proc.bin_log_probs(alpha0 * values)
+    torch.testing.assert_close(log_p.logsumexp(-1), torch.zeros(256, dtype=torch.float64))
+    assert torch.equal(log_p.argmax(-1), torch.arange(256)) and log_p.diagonal().min() > math.log(0.99)
+    x = torch.tensor([[0.1234, -0.5, 0.99]], dtype=torch.float64)
+    z0 = alpha0 * x + sigma0 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    grid_logp = -0.5 * ((z0[..., None] - alpha0 * values) / sigma0) ** 2
+    expected = -(grid_logp - grid_logp.logsumexp(-1, keepdim=True)).gather(-1, ((x + 1) * 127.5).round().long()[..., None]).sum()
+    torch.testing.assert_close(proc.reconstruction(x, torch.Generator().manual_seed(3)), expected.reshape(1))
+
+
+@pytest.mark.parametrize("weighting", DSMLoss.WEIGHTINGS)
+def test_dsm_loss_per_time_matches_its_closed_form(weighting):
+    """lambda(t) / (2 sigma_t^2) ||eps - eps_hat||^2 with lambda = sigma^2, beta(t) or 1, for a zero eps-network."""
+    forward = ForwardProcess(VPSchedule())
+    loss = DSMLoss(forward, weighting=weighting)
+    x, eps = torch.rand(4, 2, 3), torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.05, 0.2, 0.6, 0.95])
+    out = loss.per_time(lambda x_t, t, c: torch.zeros_like(x_t), x, eps, t)
+    _, sigma = forward.alpha_sigma(t)
+    lam = {"variance": sigma**2, "likelihood": VPSchedule().beta(t), "none": torch.ones_like(t)}[weighting]
+    torch.testing.assert_close(out, lam / (2 * sigma**2) * eps.pow(2).sum(dim=(1, 2)))
+
+
+def test_dsm_loss_reparameterisations_agree_and_errors():
+    forward = ForwardProcess(VPSchedule())
     x = torch.rand(5, 2, 3)
-    zero = lambda x_t, t, c: torch.zeros_like(x_t)  # noqa: E731
-    for weighting in DSMLoss.WEIGHTINGS:
-        out = DSMLoss(VPSchedule(), weighting=weighting)(zero, x, generator=torch.Generator().manual_seed(0))
-        assert out.shape == (5,) and torch.all(torch.isfinite(out)) and torch.all(out > 0)
-    # the same score model, parameterised by v instead of eps, gives the same loss
     eps_net = lambda x_t, t, c: 0.3 * x_t  # noqa: E731
-    alpha_sigma = VPSchedule().alpha_sigma
+
     def v_net(x_t, t, c):
-        a, s = (u[:, None, None] for u in alpha_sigma(t))
+        a, s = (u[:, None, None] for u in forward.alpha_sigma(t))
         return (0.3 * x_t - s * x_t) / a  # eps_hat = s x_t + a v
-    torch.testing.assert_close(DSMLoss(VPSchedule(), prediction="v")(v_net, x, generator=torch.Generator().manual_seed(1)),
-                               DSMLoss(VPSchedule())(eps_net, x, generator=torch.Generator().manual_seed(1)), rtol=1e-4, atol=1e-5)
+
+    torch.testing.assert_close(DSMLoss(forward, prediction="v")(v_net, x, generator=torch.Generator().manual_seed(1)),
+                               DSMLoss(forward)(eps_net, x, generator=torch.Generator().manual_seed(1)), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="unknown prediction type 'score'"):
-        DSMLoss(VPSchedule(), prediction="score")
+        DSMLoss(forward, prediction="score")
     with pytest.raises(ValueError, match="unknown DSM weighting 'snr'"):
-        DSMLoss(VPSchedule(), weighting="snr")
+        DSMLoss(forward, weighting="snr")
     with pytest.raises(ValueError, match="needs a VP schedule"):
-        DSMLoss(CosineSchedule(), weighting="likelihood")
+        DSMLoss(ForwardProcess(CosineSchedule()), weighting="likelihood")
 
 
-def test_truncated_ddim_from_the_mean_has_the_closed_form_spread():
-    """Starting the probability-flow ODE at t0 from x_init = mean noised gives x_t0 ~ N(alpha mean, sigma^2)
+def test_truncated_ddim_from_the_anchor_has_the_closed_form_spread():
+    """Starting the probability-flow ODE at t0 from the anchor = mean noised gives x_t0 ~ N(alpha mean, sigma^2)
     instead of the true marginal N(alpha mean, alpha^2 var + sigma^2); the ODE of Gaussian data is linear and
     keeps the standardised coordinate, so x0 ~ N(mean, var sigma^2 / (alpha^2 var + sigma^2))."""
     schedule = VPSchedule()
-    mean = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
-    var = torch.tensor([0.25, 4.0, 1.0], dtype=torch.float64)
     start = 0.3
-    x = ddim_sample(gaussian_denoiser(schedule, mean, var), (20_000, 3), schedule=schedule, steps=1000, start=start, x_init=mean,
-                    generator=torch.Generator().manual_seed(0))
+    x = DDIM(1000)(gaussian_denoiser(schedule, MEAN, VAR), ForwardProcess(schedule).given(), (20_000, 3), timesteps=1000, start=start,
+                   anchor=MEAN, generator=torch.Generator().manual_seed(0))
     alpha, sigma = (v.double() for v in schedule.alpha_sigma(torch.tensor([start], dtype=torch.float64)))
-    expected = var * sigma**2 / (alpha**2 * var + sigma**2)
-    assert expected.max() < 0.9 * var.max()  # truncation visibly narrows the spread, so the check can fail
-    torch.testing.assert_close(x.double().mean(0), mean, atol=0.03, rtol=0)
+    expected = VAR * sigma**2 / (alpha**2 * VAR + sigma**2)
+    assert expected.max() < 0.9 * VAR.max()  # truncation visibly narrows the spread, so the check can fail
+    torch.testing.assert_close(x.double().mean(0), MEAN, atol=0.03, rtol=0)
     torch.testing.assert_close(x.double().var(0), expected, rtol=0.04, atol=0)
     grid = time_grid(50, 1000, "cpu", start=0.2)
     assert grid[0] == 0.2 and grid[-1] == 0 and len(grid) == 11
@@ -268,11 +310,76 @@ def test_truncated_ddim_from_the_mean_has_the_closed_form_spread():
 
 
 def test_truncated_euler_maruyama_stays_centred_and_narrower():
-    from decoders.diffusion import euler_maruyama_sample
-
     schedule = VPSchedule()
     mean, var = torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([4.0, 1.0], dtype=torch.float64)
-    x = euler_maruyama_sample(gaussian_denoiser(schedule, mean, var), (20_000, 2), schedule=schedule, steps=1000, start=0.3, x_init=mean,
-                              generator=torch.Generator().manual_seed(0))
+    x = EulerMaruyama(1000)(gaussian_denoiser(schedule, mean, var), ForwardProcess(schedule).given(), (20_000, 2), start=0.3, anchor=mean,
+                            generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(x.double().mean(0), mean, atol=0.03, rtol=0)
     assert torch.all(x.double().var(0) < 0.9 * var)
+
+
+# ---------------------------------------------------------------- a forward process and a sampler defined here alone
+class Drift(ForwardProcess):
+    """A test-only forward process with an offset: x_t = alpha_t x0 + (1 - alpha_t) c + sigma_t eps (the marginal
+    drifts from the data to a point c). It is one class; no loss or sampler knows about it."""
+
+    def offset(self, t, cond):
+        alpha, _ = self.alpha_sigma(t)
+        return expand(1 - alpha, cond) * cond
+
+
+def test_a_new_forward_process_is_one_class_the_losses_and_samplers_follow():
+    schedule, c = CosineSchedule(), torch.tensor([5.0, -3.0, 1.0])
+    forward = Drift(schedule)
+    marginal = forward.given(c.expand(4, 3))
+    # The loss draws x_t through the forward process: an oracle that knows x0, eps and the offset has zero loss.
+    x0 = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+
+    def oracle(x_t, t, cond):
+        alpha, sigma = schedule.alpha_sigma(t)
+        return (marginal.remove_offset(x_t, t) - alpha[:, None] * x0) / sigma[:, None]
+
+    assert DDPMLoss(forward)(oracle, x0, marginal=marginal, generator=torch.Generator().manual_seed(1)).max() < 1e-8
+    # The same oracle against the plain process (x_t drawn without the offset) is wrong: the loss sees the difference.
+    assert DDPMLoss(ForwardProcess(schedule))(oracle, x0, generator=torch.Generator().manual_seed(1)).min() > 1e-2
+    # DDIM and ancestral sampling with the exact denoiser of this process reproduce the data moments.
+    offset = lambda t: (1 - schedule.alpha_sigma(t)[0])[:, None] * c.double()  # noqa: E731
+    denoise = gaussian_denoiser(schedule, MEAN, VAR, offset=offset)
+    wide = forward.given(c.expand(20_000, 3))
+    for sampler in (DDIM(500), Ancestral(500)):
+        m, v = moments(sampler, denoise, wide)
+        torch.testing.assert_close(m, MEAN, atol=0.05, rtol=0)
+        torch.testing.assert_close(v, VAR, rtol=0.05, atol=0)
+    with pytest.raises(ValueError, match="euler_maruyama needs the VP-SDE"):
+        from decoders.diffusion import DDPMProcess
+
+        process = DDPMProcess()
+        process.forward_process = Drift(VPSchedule())
+        EulerMaruyama().check(process)
+
+
+@dataclass(frozen=True)
+class ProbabilityFlowEuler(Sampler):
+    """A test-only sampler: Euler steps of the probability-flow ODE dy/dlog-snr in DDIM's form, written from the
+    marginal alone (one class; nothing else changes)."""
+
+    name: ClassVar[str] = "pf_euler"
+    steps: int = 200
+
+    def __call__(self, denoise, marginal, shape, *, timesteps=None, generator=None, device="cpu", start=1.0, anchor=None, dtype=torch.float32):
+        t_grid = time_grid(self.steps, timesteps, device, start)
+        x = marginal.initial(shape, t_grid[0], anchor, generator, device)
+        for t, s in zip(t_grid[:-1], t_grid[1:]):
+            t_b, s_b = t.expand(shape[0]), s.expand(shape[0])
+            x0 = denoise(x.to(dtype), t_b.to(dtype)).double()
+            _, sigma_s = marginal.alpha_sigma(s_b)
+            x = marginal.mean(x0, s_b) + expand(sigma_s, x) * marginal.noise_of(x, x0, t_b)
+        return x.to(dtype)
+
+
+def test_a_new_sampler_is_one_class():
+    schedule = VPSchedule()
+    m, v = moments(ProbabilityFlowEuler(400), gaussian_denoiser(schedule, MEAN, VAR), ForwardProcess(schedule).given())
+    torch.testing.assert_close(m, MEAN, atol=0.05, rtol=0)
+    torch.testing.assert_close(v, VAR, rtol=0.05, atol=0)
+    assert ProbabilityFlowEuler().describe() == {"sampler": "pf_euler", "steps": 200}
