@@ -1,12 +1,13 @@
-"""Per-modality decoders: feed-forward likelihood decoders now, diffusion decoders beside them.
+"""Decoders. Every decoder implements the contract of :mod:`decoders.base`: named per-example loss terms given ``z``
+and the observed example, and generation of its target modalities given ``z``, the observed modalities and a
+:class:`~decoders.sampling.SamplingSettings` value."""
 
-Every decoder implements :class:`decoders.base.Decoder`: ``loss(x, z) -> [B]`` (the per-example term the ELBO
-subtracts) and ``generate(z, generator=...)`` (a sample in data space).
-"""
-
-from decoders.base import Decoder
+from decoders.base import Decoder, Observed
+from decoders.context import ContextImageDecoder
 from decoders.diffusion_decoder import DiffusionDecoder
-from decoders.feedforward import ConvImageDecoder, MLPDecoder
+from decoders.feedforward import ConvImageDecoder, FeedForwardDecoder, MLPDecoder
 from decoders.likelihoods import Likelihood, log_prob
+from decoders.sampling import SamplingSettings
 
-__all__ = ["DiffusionDecoder", "Decoder", "ConvImageDecoder", "MLPDecoder", "Likelihood", "log_prob"]
+__all__ = ["ContextImageDecoder", "ConvImageDecoder", "Decoder", "DiffusionDecoder", "FeedForwardDecoder", "Likelihood", "MLPDecoder",
+           "Observed", "SamplingSettings", "log_prob"]

@@ -1,26 +1,122 @@
-"""The decoder interface: what the multimodal ELBO and the samplers need from any decoder."""
+"""The decoder contract: what the multimodal ELBO and generation need from any decoder.
+
+A decoder models one or several target modalities given the latent ``z`` and, if it wants, the other modalities
+observed for the example:
+
+* ``loss(z, example, generator=, skip=) -> {"<modality>/<term>": [B]}``: named per-example terms to minimise
+  (``-log p(x|z)`` of a feed-forward likelihood, a diffusion loss and its parts, a mean head's likelihood, an
+  auxiliary head's loss ...). ``example`` holds every modality of the batch, the decoder's targets included.
+* ``generate(z, given, targets=, sampling=, generator=) -> {modality: sample}``: the targets, given ``z`` and the
+  observed modalities ``given`` (the targets are never among them).
+
+Nothing in the model special-cases a decoder class: it binds each decoder to its modalities, routes the example,
+masks each term by the presence of the modality that names it, and leaves weighting to the trainer.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from decoders.sampling import SamplingSettings
 
-class Decoder(nn.Module):
-    """A conditional model ``p(x_m | z)`` of one modality.
 
-    ``is_diffusion`` tells the ELBO which sum of seed 003 eq. 17 the modality belongs to: feed-forward
-    decoders contribute ``-log p(x|z)`` as their loss, diffusion decoders their diffusion loss ``L_diff``.
+@dataclass(frozen=True)
+class Observed:
+    """The modalities observed for a batch of examples: what a decoder may condition on besides ``z``.
+
+    Attributes:
+        data: modality name -> its batch (a ``[B, ...]`` tensor, or a dict of tensors for text); only modalities
+            observed for at least some examples appear.
+        present: ``[B, M]`` bool over ``names``; where false the example's entry in ``data`` is a placeholder.
+        names: every modality of the model, the columns of ``present``.
     """
 
-    is_diffusion: ClassVar[bool] = False
+    data: Mapping[str, Any]
+    present: Tensor
+    names: tuple[str, ...]
 
-    def loss(self, x: Tensor, z: Tensor) -> Tensor:  # pragma: no cover - abstract
-        """Per-example term to minimise, ``[B]``: ``-log p(x|z)`` or a diffusion loss bounding it."""
+    def __contains__(self, name: object) -> bool:
+        return name in self.data
+
+    def __getitem__(self, name: str) -> Any:
+        return self.data[name]
+
+    @property
+    def batch_size(self) -> int:
+        return self.present.shape[0]
+
+    def mask(self, name: str) -> Tensor:
+        """``[B]`` bool: which examples have ``name`` (all false when it is not observed at all)."""
+        if name not in self.data:
+            return torch.zeros(self.batch_size, dtype=torch.bool, device=self.present.device)
+        return self.present[:, self.names.index(name)]
+
+    def without(self, names: Iterable[str]) -> Observed:
+        """The same observation with ``names`` removed (marked absent)."""
+        names = set(names)
+        keep = torch.tensor([m not in names for m in self.names], device=self.present.device)
+        return Observed({m: v for m, v in self.data.items() if m not in names}, self.present & keep, self.names)
+
+
+def skipped(kind: str, skip: Iterable[str]) -> bool:
+    """Whether a term of ``kind`` is left out: ``skip`` holds kinds or kind families (``diffusion`` covers
+    ``diffusion_recon`` and ``diffusion_prior`` too)."""
+    return any(kind == s or kind.startswith(s + "_") for s in skip)
+
+
+class Decoder(nn.Module):
+    """Base class of every decoder. ``modalities`` are its targets; left empty, the model binds the decoder to the
+    modality it is keyed by (:meth:`bind`). ``reads`` names the other modalities it conditions on (the model checks
+    they exist). Subclasses implement :meth:`loss` and :meth:`generate`."""
+
+    def __init__(self, modalities: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.modalities: tuple[str, ...] = tuple(modalities)
+        self.reads: tuple[str, ...] = ()
+
+    def bind(self, key: str) -> Decoder:
+        """Called once by the model with the decoder's key: a decoder without explicit ``modalities`` serves the
+        modality named ``key``."""
+        if not self.modalities:
+            self.modalities = (key,)
+        return self
+
+    def bound_terms(self) -> frozenset[str]:
+        """The term kinds whose sum is an upper bound on ``-log p(x_m | z)`` for each target (empty when the loss is
+        a surrogate, as DDPM's simple loss is); evaluation reports an ELBO only when every modality has one."""
+        return frozenset()
+
+    def loss(self, z: Tensor, example: Observed, *, generator: torch.Generator | None = None,
+             skip: frozenset[str] = frozenset()) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        """Named per-example terms ``{"<target>/<kind>": [B]}`` (summed over the data dimensions) for the targets in
+        ``example``; kinds in ``skip`` (see :func:`skipped`) are left out and not computed."""
         raise NotImplementedError
 
-    def generate(self, z: Tensor, *, generator: torch.Generator | None = None) -> Tensor:  # pragma: no cover
-        """A sample of the modality given ``z`` ``[B, d]``, in data space."""
+    def generate(self, z: Tensor, given: Observed, *, targets: Sequence[str], sampling: SamplingSettings = SamplingSettings(),
+                 generator: torch.Generator | None = None) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        """Samples of ``targets`` (a subset of :attr:`modalities`) given ``z [B, d]`` and the observed ``given``."""
         raise NotImplementedError
+
+    def check_sampling(self, sampling: SamplingSettings) -> None:
+        """Raise ``ValueError`` (one line) when this decoder cannot sample with ``sampling``; called before any
+        sampling starts. Decoders without sampling settings accept anything."""
+
+    def describe_sampling(self, sampling: SamplingSettings) -> dict[str, Any] | None:
+        """What this decoder does with ``sampling`` (its resolved sampler and settings), for the records; ``None``
+        for decoders that have no sampling settings."""
+        return None
+
+    def bits_per_dim(self, z: Tensor, example: Observed, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """``{target: [B]}`` bits per dimension of a bound on the discrete (8-bit) likelihood, for decoders that give
+        one (VDM); empty otherwise."""
+        return {}
+
+
+def example_targets(decoder: Decoder, example: Mapping[str, Any] | Observed) -> list[str]:
+    """The decoder's targets present in ``example``."""
+    return [m for m in decoder.modalities if m in example]

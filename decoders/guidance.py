@@ -1,30 +1,30 @@
 """Classifier-free guidance and its generalisation, the composition of several conditional predictions
-(Ho & Salimans 2022; Unite-and-Conquer, seed 004): for a backbone trained with condition dropout,
+(Ho & Salimans 2022; Unite-and-Conquer, seed 001): for a backbone trained with condition dropout,
 
     out(x_t, t) = out(x_t, t | null) + sum_i w_i [out(x_t, t | c_i) - out(x_t, t | null)].
 
 One condition with ``w = 1`` is the plain conditional prediction, ``w = 0`` the unconditional one, ``w > 1``
 guidance. The combination is taken on the backbone output; eps, v and x0 are affine in it with the same
-coefficients at a given ``t``, so the result is the same combination of clean estimates whatever the
-parameterisation. All predictions run as one batched call.
+coefficients at a given ``t`` (and, for the residual decoders, every prediction is expressed for the whole image
+``x``), so the result is the same combination of clean estimates whatever the parameterisation. All predictions
+run as one batched call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import torch
 from torch import Tensor
 
+from decoders.diffusion.parameterization import Backbone
 from decoders.unet import Condition
-
-Backbone = Callable[[Tensor, Tensor, Condition], Tensor]
 
 
 def _drop_mask(cond: Condition, value: bool) -> Tensor:
     """A ``[B]`` bool mask filled with ``value``, on the device of the condition's first tensor."""
-    ref = cond.z if cond.z is not None else cond.image
+    ref = next(v for v in (cond.z, cond.image, cond.shift) if v is not None)
     return torch.full((ref.shape[0],), value, dtype=torch.bool, device=ref.device)
 
 
@@ -44,7 +44,7 @@ def cat_conditions(conds: Sequence[Condition]) -> Condition:
         return torch.cat(values)
 
     drops = [c.drop if c.drop is not None else _drop_mask(c, False) for c in conds]
-    return Condition(z=cat("z"), image=cat("image"), drop=torch.cat(drops))
+    return Condition(**{f.name: cat(f.name) for f in fields(Condition) if f.name != "drop"}, drop=torch.cat(drops))
 
 
 def compose(net: Backbone, conds: Sequence[Condition], weights: Sequence[float]) -> Callable[[Tensor, Tensor, object], Tensor]:

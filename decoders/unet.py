@@ -23,11 +23,14 @@ class Condition:
         image: a conditioning image ``[B, C_c, H, W]`` concatenated to ``x_t`` (e.g. the decoder's mean), or ``None``.
         drop: ``[B]`` bool; where true the condition is replaced by the learned null (condition dropout /
             the unconditional prediction of guidance and Unite-and-Conquer).
+        shift: ``[B, C, H, W]``, for a backbone that models ``x - shift`` (the residual conditioning of
+            :class:`~decoders.DiffusionDecoder`, which re-expresses its predictions for ``x``); the UNet ignores it.
     """
 
     z: Tensor | None = None
     image: Tensor | None = None
     drop: Tensor | None = None
+    shift: Tensor | None = None
 
 
 class UNet2d(nn.Module):

@@ -9,6 +9,17 @@ from torch import Tensor, nn
 from encoders.base import Encoder, group_norm
 
 
+def conv_features(in_channels: int, image_size: int, channels: Sequence[int], hidden_dim: int, norm: bool = True) -> nn.Sequential:
+    """Strided convolutions ``[B, C, H, W] -> [B, hidden_dim]``: one stride-2 stage per entry of ``channels``
+    (each halves the size, rounding up), GroupNorm and SiLU, then a dense layer."""
+    layers: list[nn.Module] = []
+    size, c_in = image_size, in_channels
+    for c_out in channels:
+        layers += [nn.Conv2d(c_in, c_out, 4 if size % 2 == 0 else 3, stride=2, padding=1), group_norm(c_out, norm), nn.SiLU()]
+        size, c_in = (size + 1) // 2, c_out
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c_in * size * size, hidden_dim), nn.SiLU())
+
+
 class ConvImageEncoder(Encoder):
     """Strided conv stack ``[B, C, H, W] -> [B, F]`` then the Gaussian head.
 
@@ -30,15 +41,10 @@ class ConvImageEncoder(Encoder):
         hidden_dim: int = 256,
         norm: bool = True,
     ) -> None:
-        layers: list[nn.Module] = []
-        size, c_in = image_size, in_channels
-        for c_out in channels:
-            layers += [nn.Conv2d(c_in, c_out, 4 if size % 2 == 0 else 3, stride=2, padding=1), group_norm(c_out, norm), nn.SiLU()]
-            size, c_in = (size + 1) // 2, c_out
         super().__init__(latent_dim, hidden_dim)
         self.image_size = image_size
         self.in_channels = in_channels
-        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c_in * size * size, hidden_dim), nn.SiLU())
+        self.net = conv_features(in_channels, image_size, channels, hidden_dim, norm)
 
     def features(self, x: Tensor) -> Tensor:
         if x.shape[1:] != (self.in_channels, self.image_size, self.image_size):

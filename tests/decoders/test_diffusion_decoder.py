@@ -1,64 +1,126 @@
-"""Diffusion decoders: every process x conditioning trains and samples; condition dropout; errors at build time."""
+"""Diffusion decoders on the decoder contract: every process x conditioning trains and samples; one decoder for
+several modalities; predictions in image coordinates; sampling settings as values; errors at build time."""
 
 import pytest
 import torch
 
-from decoders import DiffusionDecoder
-from decoders.diffusion import DDPMProcess, LearnedLogSNR, ScoreSDEProcess, VDMProcess
+from decoders import DiffusionDecoder, Observed, SamplingSettings
+from decoders.diffusion import DDIM, Ancestral, CosineSchedule, DDPMProcess, EulerMaruyama, LearnedLogSNR, ScoreSDEProcess, VDMProcess
+from decoders.diffusion.parameterization import to_x0
 from decoders.unet import Condition, UNet2d
 
 PROCESSES = {
-    "ddpm": lambda: DDPMProcess(steps=3),
-    "ddpm_v": lambda: DDPMProcess(prediction="v", sampler="ancestral", steps=3),
-    "score_sde": lambda: ScoreSDEProcess(steps=3, corrector_steps=1),
-    "vdm": lambda: VDMProcess(steps=3),
-    "vdm_learned": lambda: VDMProcess(LearnedLogSNR(hidden=8), timesteps=100, steps=3),
+    "ddpm": lambda: DDPMProcess(sampler=DDIM(3)),
+    "ddpm_v": lambda: DDPMProcess(prediction="v", sampler=Ancestral(3)),
+    "score_sde": lambda: ScoreSDEProcess(sampler=EulerMaruyama(3, corrector_steps=1)),
+    "vdm": lambda: VDMProcess(sampler=Ancestral(3)),
+    "vdm_learned": lambda: VDMProcess(LearnedLogSNR(hidden=8), timesteps=100, sampler=DDIM(3)),
 }
 
 
-def tiny(process, conditioning="residual", **kw):
+def tiny(process=None, conditioning="residual", modalities=(), key="img", **kw):
     torch.manual_seed(0)
-    return DiffusionDecoder(4, process, image_size=8, unet_channels=(8, 8), emb_dim=16, mean_channels=(8,), mean_hidden=8,
-                            conditioning=conditioning, **kw)
+    dec = DiffusionDecoder(4, process if process is not None else DDPMProcess(sampler=DDIM(3)), image_size=8, unet_channels=(8, 8),
+                           emb_dim=16, mean_channels=(8,), mean_hidden=8, conditioning=conditioning, modalities=modalities, **kw)
+    return dec.bind(key)
+
+
+def observed(x: dict, names=("img",), n=3) -> Observed:
+    n = next(iter(x.values())).shape[0] if x else n
+    return Observed(x, torch.tensor([m in x for m in names]).expand(n, -1), tuple(names))
+
+
+def open_up(dec):
+    """The UNet's output layer starts at zero; give it weights so predictions depend on the input."""
+    torch.nn.init.normal_(dec.net.out[-1].weight, std=0.1)
+    torch.nn.init.normal_(dec.net.null_z, std=1.0)
+    return dec
 
 
 @pytest.mark.parametrize("conditioning", ["film", "mean_channels", "residual"])
 @pytest.mark.parametrize("name", list(PROCESSES))
-def test_loss_and_generate(name, conditioning):
+def test_loss_terms_and_generate(name, conditioning):
     dec = tiny(PROCESSES[name](), conditioning, cond_dropout=0.2)
     x, z = torch.rand(3, 3, 8, 8), torch.randn(3, 4, requires_grad=True)
-    loss = dec.loss(x, z)
-    assert loss.shape == (3,) and torch.isfinite(loss).all()
-    loss.sum().backward()
-    assert all(p.grad is not None for p in dec.net.parameters() if p.requires_grad and p is not dec.net.null_z)
+    terms = dec.loss(z, observed({"img": x}), generator=torch.Generator().manual_seed(0))
+    expected = {"img/diffusion"} | ({"img/mean_nll"} if conditioning != "film" else set())
+    expected |= {"img/diffusion_recon", "img/diffusion_prior"} if name.startswith("vdm") else set()
+    assert set(terms) == expected
+    assert all(v.shape == (3,) and torch.isfinite(v).all() for v in terms.values())
+    sum(v.sum() for v in terms.values()).backward()
+    assert all(p.grad is not None for p in dec.net.parameters())  # null_z too: condition dropout uses it
     if conditioning != "film":
-        assert dec.mean_head is not None and all(p.grad is not None for p in dec.mean_head.parameters())
+        assert all(p.grad is not None for p in dec.mean_heads["img"].parameters())
     with torch.no_grad():
-        a = dec.generate(z.detach(), generator=torch.Generator().manual_seed(1))
-        b = dec.generate(z.detach(), generator=torch.Generator().manual_seed(1))
+        a = dec.generate(z.detach(), observed({}), targets=["img"], generator=torch.Generator().manual_seed(1))["img"]
+        b = dec.generate(z.detach(), observed({}), targets=["img"], generator=torch.Generator().manual_seed(1))["img"]
     assert a.shape == (3, 3, 8, 8) and 0 <= a.min() and a.max() <= 1
     assert torch.equal(a, b)
 
 
-def test_stage_one_trains_only_the_mean_head():
-    dec = tiny(DDPMProcess())
-    dec.diffusion_weight = 0.0
+def test_skipping_the_diffusion_terms_runs_no_unet():
+    dec = tiny()
+    calls = []
+    dec.net.register_forward_hook(lambda *a: calls.append(1))
     x, z = torch.rand(3, 3, 8, 8), torch.randn(3, 4)
-    torch.testing.assert_close(dec.loss(x, z), dec.mean_head.loss(x, z))
-    dec.loss(x, z).sum().backward()
-    assert all(p.grad is None for p in dec.net.parameters())
+    terms = dec.loss(z, observed({"img": x}), skip=frozenset({"diffusion"}))
+    assert set(terms) == {"img/mean_nll"} and not calls
+    torch.testing.assert_close(terms["img/mean_nll"], dec.mean_heads["img"].nll(x, z))
+    assert set(tiny(VDMProcess()).loss(z, observed({"img": x}), skip=frozenset({"diffusion"}))) == {"img/mean_nll"}
 
 
-def test_residual_sample_is_mean_plus_residual():
-    """With an untrained (zero-output) UNet and eps prediction the residual sampled by DDIM is x0 = clip(x_t/alpha)
-    at the first step; with the x0 parameterisation a zero net predicts a zero residual: the sample is the mean."""
-    dec = tiny(DDPMProcess(prediction="x0", steps=5))
-    z = torch.randn(4, 4)
+def test_one_decoder_serves_several_modalities_with_one_unet_call():
+    dec = tiny(modalities=("a", "b"), key="images")
+    assert dec.modalities == ("a", "b") and set(dec.mean_heads) == {"a", "b"}
+    calls = []
+    dec.net.register_forward_hook(lambda module, inputs, out: calls.append(inputs[0].shape[0]))
+    x = {"a": torch.rand(5, 3, 8, 8), "b": torch.rand(5, 3, 8, 8)}
+    terms = dec.loss(torch.randn(5, 4), observed(x, ("a", "b")), generator=torch.Generator().manual_seed(0))
+    assert set(terms) == {"a/mean_nll", "a/diffusion", "b/mean_nll", "b/diffusion"} and calls == [10]
+    out = dec.generate(torch.randn(5, 4), observed({}, ("a", "b"), n=5), targets=["b"], generator=torch.Generator().manual_seed(0))
+    assert set(out) == {"b"} and out["b"].shape == (5, 3, 8, 8)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_residual_predictions_are_for_the_whole_image(prediction):
+    """Under residual conditioning the UNet models r = x - mean; the decoder's backbone re-expresses its output for x:
+    the clean estimate of x is the UNet's clean estimate of r plus the mean, at the same noise (x_t = r_t + alpha m)."""
+    dec = open_up(tiny(DDPMProcess(prediction=prediction)))
+    z, t = torch.randn(2, 4), torch.tensor([0.3, 0.8])
+    cond = dec.condition("img", z)
+    r_t = torch.randn(2, 3, 8, 8)
+    alpha, sigma = dec.process.alpha_sigma(t)
+    x_t = r_t + alpha[:, None, None, None] * cond.shift
     with torch.no_grad():
-        torch.testing.assert_close(dec.generate(z, generator=torch.Generator().manual_seed(0)), dec.mean_head.mean(z).clamp(0, 1))
+        x0_r = to_x0(prediction, dec.net(r_t, t, cond), r_t, alpha, sigma)
+        x0_x = to_x0(prediction, dec.backbone(x_t, t, cond), x_t, alpha, sigma)
+    torch.testing.assert_close(x0_x, x0_r + cond.shift, rtol=1e-4, atol=1e-4)
 
 
-def test_condition_dropout_uses_the_null_embedding():
+def test_residual_loss_equals_the_loss_of_the_residual():
+    """Training in image coordinates through the backbone is the residual model's own loss on x - mean."""
+    dec = open_up(tiny(DDPMProcess(prediction="v")))
+    x, z = torch.rand(4, 3, 8, 8), torch.randn(4, 4)
+    cond = dec.condition("img", z)
+    ours = dec.process.loss(dec.backbone, 2 * x - 1, cond, anchor=cond.shift, generator=torch.Generator().manual_seed(5))["diffusion"]
+    residual = dec.process.loss(dec.net, 2 * x - 1 - cond.shift, cond, generator=torch.Generator().manual_seed(5))["diffusion"]
+    torch.testing.assert_close(ours, residual, rtol=1e-4, atol=1e-3)
+
+
+def test_condition_dropout_makes_a_dropped_example_unconditional():
+    """A dropped example has no z, no mean image and no residual shift: its prediction ignores z entirely."""
+    dec = open_up(tiny(cond_dropout=0.5))
+    x_t, t = torch.randn(2, 3, 8, 8), torch.rand(2)
+    drop = torch.tensor([True, True])
+    with torch.no_grad():
+        a = dec.backbone(x_t, t, dec.condition("img", torch.randn(2, 4), drop))
+        b = dec.backbone(x_t, t, dec.condition("img", torch.randn(2, 4), drop))
+        c = dec.backbone(x_t, t, dec.condition("img", torch.randn(2, 4), ~drop))
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_unet_null_embedding():
     net = UNet2d(3, latent_dim=4, cond_channels=3, channels=(8, 8), emb_dim=16)
     t, z, image = torch.rand(2), torch.randn(2, 4), torch.rand(2, 3, 8, 8)
     dropped = net.embed(t, Condition(z=z, image=image, drop=torch.tensor([True, True])))
@@ -73,20 +135,24 @@ def test_condition_dropout_uses_the_null_embedding():
 def test_bits_per_dim_only_for_vdm():
     x, z = torch.rand(2, 3, 8, 8), torch.randn(2, 4)
     with torch.no_grad():
-        bpd = tiny(VDMProcess(steps=2)).bits_per_dim(x, z)
+        bpd = tiny(VDMProcess()).bits_per_dim(z, observed({"img": x}))["img"]
     assert bpd.shape == (2,) and torch.all(bpd > 0) and torch.isfinite(bpd).all()
-    with pytest.raises(TypeError, match="no likelihood bound"):
-        tiny(DDPMProcess()).bits_per_dim(x, z)
+    assert tiny(DDPMProcess()).bits_per_dim(z, observed({"img": x})) == {}
+    assert tiny(VDMProcess()).bound_terms() == {"diffusion", "diffusion_recon", "diffusion_prior"}
+    assert tiny(DDPMProcess()).bound_terms() == frozenset()
 
 
 @pytest.mark.parametrize(
     "build, message",
     [
-        (lambda: DDPMProcess(sampler="euler_maruyama"), "unknown sampler 'euler_maruyama' for DDPMProcess; choose one of ddim, ancestral"),
+        (lambda: DDPMProcess(CosineSchedule(), sampler=EulerMaruyama()), "euler_maruyama needs the VP-SDE .* DDPMProcess has CosineSchedule"),
         (lambda: DDPMProcess(prediction="score"), "unknown prediction type 'score'"),
         (lambda: ScoreSDEProcess(weighting="snr"), "unknown DSM weighting 'snr'"),
-        (lambda: VDMProcess(steps=0), "sampler steps must be >= 1"),
+        (lambda: VDMProcess(sampler=DDIM(steps=0)), "sampler steps must be >= 1"),
         (lambda: tiny(DDPMProcess(), conditioning="concat"), "unknown conditioning 'concat'"),
+        (lambda: SamplingSettings(sampler="heun"), "unknown sampler 'heun'; choose one of ddim, ancestral, euler_maruyama"),
+        (lambda: SamplingSettings(start=1.5), r"start must be in \(0, 1\], got 1.5"),
+        (lambda: SamplingSettings(guidance=-1.0), "guidance must be >= 0"),
     ],
 )
 def test_bad_settings_fail_at_build_time(build, message):
@@ -94,28 +160,46 @@ def test_bad_settings_fail_at_build_time(build, message):
         build()
 
 
-def test_configure_sampling_overrides_and_checks():
-    proc = ScoreSDEProcess(steps=1000)
-    proc.configure_sampling(steps=10, sampler="ddim")
-    assert (proc.steps, proc.sampler) == (10, "ddim")
-    with pytest.raises(ValueError, match="unknown sampler 'ancestral' for ScoreSDEProcess"):
-        proc.configure_sampling(sampler="ancestral")
+def test_sampling_settings_resolve_against_each_decoder_default():
+    ddim50, em1000 = DDIM(50), EulerMaruyama(1000)
+    assert SamplingSettings().sampler_for(em1000) is em1000
+    assert SamplingSettings(steps=10).sampler_for(em1000) == EulerMaruyama(10)
+    assert SamplingSettings(sampler="ddim").sampler_for(em1000) == DDIM(50)  # the named sampler's own defaults
+    assert SamplingSettings(sampler="ddim", steps=7, eta=1.0).sampler_for(em1000) == DDIM(7, eta=1.0)
+    assert SamplingSettings(eta=0.5).sampler_for(ddim50) == DDIM(50, eta=0.5)
+    with pytest.raises(ValueError, match="eta applies to the ddim sampler, not euler_maruyama"):
+        SamplingSettings(eta=0.5).sampler_for(em1000)
+    assert SamplingSettings(sampler=Ancestral(9)).sampler_for(ddim50) == Ancestral(9)
+    assert SamplingSettings(steps=5).replace(steps=None, start=0.5) == SamplingSettings(steps=5, start=0.5)
+    assert SamplingSettings.coerce({"steps": 20}) == SamplingSettings(steps=20)
+    record = SamplingSettings(start=0.2).record()
+    assert record["exact"] is False and record["start"] == 0.2
 
 
-def test_start_refines_the_mean_and_is_checked():
-    """start near 0 returns (almost) the mean head's image; start = 1 is the exact sampler; film has no mean."""
-    dec = tiny(DDPMProcess(prediction="v", steps=20))
-    torch.nn.init.normal_(dec.net.out[-1].weight, std=0.1)
-    z = torch.randn(3, 4)
-    with torch.no_grad():
-        full = dec.generate(z, generator=torch.Generator().manual_seed(0))
-        dec.configure_sampling(start=1.0)
-        assert torch.equal(dec.generate(z, generator=torch.Generator().manual_seed(0)), full)
-        dec.configure_sampling(start=0.002)
-        near = dec.generate(z, generator=torch.Generator().manual_seed(0))
-        mean = dec.mean_head.mean(z).clamp(0, 1)
-    assert (near - mean).abs().mean() < 0.02 and (full - mean).abs().mean() > 0.1
+def test_decoder_checks_and_describes_sampling():
+    dec = tiny(ScoreSDEProcess())
+    with pytest.raises(ValueError, match="guidance 2.0 needs a decoder trained with cond_dropout > 0"):
+        dec.check_sampling(SamplingSettings(guidance=2.0))
+    with pytest.raises(ValueError, match="euler_maruyama needs the VP-SDE"):
+        tiny(VDMProcess()).check_sampling(SamplingSettings(sampler="euler_maruyama"))
     with pytest.raises(ValueError, match="a 'film' decoder has none"):
-        tiny(DDPMProcess(), conditioning="film", start=0.5)
-    with pytest.raises(ValueError, match=r"start must be in \(0, 1\], got 1.5"):
-        dec.configure_sampling(start=1.5)
+        tiny(conditioning="film").check_sampling(SamplingSettings(start=0.5))
+    described = dec.describe_sampling(SamplingSettings(steps=200))
+    assert described == {"sampler": "euler_maruyama", "steps": 200, "corrector_steps": 0, "snr": 0.16, "t_min": 1e-3,
+                         "guidance": 1.0, "start": 1.0, "exact": True}
+
+
+def test_sampling_settings_change_generation_not_the_decoder():
+    dec = open_up(tiny(DDPMProcess(prediction="v", sampler=DDIM(20))))
+    z = torch.randn(3, 4)
+    state = {k: v.clone() for k, v in dec.state_dict().items()}
+    with torch.no_grad():
+        full = dec.generate(z, observed({}), targets=["img"], generator=torch.Generator().manual_seed(0))["img"]
+        again = dec.generate(z, observed({}), targets=["img"], sampling=SamplingSettings(start=1.0), generator=torch.Generator().manual_seed(0))["img"]
+        near = dec.generate(z, observed({}), targets=["img"], sampling=SamplingSettings(start=0.002), generator=torch.Generator().manual_seed(0))["img"]
+        fewer = dec.generate(z, observed({}), targets=["img"], sampling=SamplingSettings(steps=2), generator=torch.Generator().manual_seed(0))["img"]
+        mean = dec.mean_heads["img"].mean(z).clamp(0, 1)
+    assert torch.equal(full, again) and not torch.equal(full, fewer)
+    assert (near - mean).abs().mean() < 0.02 and (full - mean).abs().mean() > 0.1  # start -> 0 returns the mean
+    assert all(torch.equal(v, dec.state_dict()[k]) for k, v in state.items())
+    assert dec.process.sampler == DDIM(20)  # the process keeps its default: settings are values, not state

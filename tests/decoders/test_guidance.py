@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from decoders import DiffusionDecoder
-from decoders.diffusion import DDPMProcess
+from decoders import DiffusionDecoder, Observed, SamplingSettings
+from decoders.diffusion import DDIM, DDPMProcess
 from decoders.guidance import cat_conditions, compose, guided, null_condition
 from decoders.unet import Condition, UNet2d
 
@@ -58,7 +58,9 @@ def test_scale_one_makes_a_single_conditional_call():
 def test_cat_conditions_and_errors():
     _, _, c = inputs()
     both = cat_conditions([c, null_condition(c)])
-    assert both.z.shape == (6, 4) and both.drop.tolist() == [False] * 3 + [True] * 3
+    assert both.z.shape == (6, 4) and both.drop.tolist() == [False] * 3 + [True] * 3 and both.shift is None
+    shifted = cat_conditions([Condition(z=c.z, shift=torch.ones(3, 3, 8, 8))] * 2)
+    assert shifted.shift.shape == (6, 3, 8, 8)
     with pytest.raises(ValueError, match="only some have 'image'"):
         cat_conditions([c, Condition(z=c.z)])
     with pytest.raises(ValueError, match="one weight per condition"):
@@ -67,25 +69,28 @@ def test_cat_conditions_and_errors():
 
 def tiny(**kw):
     torch.manual_seed(0)
-    return DiffusionDecoder(4, DDPMProcess(prediction="v", steps=4), image_size=8, unet_channels=(8, 8), emb_dim=16,
-                            mean_channels=(8,), mean_hidden=8, **kw)
+    return DiffusionDecoder(4, DDPMProcess(prediction="v", sampler=DDIM(4)), image_size=8, unet_channels=(8, 8), emb_dim=16,
+                            mean_channels=(8,), mean_hidden=8, **kw).bind("img")
 
 
-def test_decoder_guidance_changes_samples_and_is_checked():
+def generate(dec, z, **settings):
+    given = Observed({}, torch.zeros(z.shape[0], 1, dtype=torch.bool), ("img",))
+    return dec.generate(z, given, targets=["img"], sampling=SamplingSettings(**settings), generator=torch.Generator().manual_seed(0))["img"]
+
+
+def test_decoder_guidance_is_the_formula_on_whole_image_predictions():
+    """Guided sampling with scale w combines the decoder's conditional and null predictions (each for the whole image,
+    the null one without the residual shift) as null + w (cond - null)."""
     dec = tiny(cond_dropout=0.1)
     torch.nn.init.normal_(dec.net.out[-1].weight, std=0.1)
     torch.nn.init.normal_(dec.net.null_z, std=1.0)
-    z = torch.randn(2, 4)
+    z, x_t, t = torch.randn(2, 4), torch.randn(2, 3, 8, 8), torch.rand(2)
+    cond = dec.condition("img", z, torch.zeros(2, dtype=torch.bool))
     with torch.no_grad():
-        plain = dec.generate(z, generator=torch.Generator().manual_seed(0))
-        dec.configure_sampling(guidance=3.0)
-        strong = dec.generate(z, generator=torch.Generator().manual_seed(0))
-        again = dec.generate(z, generator=torch.Generator().manual_seed(0))
-    assert dec.guidance == 3.0 and strong.shape == plain.shape and 0 <= strong.min() and strong.max() <= 1
+        out, null = dec.backbone(x_t, t, cond), dec.backbone(x_t, t, null_condition(cond))
+        torch.testing.assert_close(guided(dec.backbone, cond, 3.0)(x_t, t, None), null + 3.0 * (out - null), rtol=1e-4, atol=1e-5)
+        plain, strong, again = generate(dec, z), generate(dec, z, guidance=3.0), generate(dec, z, guidance=3.0)
+    assert strong.shape == plain.shape and 0 <= strong.min() and strong.max() <= 1
     assert torch.equal(strong, again) and not torch.allclose(strong, plain)
-    with pytest.raises(ValueError, match="guidance must be >= 0"):
-        dec.configure_sampling(guidance=-1.0)
     with pytest.raises(ValueError, match="needs a decoder trained with cond_dropout > 0"):
-        tiny(guidance=2.0)
-    with pytest.raises(ValueError, match="needs a decoder trained with cond_dropout > 0"):
-        tiny().configure_sampling(guidance=2.0)
+        generate(tiny(), z, guidance=2.0)

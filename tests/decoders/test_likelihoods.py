@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from decoders import ConvImageDecoder, MLPDecoder, log_prob
+from decoders import ConvImageDecoder, MLPDecoder, Observed, log_prob
 
 
 def test_laplace_and_gaussian_closed_forms():
@@ -35,10 +35,13 @@ def test_log_prob_is_per_example():
 def test_image_decoder_shapes(likelihood, size, channels):
     dec = ConvImageDecoder(6, image_size=size, channels=channels, hidden_dim=16, likelihood=likelihood)
     z = torch.randn(2, 6)
-    img = dec.generate(z)
+    img = dec.sample(z)
     assert img.shape == (2, 3, size, size) and img.min() >= 0 and img.max() <= 1
-    loss = dec.loss(torch.rand(2, 3, size, size), z)
-    assert loss.shape == (2,) and torch.isfinite(loss).all()
+    x = torch.rand(2, 3, size, size)
+    terms = dec.bind("img").loss(z, Observed({"img": x}, torch.ones(2, 1, dtype=torch.bool), ("img",)))
+    assert set(terms) == {"img/nll"} and terms["img/nll"].shape == (2,) and torch.isfinite(terms["img/nll"]).all()
+    out = dec.logits(z) if likelihood == "bernoulli" else dec.mean(z)
+    torch.testing.assert_close(terms["img/nll"], -log_prob(likelihood, x, out, dec.scale))
 
 
 def test_decoder_rejects_bad_config():
@@ -53,6 +56,6 @@ def test_label_decoder_samples_follow_its_distribution():
     with torch.no_grad():
         dec.net[0].weight.zero_()
         dec.net[0].bias.copy_(torch.log(torch.tensor([0.7, 0.2, 0.1])))
-    draws = dec.generate(torch.zeros(20000, 2), generator=torch.Generator().manual_seed(0))
+    draws = dec.sample(torch.zeros(20000, 2), generator=torch.Generator().manual_seed(0))
     freq = torch.bincount(draws, minlength=3) / 20000.0
     torch.testing.assert_close(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.015, rtol=0)

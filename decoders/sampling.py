@@ -1,0 +1,87 @@
+"""Sampling settings: how diffusion decoders sample, passed to generation as a value.
+
+Nothing here is model state. ``MultimodalVAE.generate(..., sampling=SamplingSettings(steps=200))`` hands the same
+value to every decoder; each resolves it against its own defaults (:meth:`SamplingSettings.sampler_for`) and
+describes what it did (``Decoder.describe_sampling``), which ``samples.npz`` and evaluation outputs record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from decoders.diffusion.samplers import SAMPLERS, Sampler, check_start, check_steps
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Args:
+        sampler: a sampler name (``ddim``, ``ancestral``, ``euler_maruyama``: that sampler with its own defaults)
+            or a :class:`~decoders.diffusion.Sampler` object; ``None`` keeps each decoder's default sampler.
+        steps: override the chosen sampler's number of steps.
+        eta: override DDIM's ``eta`` (0 deterministic, 1 ancestral).
+        guidance: classifier-free guidance scale (1: none; 0: unconditional); anything but 1 needs decoders
+            trained with condition dropout.
+        start: the time in ``(0, 1]`` where the reverse process begins. 1 (the default) draws exact samples of the
+            model. Below 1 the decoder's mean image, noised to ``start``, is refined (SDEdit / DiffuseVAE-style):
+            more of the mean's content, less detail, and no longer a sample of ``p(x|z)``. Opt-in, and recorded.
+    """
+
+    sampler: str | Sampler | None = None
+    steps: int | None = None
+    eta: float | None = None
+    guidance: float = 1.0
+    start: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sampler, str) and self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.steps is not None:
+            check_steps(self.steps)
+        if self.eta is not None and self.eta < 0:
+            raise ValueError(f"eta must be >= 0, got {self.eta}")
+        if self.guidance < 0:
+            raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        check_start(self.start)
+
+    @classmethod
+    def coerce(cls, value: SamplingSettings | Mapping[str, Any] | None) -> SamplingSettings:
+        """``value`` as settings: ``None`` gives the defaults, a mapping (a stored config) its fields."""
+        if value is None:
+            return cls()
+        return value if isinstance(value, SamplingSettings) else cls(**value)
+
+    @property
+    def exact(self) -> bool:
+        """Whether samples are draws of the model (``start == 1``), not refinements of a mean image."""
+        return self.start >= 1.0
+
+    def replace(self, **changes: Any) -> SamplingSettings:
+        """A copy with ``changes`` applied (``None`` values are ignored: they mean "keep")."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def sampler_for(self, default: Sampler) -> Sampler:
+        """The sampler to use where ``default`` is a decoder's own: ``sampler`` (or the default), then the
+        ``steps`` / ``eta`` overrides. ``eta`` on a sampler without it raises ``ValueError``."""
+        if isinstance(self.sampler, Sampler):
+            base = self.sampler
+        elif isinstance(self.sampler, str) and self.sampler != default.name:
+            base = SAMPLERS[self.sampler]()
+        else:
+            base = default
+        changes: dict[str, Any] = {}
+        if self.steps is not None:
+            changes["steps"] = self.steps
+        if self.eta is not None:
+            if not hasattr(base, "eta"):
+                raise ValueError(f"eta applies to the ddim sampler, not {base.name}")
+            changes["eta"] = self.eta
+        return dataclasses.replace(base, **changes) if changes else base
+
+    def record(self) -> dict[str, Any]:
+        """The settings as JSON-able values (what ``samples.npz`` and ``metrics.json`` store)."""
+        sampler = self.sampler.describe() if isinstance(self.sampler, Sampler) else self.sampler
+        return {"sampler": sampler, "steps": self.steps, "eta": self.eta, "guidance": self.guidance, "start": self.start,
+                "exact": self.exact}
