@@ -22,20 +22,47 @@ log = logging.getLogger("diffmvae")
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 
 
+SAMPLING_OPTIONS = ("sampler", "steps", "eta", "guidance", "start")
+
+
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    """``--steps/--sampler/--guidance/--start``: overrides of every diffusion decoder's sampling (also used by the
-    experiment scripts)."""
-    p.add_argument("--steps", type=int, default=None, help="sampler steps of every diffusion decoder (default: each one's own)")
+    """``--sampler/--steps/--eta/--guidance/--start``: how every diffusion decoder samples (also used by the
+    experiment scripts). Unset options keep the run's default (its config's ``sampling``, else exact sampling
+    with each decoder's own sampler)."""
     p.add_argument("--sampler", default=None, help="sampler of every diffusion decoder: ddim, ancestral, euler_maruyama (as the process allows)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's own)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM's eta (0: deterministic, 1: ancestral)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale of every diffusion decoder (1: none; needs decoders trained with cond_dropout)")
     p.add_argument("--start", type=float, default=None,
-                   help="time in (0, 1] where sampling begins: 1 samples the model exactly; below 1 refines the decoder's noised mean image")
+                   help="time in (0, 1] where sampling begins: 1 (default) samples the model exactly; below 1 refines the "
+                        "decoder's noised mean image (recorded in the outputs)")
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The sampling options given on the command line, for ``MultimodalVAE.configure_sampling``."""
-    return {k: getattr(args, k) for k in ("steps", "sampler", "guidance", "start") if getattr(args, k, None) is not None}
+    """The sampling options given on the command line."""
+    return {k: getattr(args, k) for k in SAMPLING_OPTIONS if getattr(args, k, None) is not None}
+
+
+def sampling_settings(args: argparse.Namespace, module: Any) -> Any:
+    """The run's default :class:`~decoders.SamplingSettings` with the command line's overrides, checked against the
+    model (one-line errors before any sampling)."""
+    from diffmvae.io import DiffMVAEError
+
+    overrides = sampling_overrides(args)
+    sampling = module.sampling.replace(**overrides)
+    if not module.model.check_sampling(sampling) and overrides:
+        raise DiffMVAEError(f"--{'/--'.join(overrides)} apply to diffusion decoders, and this model has none")
+    return sampling
+
+
+def configure_parsing() -> None:
+    """jsonargparse settings the configs need: samplers are dataclasses, accepted by ``class_path`` as subclasses."""
+    from jsonargparse import set_parsing_settings
+
+    from decoders.diffusion import Sampler
+
+    set_parsing_settings(subclasses_enabled=[Sampler])
 
 
 def _one_line(e: BaseException) -> str:
@@ -89,6 +116,7 @@ def _lightning(argv: list[str]) -> int:
                     f"{last} already exists; resume with --ckpt_path {last} or write elsewhere with "
                     f"--trainer.default_root_dir/--trainer.callbacks (nothing was overwritten)"
                 )
+            check_data(self.model.model, self.datamodule)
             self.model.run_config = {
                 "model": cfg.model.as_dict(),
                 "data": cfg.data.as_dict(),
@@ -109,12 +137,25 @@ def _lightning(argv: list[str]) -> int:
     return 0
 
 
+def check_data(model: Any, datamodule: Any) -> None:
+    """Every modality of the model must be one the data declares (one line naming it, before training)."""
+    from diffmvae.io import DiffMVAEError
+
+    specs = getattr(datamodule, "specs", None)
+    if specs is None:
+        return
+    missing = [m for m in model.modalities if m not in specs]
+    if missing:
+        raise DiffMVAEError(f"the model has modality {missing[0]!r}, which the data ({type(datamodule).__name__}) does not have; "
+                            f"it has {', '.join(specs)}")
+
+
 def _sample(argv: list[str]) -> int:
     import torch
 
     from diffmvae.checkpoint import load_run
     from diffmvae.io import DiffMVAEError
-    from diffmvae.sampling import choose_prior, generate_from_subset, parse_given, select_examples, write_samples
+    from diffmvae.sampling import choose_prior, generate_from_subset, parse_given, sampling_record, select_examples, write_samples
 
     p = argparse.ArgumentParser(prog="diffmvae sample", description="Generate missing modalities from any subset.")
     p.add_argument("--ckpt", required=True, help="checkpoint written by `diffmvae fit`")
@@ -136,15 +177,14 @@ def _sample(argv: list[str]) -> int:
     run = load_run(args.ckpt, use_ema=not args.no_ema)
     model = run.module.model
     given = parse_given(args.given, model.modalities)
-    overrides = sampling_overrides(args)
-    if overrides and not model.configure_sampling(**overrides):
-        raise DiffMVAEError("--steps/--sampler/--guidance/--start apply to diffusion decoders, and this model has none")
+    sampling = sampling_settings(args, run.module)
     prior, prior_name = choose_prior(args.prior, args.prior_ckpt, args.ckpt, model, steps=args.prior_steps) if not given else (None, None)
     generator = torch.Generator().manual_seed(args.seed)
     batch = select_examples(run.datamodule.dataset(args.split), args.n, generator)
-    samples = generate_from_subset(model, batch, given, args.n, generator=generator, prior=prior)
+    samples = generate_from_subset(model, batch, given, args.n, generator=generator, sampling=sampling, prior=prior)
     labels = batch.get("label") if given else None  # unconditional samples have no true label
-    paths = write_samples(args.out, samples, given, labels if isinstance(labels, torch.Tensor) else None, prior=prior_name)
+    paths = write_samples(args.out, samples, run.datamodule.specs, given, labels if isinstance(labels, torch.Tensor) else None,
+                          prior=prior_name, sampling=sampling_record(model, sampling))
     log.info("wrote %s in %.1fs", ", ".join(map(str, paths)), time.perf_counter() - start)
     return 0
 
@@ -172,6 +212,7 @@ def _prior(argv: list[str]) -> int:
     p.add_class_arguments(ScorePrior, "prior", skip={"latent_dim"}, instantiate=False)
     p.add_class_arguments(PriorFitConfig, "fit", instantiate=False)
     cfg = _parse_config(p, argv[1:])
+    seed_torch(cfg.seed)
     start = time.perf_counter()
     path = fit_prior_for_checkpoint(
         cfg.ckpt, prior_args=cfg.prior.as_dict(), fit_args=cfg.fit.as_dict(), out=cfg.out, overwrite=cfg.overwrite,
@@ -199,6 +240,7 @@ def _evaluate(argv: list[str]) -> int:
     p.add_argument("--inception-weights", default=None,
                    help="local Inception-v3 weights file: Fréchet distances in Inception space (needs the 'fid' extra)")
     args = p.parse_args(argv)
+    seed_torch(args.seed)
     start = time.perf_counter()
     settings = EvalSettings(n_samples=args.n_samples, seed=args.seed, max_subsets=args.max_subsets, probe_train=args.probe_train,
                             inception_weights=args.inception_weights)
@@ -230,16 +272,27 @@ def _classifiers(argv: list[str]) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     cfg = _parse_config(p, argv[1:])
+    seed_torch(cfg.seed)
     start = time.perf_counter()
     path = fit_classifiers(cfg.data.as_dict(), cfg.out, overwrite=cfg.overwrite, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
     log.info("wrote %s in %.0fs", path, time.perf_counter() - start)
     return 0
 
 
+def seed_torch(seed: int) -> None:
+    """Seed the global RNG at a command's entry: module initialisation (PyTorch's initialisers take no generator)
+    and dropout draw from it. The library itself never seeds it; its draws come from generators it is passed."""
+    import torch
+
+    torch.manual_seed(seed)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from diffmvae.io import DiffMVAEError
+
+    configure_parsing()
 
     commands = {
         "sample": _sample, "prior": _prior, "evaluate": _evaluate, "classifiers": _classifiers,

@@ -56,7 +56,7 @@ class AggregatePosterior:
     ) -> AggregatePosterior:
         """Encode every example of ``dataset`` with ``model``'s (frozen) encoders."""
         model.eval()
-        device = model.subset_mask.device
+        device = model.device_of()
         mus, logvars, presents = [], [], []
         for batch in tqdm(DataLoader(dataset, batch_size=batch_size), desc="encoding", disable=not progress, leave=False):
             x, present = split_batch(batch, model.modalities)

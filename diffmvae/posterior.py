@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from decoders.random import rand, randn, randperm
+
 
 def product_of_experts(mu: Tensor, logvar: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """PoE over the experts selected by ``mask`` together with the prior expert ``N(0, I)``.
@@ -52,8 +54,8 @@ def stratified_subset_choice(omega: Tensor, generator: torch.Generator | None = 
     up to rounding.
     """
     _, batch = omega.shape
-    perm = torch.randperm(batch, generator=generator, device=omega.device)
-    u = (perm.to(omega.dtype) + torch.rand(batch, generator=generator, device=omega.device, dtype=omega.dtype)) / batch
+    perm = randperm(batch, generator, omega.device)
+    u = (perm.to(omega.dtype) + rand((batch,), generator, omega.device, omega.dtype)) / batch
     cdf = omega.cumsum(dim=0)
     index = (cdf < u[None, :]).sum(dim=0)
     return index.clamp(max=omega.shape[0] - 1)
@@ -61,5 +63,5 @@ def stratified_subset_choice(omega: Tensor, generator: torch.Generator | None = 
 
 def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """``mu + sigma * eps`` with ``eps ~ N(0, I)`` drawn from ``generator``."""
-    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    eps = randn(tuple(mu.shape), generator, mu.device, mu.dtype)
     return mu + torch.exp(0.5 * logvar) * eps

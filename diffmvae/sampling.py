@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, default_collate
+from tqdm.auto import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-from torch.utils.data import Dataset, default_collate  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from diffmvae.io import DiffMVAEError, image_grid  # noqa: E402
-from diffmvae.model import LatentPrior, MultimodalVAE  # noqa: E402
+from decoders import SamplingSettings
+from diffmvae.data.spec import ModalitySpec
+from diffmvae.io import DiffMVAEError, image_grid
+from diffmvae.model import LatentPrior, MultimodalModel
 
 
 def parse_given(text: str, modalities: Sequence[str]) -> list[str]:
@@ -48,7 +48,7 @@ def select_examples(dataset: Dataset, n: int, generator: torch.Generator) -> dic
 
 
 def choose_prior(
-    choice: str, prior_ckpt: str | None, model_ckpt: str | os.PathLike, model: MultimodalVAE, *, steps: int | None = None
+    choice: str, prior_ckpt: str | None, model_ckpt: str | os.PathLike, model: MultimodalModel, *, steps: int | None = None
 ) -> tuple[LatentPrior, str]:
     """The prior of unconditional generation and its name: ``score`` (the checkpoint ``prior_ckpt``, else the
     one beside ``model_ckpt``), ``gaussian`` (``N(0, I)``), or ``auto`` (score when one exists)."""
@@ -59,7 +59,7 @@ def choose_prior(
         return model.prior, "gaussian"
     if not path.is_file():
         raise DiffMVAEError(f"no score prior at {path}; fit one with `diffmvae prior fit --ckpt {model_ckpt}` or pass --prior-ckpt")
-    prior = load_prior(path, model, model_ckpt).to(model.subset_mask.device)
+    prior = load_prior(path, model, model_ckpt).to(model.device_of())
     if steps is not None:
         if steps < 1:
             raise DiffMVAEError(f"--prior-steps must be >= 1, got {steps}")
@@ -68,12 +68,13 @@ def choose_prior(
 
 
 def generate_from_subset(
-    model: MultimodalVAE,
-    batch: Mapping[str, Tensor],
+    model: MultimodalModel,
+    batch: Mapping[str, Any],
     given: Sequence[str],
     n: int,
     *,
     generator: torch.Generator,
+    sampling: SamplingSettings = SamplingSettings(),
     prior: LatentPrior | None = None,
     chunk_size: int = 256,
     progress: bool = True,
@@ -83,43 +84,59 @@ def generate_from_subset(
     Observed modalities are returned as the real inputs; with ``given`` empty, every modality is decoded from
     ``z ~ prior`` (the model's ``N(0, I)`` by default). Returns CPU tensors, one per modality.
     """
-    device = model.subset_mask.device
+    device = model.device_of()
     chunks: list[dict[str, Tensor]] = []
     for start in tqdm(range(0, n, chunk_size), desc="sampling", disable=not progress, leave=False):
         stop = min(start + chunk_size, n)
         obs = {m: batch[m][start:stop].to(device) for m in given}
         with torch.no_grad():
-            out = model.generate(obs or None, stop - start, generator=generator, prior=prior)
+            out = model.generate(obs or None, stop - start, sampling=sampling, generator=generator, prior=prior)
         chunks.append({m: v.cpu() for m, v in out.items()})
     return {m: torch.cat([c[m] for c in chunks]) for m in model.modalities}
 
 
-def grid_figure(samples: Mapping[str, Tensor], given: Sequence[str], rows: int = 16, *, prior: str | None = None) -> bytes:
-    """A PNG (bytes) of the first ``rows`` examples, one column per image modality, observed ones titled."""
-    images = [m for m, v in samples.items() if v.dim() == 4]
+def grid_figure(samples: Mapping[str, Tensor], specs: Mapping[str, ModalitySpec], given: Sequence[str], rows: int = 16, *,
+                title: str = "") -> bytes:
+    """A PNG (bytes) of the first ``rows`` examples, one column per image modality, observed ones marked."""
+    from matplotlib.figure import Figure
+
+    images = [m for m in samples if m in specs and specs[m].is_image]
     if not images:
         raise DiffMVAEError("no image modality to draw")
     rows = min(rows, next(iter(samples.values())).shape[0])
     grid = image_grid([samples[m][:rows] for m in images])
-    fig, ax = plt.subplots(figsize=(1.1 * len(images) + 0.6, 1.1 * rows / 1.6 + 0.8), dpi=110)
+    fig = Figure(figsize=(1.1 * len(images) + 0.6, 1.1 * rows / 1.6 + 0.8), dpi=110)
+    ax = fig.subplots()
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     width = grid.shape[2] / len(images)
     ax.set_xticks([width * (j + 0.5) for j in range(len(images))])
     ax.set_xticklabels([f"{m}\n(given)" if m in given else m for m in images], fontsize=8)
     ax.set_yticks([])
-    ax.set_title("given: " + (", ".join(given) if given else f"none ({prior or 'gaussian'} prior)"), fontsize=9)
+    ax.set_title(title, fontsize=8)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
+def grid_title(given: Sequence[str], prior: str | None, record: Mapping[str, Any]) -> str:
+    head = "given: " + (", ".join(given) if given else f"none ({prior or 'gaussian'} prior)")
+    described = record.get("decoders") or {}
+    if described:
+        first = next(iter(described.values()))
+        how = f"{first['sampler']}-{first['steps']}" + (f", guidance {first['guidance']:g}" if first["guidance"] != 1 else "")
+        how += "" if first["exact"] else f", refined from the mean at start {first['start']:g}"
+        head += f"\n{how}"
+    return head
+
+
 def write_samples(
-    out: str | os.PathLike, samples: Mapping[str, Tensor], given: Sequence[str], labels: Tensor | None, *, prior: str | None = None
+    out: str | os.PathLike, samples: Mapping[str, Tensor], specs: Mapping[str, ModalitySpec], given: Sequence[str], labels: Tensor | None, *,
+    prior: str | None = None, sampling: Mapping[str, Any] | None = None,
 ) -> list[Path]:
-    """Write ``grid.png`` and ``samples.npz`` into ``out``. Both are written to a temporary folder first and
-    renamed into place one by one, so an existing folder never holds a half-written file. ``prior`` (the prior
-    of unconditional samples) is stored in the npz as ``prior`` and shown in the grid's title."""
+    """Write ``grid.png`` and ``samples.npz`` into ``out``. Both are written to a temporary folder first and renamed
+    into place one by one, so an existing folder never holds a half-written file. ``prior`` (the prior of
+    unconditional samples) and ``sampling`` (the settings and what each diffusion decoder did with them) are stored
+    in the npz (``sampling`` as a JSON string) and shown in the grid's title."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DiffMVAEError(f"--out {out} exists and is not a directory")
@@ -130,9 +147,11 @@ def write_samples(
     arrays["given"] = np.array(list(given), dtype=str)
     if prior is not None:
         arrays["prior"] = np.array(prior)
+    record = dict(sampling or {})
+    arrays["sampling"] = np.array(json.dumps(record))
     tmp = Path(tempfile.mkdtemp(prefix=".samples.", dir=out))
     try:
-        (tmp / "grid.png").write_bytes(grid_figure(samples, given, prior=prior))
+        (tmp / "grid.png").write_bytes(grid_figure(samples, specs, given, title=grid_title(given, prior, record)))
         np.savez(tmp / "samples.npz", **arrays)
         written = []
         for name in ("grid.png", "samples.npz"):
@@ -141,3 +160,9 @@ def write_samples(
         return written
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sampling_record(model: MultimodalModel, sampling: SamplingSettings) -> dict[str, Any]:
+    """What ``samples.npz`` and evaluation outputs record of the sampling: the settings, and per diffusion-decoded
+    modality the sampler and settings its decoder resolved them to."""
+    return {"settings": sampling.record(), "decoders": model.describe_sampling(sampling)}

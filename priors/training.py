@@ -54,7 +54,6 @@ def fit_score_prior(
     """Train ``prior`` in place on latents from ``draw``; ends with the EMA weights loaded. Returns the training
     loss every 50 steps (for a log or a plot)."""
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     prior.set_statistics(draw(config.statistics_samples, generator))
     params = list(prior.parameters())
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

@@ -1,6 +1,11 @@
 """A tiny PolyDigits run config for end-to-end CLI tests (3 modalities, 4-d latent, 4 steps)."""
 
+import copy
+
 import yaml
+
+ENCODER = {"class_path": "encoders.ConvImageEncoder", "init_args": {"latent_dim": 4, "channels": [4, 4], "hidden_dim": 8}}
+DECODER = {"class_path": "decoders.ConvImageDecoder", "init_args": {"latent_dim": 4, "channels": [4, 4], "hidden_dim": 8}}
 
 TINY = {
     "seed_everything": 0,
@@ -13,18 +18,17 @@ TINY = {
         "enable_model_summary": False,
     },
     "model": {
-        "class_path": "diffmvae.DiffMVAE",
+        "class_path": "diffmvae.TrainingModule",
         "init_args": {
-            "latent_dim": 4,
             "lr_schedule": "cosine",
             "warmup_steps": 2,
-            "encoders": {
-                m: {"class_path": "encoders.ConvImageEncoder", "init_args": {"latent_dim": 4, "channels": [4, 4], "hidden_dim": 8}}
-                for m in ("m0", "m1", "m2")
-            },
-            "decoders": {
-                m: {"class_path": "decoders.ConvImageDecoder", "init_args": {"latent_dim": 4, "channels": [4, 4], "hidden_dim": 8}}
-                for m in ("m0", "m1", "m2")
+            "model": {
+                "class_path": "diffmvae.MultimodalVAE",
+                "init_args": {
+                    "latent_dim": 4,
+                    "encoders": {m: ENCODER for m in ("m0", "m1", "m2")},
+                    "decoders": {m: DECODER for m in ("m0", "m1", "m2")},
+                },
             },
         },
     },
@@ -35,7 +39,19 @@ TINY = {
 }
 
 
-def write_config(tmp_path, cfg):
+def vae_args(cfg):
+    """The ``init_args`` of the MultimodalVAE inside a run config (to edit encoders / decoders)."""
+    return cfg["model"]["init_args"]["model"]["init_args"]
+
+
+def copy_config(cfg=TINY):
+    return copy.deepcopy(cfg)
+
+
+def write_config(tmp_path, cfg, callbacks=()):
+    """Write ``cfg`` with its run directory, CSV logger, the EMA and sample-grid callbacks, ``callbacks`` and a
+    checkpoint callback under ``tmp_path``; returns ``(config path, run directory)``."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     run = tmp_path / "run"
     cfg = {**cfg, "trainer": {**cfg["trainer"], "default_root_dir": str(run)}}
     cfg["trainer"]["logger"] = {
@@ -43,7 +59,10 @@ def write_config(tmp_path, cfg):
         "init_args": {"save_dir": str(tmp_path), "name": "run", "version": ""},
     }
     cfg["trainer"]["callbacks"] = [
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True, "save_top_k": 0}}
+        {"class_path": "diffmvae.callbacks.EMA", "init_args": {"decay": 0.9}},
+        {"class_path": "diffmvae.callbacks.SampleGrid", "init_args": {"rows": 2}},
+        *callbacks,
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True, "save_top_k": 0}},
     ]
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))

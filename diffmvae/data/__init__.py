@@ -3,5 +3,6 @@
 from diffmvae.data.datamodule import MultimodalDataModule, PolyDigitsDataModule, PolyMNISTDataModule
 from diffmvae.data.polydigits import PolyDigits
 from diffmvae.data.polymnist import PolyMNIST
+from diffmvae.data.spec import ModalitySpec
 
-__all__ = ["MultimodalDataModule", "PolyDigits", "PolyDigitsDataModule", "PolyMNIST", "PolyMNISTDataModule"]
+__all__ = ["ModalitySpec", "MultimodalDataModule", "PolyDigits", "PolyDigitsDataModule", "PolyMNIST", "PolyMNISTDataModule"]

@@ -1,25 +1,34 @@
-"""LightningDataModules. Each exposes ``modalities`` and ``dataset(split)`` for the sampling/evaluation CLIs."""
+"""LightningDataModules. Each declares ``specs`` (its modalities' :class:`~diffmvae.data.spec.ModalitySpec` s, in
+order) and ``dataset(split)`` for the sampling and evaluation commands. Every data setting is a constructor
+argument (recorded by ``save_hyperparameters``), so it lands in the run's config and in cache keys."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from diffmvae.data.polydigits import VERSION, PolyDigits, Split
+from diffmvae.data.polydigits import BACKGROUND_SCALE, TEXTURE_CONTRAST, TEXTURE_MEANS, VERSION, PolyDigits, Split
 from diffmvae.data.polymnist import PolyMNIST
+from diffmvae.data.spec import ModalitySpec, image_spec
+
+# Settings of how data is loaded, not of what the data is: left out of cache keys.
+LOADER_SETTINGS = ("batch_size", "num_workers", "missing_rate")
 
 
 class MissingModalities(Dataset):
     """Wraps a complete dataset and drops each modality of each example with probability ``rate``
     (deterministic by ``seed`` and index; at least one modality is always kept). Items gain ``present``,
-    a bool ``[M]`` tensor; dropped modalities are zero-filled."""
+    a bool ``[M]`` tensor; dropped modalities hold their spec's null value."""
 
-    def __init__(self, base: Dataset, modalities: tuple[str, ...], rate: float, seed: int = 0) -> None:
+    def __init__(self, base: Dataset, specs: Mapping[str, ModalitySpec], rate: float, seed: int = 0) -> None:
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"missing rate must be in [0, 1), got {rate}")
-        self.base, self.modalities, self.rate, self.seed = base, modalities, rate, seed
+        self.base, self.specs, self.rate, self.seed = base, dict(specs), rate, seed
 
     def __len__(self) -> int:
         return len(self.base)
@@ -27,32 +36,41 @@ class MissingModalities(Dataset):
     def __getitem__(self, i: int) -> dict:
         item = dict(self.base[i])
         rng = np.random.default_rng([self.seed, i])
-        present = rng.random(len(self.modalities)) >= self.rate
+        present = rng.random(len(self.specs)) >= self.rate
         if not present.any():
-            present[rng.integers(len(self.modalities))] = True
-        for m, keep in zip(self.modalities, present):
+            present[rng.integers(len(self.specs))] = True
+        for (m, spec), keep in zip(self.specs.items(), present):
             if not keep:
-                item[m] = torch.zeros_like(item[m])
+                item[m] = spec.null()
         item["present"] = torch.from_numpy(present)
         return item
 
 
 class MultimodalDataModule(L.LightningDataModule):
-    """Shared loader plumbing: subclasses pass ``batch_size`` (checked here), set ``modalities``,
-    ``num_workers``, ``seed`` and ``missing_rate`` and implement :meth:`make_dataset`; :meth:`dataset` caches and adds missing modalities."""
+    """Shared loader plumbing. Subclasses call ``save_hyperparameters()``, set ``specs``, and implement
+    :meth:`make_dataset`; :meth:`dataset` caches and adds missing modalities (``missing_rate``)."""
 
-    modalities: tuple[str, ...]
-    batch_size: int
-    num_workers: int = 0
-    seed: int = 0
-    missing_rate: float = 0.0
+    specs: dict[str, ModalitySpec]
+    label_key: str = "label"
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, num_workers: int = 0, missing_rate: float = 0.0, seed: int = 0) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = batch_size
+        if not 0.0 <= missing_rate < 1.0:
+            raise ValueError(f"missing_rate must be in [0, 1), got {missing_rate}")
+        self.batch_size, self.num_workers, self.missing_rate, self.seed = batch_size, num_workers, missing_rate, seed
         self._sets: dict[str, Dataset] = {}
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.specs)
+
+    def cache_key(self) -> dict[str, Any]:
+        """The settings that define the data (every constructor argument but the loader settings), with the class
+        name and recipe version: what caches of things trained on the data (judge classifiers) are keyed on."""
+        settings = {k: v for k, v in self.hparams.items() if k not in LOADER_SETTINGS}
+        return {"class": type(self).__name__, "version": getattr(self, "version", None), "settings": settings}
 
     def make_dataset(self, split: Split) -> Dataset:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -62,7 +80,7 @@ class MultimodalDataModule(L.LightningDataModule):
         if split not in self._sets:
             ds = self.make_dataset(split)
             if split == "train" and self.missing_rate > 0:
-                ds = MissingModalities(ds, self.modalities, self.missing_rate, self.seed)
+                ds = MissingModalities(ds, self.specs, self.missing_rate, self.seed)
             self._sets[split] = ds
         return self._sets[split]
 
@@ -99,6 +117,8 @@ class PolyDigitsDataModule(MultimodalDataModule):
         batch_size: examples per step (per process under DDP).
         seed: dataset seed (pairing and crops), independent of the training seed.
         train_length: training examples (default: one per handwriting instance, 1257).
+        texture_contrast, texture_means, background_scale: the texture recipe
+            (:func:`diffmvae.data.polydigits.background`; ``texture_contrast: 1.0`` is the harder variant).
         missing_rate: probability of dropping each modality of a training example (incomplete data).
         num_workers: DataLoader workers.
     """
@@ -109,13 +129,17 @@ class PolyDigitsDataModule(MultimodalDataModule):
         batch_size: int = 128,
         seed: int = 0,
         train_length: int | None = None,
+        texture_contrast: float = TEXTURE_CONTRAST,
+        texture_means: tuple[float, float] = TEXTURE_MEANS,
+        background_scale: float = BACKGROUND_SCALE,
         missing_rate: float = 0.0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__(batch_size)
-        self.num_modalities, self.seed = num_modalities, seed
-        self.train_length, self.missing_rate, self.num_workers = train_length, missing_rate, num_workers
-        self.modalities = tuple(f"m{k}" for k in range(num_modalities))
+        super().__init__(batch_size, num_workers, missing_rate, seed)
+        self.save_hyperparameters()
+        self.num_modalities, self.train_length = num_modalities, train_length
+        self.recipe = {"texture_contrast": texture_contrast, "texture_means": tuple(texture_means), "background_scale": background_scale}
+        self.specs = {f"m{k}": image_spec(3, 28) for k in range(num_modalities)}
 
     @property
     def version(self) -> int:
@@ -123,7 +147,7 @@ class PolyDigitsDataModule(MultimodalDataModule):
         return VERSION
 
     def make_dataset(self, split: Split) -> Dataset:
-        return PolyDigits(split, self.num_modalities, self.seed, self.train_length if split == "train" else None)
+        return PolyDigits(split, self.num_modalities, self.seed, self.train_length if split == "train" else None, **self.recipe)
 
 
 class PolyMNISTDataModule(MultimodalDataModule):
@@ -147,12 +171,12 @@ class PolyMNISTDataModule(MultimodalDataModule):
         missing_rate: float = 0.0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__(batch_size)
+        super().__init__(batch_size, num_workers, missing_rate, seed)
+        self.save_hyperparameters()
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.root, self.num_modalities, self.val_fraction = root, num_modalities, val_fraction
-        self.seed, self.missing_rate, self.num_workers = seed, missing_rate, num_workers
-        self.modalities = tuple(f"m{k}" for k in range(num_modalities))
+        self.specs = {f"m{k}": image_spec(3, 28) for k in range(num_modalities)}
 
     def make_dataset(self, split: Split) -> Dataset:
         return PolyMNIST(self.root, split, self.num_modalities, self.val_fraction, self.seed)

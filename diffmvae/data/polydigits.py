@@ -25,6 +25,7 @@ SPLIT_SEED = 20240611  # the instance split is fixed, so no seed can move a test
 IMAGE_SIZE = 28
 VERSION = 2  # bump when the recipe changes: caches (e.g. judge classifiers) are keyed on it
 MAX_MODALITIES = 10
+# The defaults of the recipe's settings (constructor arguments of PolyDigits, so they land in a run's config):
 BACKGROUND_SCALE = 1 / 3  # photo downscale before cropping: larger keeps each 28x28 crop smoother
 TEXTURE_CONTRAST = 0.4  # texture detail kept around the texture's mean (0.6: coherence 0.67, 0.35: 0.91 at 1200 steps)
 TEXTURE_MEANS = (0.25, 0.75)  # a texture's mean brightness is moved to the nearer of these
@@ -62,16 +63,17 @@ def split_indices(split: Split) -> np.ndarray:
     return np.sort(np.asarray(parts[split]))
 
 
-def background(k: int) -> Tensor:
-    """Texture ``k`` (0..9) ``[3, H, W]`` in [0, 1]: a downscaled sample photo, hue-rotated by ``36 k`` degrees,
-    mirrored for ``k >= 5``; every k gives a visibly different palette.
+def background(k: int, contrast: float = TEXTURE_CONTRAST, means: tuple[float, float] = TEXTURE_MEANS,
+               scale: float = BACKGROUND_SCALE) -> Tensor:
+    """Texture ``k`` (0..9) ``[3, H, W]`` in [0, 1]: a sample photo downscaled by ``scale``, hue-rotated by ``36 k``
+    degrees, mirrored for ``k >= 5``; every k gives a visibly different palette.
 
     Strokes invert the texture, so on a texture whose mean is mid-grey the *expected* image (what a model that
-    cannot know the crop predicts) shows no digit at all. Each texture is therefore moved to a dark or light
-    mean (``TEXTURE_MEANS``) with ``TEXTURE_CONTRAST`` of its detail: without this, cross-modal generation to
-    the mid-grey textures stayed near chance on PolyDigits."""
+    cannot know the crop predicts) shows no digit at all. Each texture is therefore moved to the nearer of the dark
+    and light ``means`` with ``contrast`` of its detail: without this, cross-modal generation to the mid-grey
+    textures stayed near chance on PolyDigits (``contrast=1`` keeps the photo's full detail: the harder variant)."""
     photo = torch.from_numpy(_photos()[k % 2]).permute(2, 0, 1)
-    photo = F.interpolate(photo[None], scale_factor=BACKGROUND_SCALE, mode="area")[0]
+    photo = F.interpolate(photo[None], scale_factor=scale, mode="area")[0]
     angle = 2 * math.pi * k / MAX_MODALITIES + (math.pi / 5 if k % 2 else 0.0)
     # Rotation about the grey axis of RGB space (a hue rotation that keeps brightness).
     c, s, third = math.cos(angle), math.sin(angle), 1.0 / 3.0
@@ -85,8 +87,8 @@ def background(k: int) -> Tensor:
     )
     out = torch.einsum("ij,jhw->ihw", rot, photo).clamp(0, 1)
     mean = out.mean()
-    target = TEXTURE_MEANS[0] if mean < 0.5 else TEXTURE_MEANS[1]
-    out = (target + TEXTURE_CONTRAST * (out - mean)).clamp(0, 1)
+    target = means[0] if mean < 0.5 else means[1]
+    out = (target + contrast * (out - mean)).clamp(0, 1)
     return out.flip(-1) if k >= 5 else out
 
 
@@ -107,13 +109,20 @@ class PolyDigits(Dataset):
         num_modalities: ``M`` in 2..10.
         seed: fixes the pairing of instances across modalities and the background crops.
         length: number of examples (default: one per instance of the split); longer sets re-pair instances.
+        texture_contrast, texture_means, background_scale: the texture recipe (:func:`background`).
 
-    An item is ``{"m0": [3, 28, 28] float in [0, 1], ..., "m{M-1}": ..., "label": int}``.
+    An item is ``{"m0": [3, 28, 28] float in [0, 1], ..., "m{M-1}": ..., "label": int}``; ``instances[i, m]`` is the
+    index into ``load_digits`` of the handwriting drawn in modality ``m`` of example ``i``.
     """
 
-    def __init__(self, split: Split = "train", num_modalities: int = 5, seed: int = 0, length: int | None = None) -> None:
+    def __init__(self, split: Split = "train", num_modalities: int = 5, seed: int = 0, length: int | None = None,
+                 texture_contrast: float = TEXTURE_CONTRAST, texture_means: tuple[float, float] = TEXTURE_MEANS,
+                 background_scale: float = BACKGROUND_SCALE) -> None:
         if not 2 <= num_modalities <= MAX_MODALITIES:
             raise ValueError(f"num_modalities must be in 2..{MAX_MODALITIES}, got {num_modalities}")
+        if not 0.0 <= texture_contrast <= 1.0 or not all(0.0 <= t <= 1.0 for t in texture_means) or not 0 < background_scale <= 1:
+            raise ValueError(f"texture_contrast and texture_means must lie in [0, 1] and background_scale in (0, 1], got "
+                             f"{texture_contrast}, {list(texture_means)}, {background_scale}")
         self.split, self.num_modalities, self.seed = split, num_modalities, seed
         self.modalities = tuple(f"m{k}" for k in range(num_modalities))
         images, labels = _digits()
@@ -126,10 +135,12 @@ class PolyDigits(Dataset):
         self.labels = torch.from_numpy(labels[anchor])
         by_class = {k: pool[labels[pool] == k] for k in range(10)}
         data = torch.empty(n, num_modalities, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+        self.instances = np.empty((n, num_modalities), dtype=np.int64)
         for m in range(num_modalities):
             inst = anchor if m == 0 else np.array([rng.choice(by_class[int(y)]) for y in labels[anchor]])
+            self.instances[:, m] = inst
             strokes = render_digits(images[inst])
-            bg = background(m)
+            bg = background(m, texture_contrast, tuple(texture_means), background_scale)
             ys = rng.integers(0, bg.shape[1] - IMAGE_SIZE + 1, size=n)
             xs = rng.integers(0, bg.shape[2] - IMAGE_SIZE + 1, size=n)
             crops = torch.stack([bg[:, y : y + IMAGE_SIZE, x : x + IMAGE_SIZE] for y, x in zip(ys, xs)])

@@ -66,7 +66,6 @@ def fit_classifier(
     """Train an :class:`ImageClassifier` on ``images [N, C, H, W]`` and integer ``labels [N]`` (cross-entropy), or
     0/1 attribute ``labels [N, A]`` (a multi-label classifier, binary cross-entropy); returns it in eval mode."""
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     multilabel = labels.dim() == 2
     clf = ImageClassifier(labels.shape[1] if multilabel else num_classes, images.shape[1], images.shape[-1], multilabel=multilabel)
     opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=1e-4)
@@ -118,14 +117,14 @@ def collate_split(dataset: Dataset, limit: int | None = None, batch_size: int = 
 def fit_classifier_set(
     datamodule: Any, *, label_key: str = "label", epochs: int = 15, batch_size: int = 128, lr: float = 2e-3, seed: int = 0, progress: bool = True
 ) -> tuple[dict[str, ImageClassifier], dict[str, float]]:
-    """One classifier per image modality of ``datamodule`` on its train split; returns them with their test
-    accuracy ``{modality: acc}``."""
+    """One classifier per image modality judged by a classifier (its spec's ``judge``) on the train split of
+    ``datamodule``; returns them with their test accuracy ``{modality: acc}``."""
     train, test = collate_split(datamodule.dataset("train")), collate_split(datamodule.dataset("test"))
     if label_key not in train:
         raise DiffMVAEError(f"the data has no {label_key!r} field to train classifiers on")
     out, acc = {}, {}
-    for m in datamodule.modalities:
-        if train[m].dim() != 4:
+    for m, spec in datamodule.specs.items():
+        if spec.judge != "classifier" or not spec.is_image:
             continue
         labels = train[label_key]
         num_classes = labels.shape[1] if labels.dim() == 2 else int(labels.max()) + 1

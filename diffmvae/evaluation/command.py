@@ -21,13 +21,11 @@ CLASSIFIER_DIR = Path("runs/classifiers")
 
 
 def data_key(data_config: dict[str, Any]) -> str:
-    """A file-name key for the real data a classifier set is trained on (loader settings left out)."""
-    init = {k: v for k, v in (data_config.get("init_args") or {}).items() if k not in ("batch_size", "num_workers", "missing_rate")}
-    digest = hashlib.sha256(json.dumps([data_config.get("class_path"), init], sort_keys=True, default=str).encode()).hexdigest()[:10]
-    datamodule = instantiate(data_config)
-    version = getattr(datamodule, "version", None)
-    name = str(data_config.get("class_path", "data")).rsplit(".", 1)[-1]
-    return f"{name}{'-v' + str(version) if version is not None else ''}-{digest}"
+    """A file-name key for the real data a classifier set is trained on: the data module's class, recipe version and
+    every data setting, defaults included (:meth:`~diffmvae.data.MultimodalDataModule.cache_key`)."""
+    key = instantiate(data_config).cache_key()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{key['class']}{'-v' + str(key['version']) if key['version'] is not None else ''}-{digest}"
 
 
 def fit_classifiers(data_config: dict[str, Any], out: str | Path | None = None, *, overwrite: bool = False, progress: bool = True, **settings: Any) -> Path:
@@ -47,7 +45,8 @@ def classifiers_for_run(run: LoadedRun, path: str | Path | None, progress: bool 
             log.info("no classifiers for this data yet: training them on its train split (saved to %s)", path)
             fit_classifiers(run.config["data"], path, progress=progress)
     classifiers, accuracy, _ = load_classifier_set(path)
-    missing = [m for m in run.module.model.modalities if m not in classifiers]
+    specs = run.datamodule.specs
+    missing = [m for m in run.module.model.modalities if specs[m].judge == "classifier" and m not in classifiers]
     if missing:
         raise DiffMVAEError(f"classifier file {path} has no classifier for modality {missing[0]!r}")
     return classifiers, accuracy, Path(path)
@@ -65,7 +64,7 @@ def evaluate_checkpoints(
     progress: bool = True,
 ) -> list[Path]:
     """Evaluate every checkpoint with one classifier set and write ``metrics.{json,csv,md,png}`` into ``out``."""
-    from diffmvae.sampling import choose_prior
+    from diffmvae.sampling import choose_prior, sampling_record
 
     if not ckpts:
         raise DiffMVAEError("give at least one --ckpt")
@@ -77,25 +76,25 @@ def evaluate_checkpoints(
     for ckpt, run in zip(ckpts, runs):
         if run.module.model.modalities != first:
             raise DiffMVAEError(f"checkpoints have different modality sets: {ckpts[0]} has {', '.join(first)}; {ckpt} has {', '.join(run.module.model.modalities)}")
+    samplings = []
     for run in runs:  # fail on missing data files or a bad sampler now, not after minutes of classifier training
         run.datamodule.dataset("test")
-        if sampling:
-            run.module.model.configure_sampling(**sampling)
+        samplings.append(run.module.sampling.replace(**(sampling or {})))
+        run.module.model.check_sampling(samplings[-1])
     if settings.inception_weights:
         from diffmvae.evaluation.frechet import InceptionExtractor
 
         InceptionExtractor(settings.inception_weights)  # fail now on a missing file or the missing extra
     clfs, accuracy, clf_path = classifiers_for_run(runs[0], classifiers, progress)
     summaries, rows = [], []
-    for name, ckpt, run in zip(names, ckpts, runs):
+    for name, ckpt, run, run_sampling in zip(names, ckpts, runs, samplings):
         model = run.module.model
         prior_module, prior_name = choose_prior(prior, None, ckpt, model)
         log.info("evaluating %s (%s prior for unconditional samples)", name, prior_name)
-        summary, model_rows = evaluate_model(name, model, run.datamodule, clfs, prior_module, prior_name, settings, progress=progress)
+        summary, model_rows = evaluate_model(name, model, run.datamodule, clfs, prior_module, prior_name, settings, sampling=run_sampling,
+                                             progress=progress)
         summary.update({"checkpoint": str(ckpt), "classifiers": str(clf_path), "classifier_accuracy": accuracy,
-                        "sampling": {m: {"sampler": model.decoders[m].process.sampler, "steps": model.decoders[m].process.steps,
-                                         "guidance": model.decoders[m].guidance, "start": model.decoders[m].start}
-                                     for m in model.modalities if model.decoders[m].is_diffusion}})
+                        "sampling": sampling_record(model, run_sampling)})
         summaries.append(summary)
         rows += model_rows
         log.info("%s: coherence %s, unconditional %.3f; FD %s (%.0fs)", name,

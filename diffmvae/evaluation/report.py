@@ -12,13 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from diffmvae.io import DiffMVAEError  # noqa: E402
+from diffmvae.io import DiffMVAEError
 
 COLUMNS = ["model", "metric", "k", "target", "value"]
 FILES = ("metrics.json", "metrics.csv", "metrics.md", "metrics.png")
@@ -47,7 +43,10 @@ def plot_metrics(table: pd.DataFrame, path: Path) -> None:
     panels = [("coherence", "coherence_unconditional", "all", "conditional coherence"),
               ("fd", "fd_unconditional", "mean", "Fréchet distance (classifier features)"),
               ("latent_probe", None, None, "latent linear probe accuracy")]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=110)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 3.8), dpi=110)
+    axes = fig.subplots(1, 3)
     for ax, (metric, uncond, uncond_target, title) in zip(axes, panels):
         for i, (model, group) in enumerate(table.groupby("model", sort=False)):
             color = f"C{i}"
@@ -63,7 +62,6 @@ def plot_metrics(table: pd.DataFrame, path: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def write_report(out: str | os.PathLike, summaries: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> list[Path]:

@@ -21,11 +21,12 @@ from sklearn.linear_model import LogisticRegression
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from decoders import SamplingSettings
 from diffmvae.evaluation.classifier import collate_split, predict
 from diffmvae.evaluation.coherence import unconditional_coherence
 from diffmvae.evaluation.frechet import FeatureExtractor, InceptionExtractor, frechet_distance
 from diffmvae.io import DiffMVAEError
-from diffmvae.model import LatentPrior, MultimodalVAE
+from diffmvae.model import LatentPrior, MultimodalModel, MultimodalVAE
 from diffmvae.sampling import generate_from_subset
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def subsets_by_size(modalities: Sequence[str], max_subsets: int, seed: int) -> d
 
 
 def conditional_metrics(
-    model: MultimodalVAE,
+    model: MultimodalModel,
     test: Mapping[str, Tensor],
     labels: Tensor,
     subsets: Mapping[int, list[tuple[str, ...]]],
@@ -71,6 +72,7 @@ def conditional_metrics(
     extractors: Mapping[str, nn.Module],
     *,
     seed: int,
+    sampling: SamplingSettings = SamplingSettings(),
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Rows ``{metric, k, target, value}`` of conditional coherence and FD, per target and averaged (``mean``)."""
@@ -81,7 +83,7 @@ def conditional_metrics(
     hits: dict[tuple[int, str], list[float]] = {}
     for i, (k, subset) in enumerate(tqdm(todo, desc="conditional generation", disable=not progress, leave=False)):
         generator = torch.Generator().manual_seed(seed * 7919 + i)
-        samples = generate_from_subset(model, test, subset, n, generator=generator, progress=False)
+        samples = generate_from_subset(model, test, subset, n, generator=generator, sampling=sampling, progress=False)
         for target in model.modalities:
             if target in subset or target not in classifiers:
                 continue
@@ -98,7 +100,7 @@ def conditional_metrics(
 
 
 def unconditional_metrics(
-    model: MultimodalVAE,
+    model: MultimodalModel,
     test: Mapping[str, Tensor],
     prior: LatentPrior,
     n: int,
@@ -106,10 +108,11 @@ def unconditional_metrics(
     extractors: Mapping[str, nn.Module],
     *,
     seed: int,
+    sampling: SamplingSettings = SamplingSettings(),
 ) -> list[dict[str, Any]]:
     """Rows of unconditional coherence (``all`` and ``at_least_k`` agree) and FD per modality and mean."""
     generator = torch.Generator().manual_seed(seed + 104729)
-    samples = generate_from_subset(model, {}, [], n, generator=generator, prior=prior, progress=False)
+    samples = generate_from_subset(model, {}, [], n, generator=generator, sampling=sampling, prior=prior, progress=False)
     rows = [{"metric": "coherence_unconditional", "k": 0, "target": key, "value": v} for key, v in unconditional_coherence(samples, classifiers).items()]
     fd = {m: frechet_distance(test[m], samples[m], extractors[m]) for m in model.modalities if m in extractors}
     rows += [{"metric": "fd_unconditional", "k": 0, "target": m, "value": v} for m, v in fd.items()]
@@ -119,7 +122,7 @@ def unconditional_metrics(
 
 def latent_means(model: MultimodalVAE, data: Mapping[str, Tensor], subset: Sequence[str], batch_size: int = 512) -> np.ndarray:
     """Posterior means ``[N, d]`` of ``q(z|x_subset)``."""
-    device = model.subset_mask.device
+    device = model.device_of()
     n = next(iter(data.values())).shape[0]
     with torch.no_grad():
         mus = [model.posterior({m: data[m][i : i + batch_size].to(device) for m in subset})[0].cpu() for i in range(0, n, batch_size)]
@@ -146,37 +149,41 @@ def latent_probe_rows(
     return rows
 
 
-def elbo_on_split(model: MultimodalVAE, test: Mapping[str, Tensor], *, seed: int, batch_size: int = 256) -> dict[str, float]:
-    """Mean test ELBO (``beta = 1``, nats per example) and its terms: ``elbo``, ``kl``, ``nll/<m>``."""
-    device = model.subset_mask.device
+def elbo_on_split(model: MultimodalModel, test: Mapping[str, Tensor], *, seed: int, batch_size: int = 256) -> dict[str, float]:
+    """Mean test objective (every term, all weights 1, nats per example) and each term: ``objective``, ``kl``,
+    ``<m>/<kind>``; plus ``elbo`` (minus the sum of the KL and the terms that bound ``-log p(x_m|z)``) when every
+    decoder gives a bound (feed-forward likelihoods, VDM; DDPM and score-matching losses are surrogates)."""
+    device = model.device_of()
     generator = torch.Generator(device=device).manual_seed(seed)
     n = next(iter(test.values())).shape[0]
+    bounds = model.bound_terms()
     sums: dict[str, float] = {}
     with torch.no_grad():
         for i in range(0, n, batch_size):
             record = model.elbo({m: test[m][i : i + batch_size].to(device) for m in model.modalities}, generator=generator)
-            terms = {"elbo": -record.loss(1.0), "kl": record.kl, **{f"nll/{m}": v for m, v in record.nll.items()}}
+            terms = {"objective": record.loss(1.0), **record.terms}
+            if bounds is not None:
+                terms["elbo"] = -record.total(["kl", *(t for t in record.terms if t.partition("/")[2] in bounds.get(t.partition("/")[0], ()))])
             for key, v in terms.items():
                 sums[key] = sums.get(key, 0.0) + v.sum().item()
     return {key: v / n for key, v in sums.items()}
 
 
 def bits_per_dim(model: MultimodalVAE, test: Mapping[str, Tensor], *, seed: int, batch_size: int = 256) -> dict[str, float]:
-    """``{modality: bits/dim}`` for every decoder that bounds a discrete likelihood (it has a
-    ``bits_per_dim(x, z) -> [B]`` method, as VDM decoders do), with ``z ~ q(z|X)`` of all modalities."""
-    names = [m for m in model.modalities if callable(getattr(model.decoders[m], "bits_per_dim", None))]
-    if not names:
-        return {}
-    device = model.subset_mask.device
+    """``{modality: bits/dim}`` for every decoder that bounds a discrete likelihood (``Decoder.bits_per_dim``, VDM
+    decoders), with ``z ~ q(z|X)`` of all modalities."""
+    device = model.device_of()
     generator = torch.Generator(device=device).manual_seed(seed)
     n = next(iter(test.values())).shape[0]
-    sums = dict.fromkeys(names, 0.0)
+    sums: dict[str, float] = {}
     with torch.no_grad():
         for i in range(0, n, batch_size):
             x = {m: test[m][i : i + batch_size].to(device) for m in model.modalities}
             z = model.sample_latent(x, generator=generator)
-            for m in names:
-                sums[m] += model.decoders[m].bits_per_dim(x[m], z).sum().item()
+            example = model.observe(x)
+            for dec in model.decoders.values():
+                for m, bpd in dec.bits_per_dim(z, example, generator=generator).items():
+                    sums[m] = sums.get(m, 0.0) + bpd.sum().item()
     return {m: v / n for m, v in sums.items()}
 
 
@@ -189,6 +196,7 @@ def evaluate_model(
     prior_name: str,
     settings: EvalSettings = EvalSettings(),
     *,
+    sampling: SamplingSettings = SamplingSettings(),
     progress: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Every metric of the protocol for one model: ``(summary in the metrics.json layout, table rows)``."""
@@ -205,13 +213,13 @@ def evaluate_model(
     else:
         extractors = {m: FeatureExtractor(c) for m, c in classifiers.items()}
     subsets = subsets_by_size(model.modalities, settings.max_subsets, settings.seed)
-    torch.manual_seed(settings.seed)
-    rows = conditional_metrics(model, test, labels, subsets, classifiers, extractors, seed=settings.seed, progress=progress)
-    rows += unconditional_metrics(model, test, prior, n, classifiers, extractors, seed=settings.seed)
+    rows = conditional_metrics(model, test, labels, subsets, classifiers, extractors, seed=settings.seed, sampling=sampling, progress=progress)
+    rows += unconditional_metrics(model, test, prior, n, classifiers, extractors, seed=settings.seed, sampling=sampling)
     train = collate_split(datamodule.dataset("train"), settings.probe_train)
     rows += latent_probe_rows(model, train, {**test, settings.label_key: labels}, settings.label_key, subsets, progress)
     elbo = elbo_on_split(model, test, seed=settings.seed)
-    rows += [{"metric": "elbo" if key == "elbo" else f"elbo_{key}", "k": len(model.modalities), "target": "all", "value": v} for key, v in elbo.items()]
+    rows += [{"metric": key if key in ("elbo", "objective") else f"term/{key}", "k": len(model.modalities), "target": "all", "value": v}
+             for key, v in elbo.items()]
     for row in rows:
         row["model"] = name
 
@@ -224,8 +232,9 @@ def evaluate_model(
         "coherence": {"conditional": pick("coherence"), "unconditional": uncond["all"], "unconditional_at_least": {k: v for k, v in uncond.items() if k != "all"}},
         "fd": {"conditional": pick("fd"), "unconditional": pick("fd_unconditional")["0"]},
         "latent_probe": pick("latent_probe"),
-        "elbo": elbo["elbo"],
-        "elbo_terms": {k: v for k, v in elbo.items() if k != "elbo"},
+        "elbo": elbo.get("elbo"),
+        "objective": elbo["objective"],
+        "terms": {k: v for k, v in elbo.items() if k not in ("elbo", "objective")},
         "bits_per_dim": bits_per_dim(model, test, seed=settings.seed) or None,
         "fd_features": "inception" if settings.inception_weights else "classifier",
         "n_samples": n,

@@ -23,13 +23,18 @@ from diffmvae.training import split_batch
 
 
 def build(config: dict, num_modalities: int) -> torch.nn.Module:
-    spec = copy.deepcopy(config["model"])
+    """The config's model with M copies of modality m0's encoder and decoder (one decoder serving all M when the
+    config's decoder serves several modalities)."""
+    spec = copy.deepcopy(config["model"]["init_args"]["model"])
     args = spec["init_args"]
-    enc, dec = args["encoders"]["m0"], args["decoders"]["m0"]
     names = [f"m{k}" for k in range(num_modalities)]
-    args["encoders"] = {m: copy.deepcopy(enc) for m in names}
-    args["decoders"] = {m: copy.deepcopy(dec) for m in names}
-    return instantiate(spec).model
+    args["encoders"] = {m: copy.deepcopy(args["encoders"]["m0"]) for m in names}
+    if "m0" in args["decoders"]:
+        args["decoders"] = {m: copy.deepcopy(args["decoders"]["m0"]) for m in names}
+    else:
+        key, dec = next(iter(args["decoders"].items()))
+        args["decoders"] = {key: {**dec, "init_args": {**dec["init_args"], "modalities": names}}}
+    return instantiate(spec)
 
 
 def time_steps(model: torch.nn.Module, batch: dict, steps: int, warmup: int = 3) -> float:

@@ -2,7 +2,7 @@
 
     python experiments/polydigits/start_sweep.py --ckpt runs/diffmvae_star/checkpoints/last.ckpt \
         [--starts 1,0.5,0.3,0.2] [--given m0] [--reference runs/quickstart/checkpoints/last.ckpt] [--out DIR]
-        [--steps S] [--sampler NAME] [--guidance W]
+        [--sampler NAME] [--steps S] [--eta E] [--guidance W]
 
 ``start = 1`` samples each decoder's model exactly; below 1 the reverse process begins from the decoder's mean
 image noised to that time, which keeps more of the mean's digit and less of the diffusion model's detail.
@@ -18,25 +18,23 @@ import argparse
 import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from diffmvae.checkpoint import load_run  # noqa: E402
-from diffmvae.cli import add_sampling_arguments, sampling_overrides  # noqa: E402
-from diffmvae.evaluation import FeatureExtractor, conditional_coherence, frechet_distance  # noqa: E402
-from diffmvae.evaluation.classifier import collate_split  # noqa: E402
-from diffmvae.evaluation.command import classifiers_for_run  # noqa: E402
-from diffmvae.io import atomic_write  # noqa: E402
-from diffmvae.sampling import parse_given  # noqa: E402
+from decoders import SamplingSettings
+from diffmvae.checkpoint import load_run
+from diffmvae.cli import add_sampling_arguments, sampling_settings
+from diffmvae.evaluation import FeatureExtractor, conditional_coherence, frechet_distance
+from diffmvae.evaluation.classifier import collate_split
+from diffmvae.evaluation.command import classifiers_for_run
+from diffmvae.io import atomic_write
+from diffmvae.sampling import parse_given
 
 
-def judge(model, test, given, z, classifiers, extractors, seed) -> dict:
+def judge(model, test, given, z, classifiers, extractors, seed, sampling=SamplingSettings()) -> dict:
     with torch.no_grad():
-        out = model.decode(z, [m for m in model.modalities if m not in given], generator=torch.Generator().manual_seed(seed))
+        out = model.decode(z, given={m: test[m] for m in given}, sampling=sampling, generator=torch.Generator().manual_seed(seed))
     coherence = conditional_coherence(out, test["label"], given, classifiers)
     fd = {m: frechet_distance(test[m], x, extractors[m]) for m, x in out.items()}
     return {"coherence": float(np.mean(list(coherence.values()))), "fd": float(np.mean(list(fd.values()))),
@@ -54,14 +52,16 @@ def main() -> None:
     p.add_argument("--starts", default="1,0.5,0.3,0.2", help="comma-separated start times in (0, 1]")
     p.add_argument("--given", default="m0")
     p.add_argument("--reference", default=None, help="another checkpoint to show as a point (e.g. the feed-forward model)")
-    add_sampling_arguments(p)  # --steps/--sampler/--guidance apply to every start; --start is ignored (see --starts)
+    add_sampling_arguments(p)  # --sampler/--steps/--eta/--guidance apply to every start; --start is ignored (see --starts)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="directory for start_sweep.png/.json (default: beside the checkpoint)")
     args = p.parse_args()
     starts = [float(s) for s in args.starts.split(",")]
     run = load_run(args.ckpt)
     model = run.module.model
-    if not model.configure_sampling(**{k: v for k, v in sampling_overrides(args).items() if k != "start"}):
+    args.start = None
+    base = sampling_settings(args, run.module)
+    if not model.describe_sampling(base):
         raise SystemExit(f"{args.ckpt} has no diffusion decoder")
     given = parse_given(args.given, model.modalities)
     test = collate_split(run.datamodule.dataset("test"))
@@ -70,9 +70,10 @@ def main() -> None:
     z = latents(model, test, given, args.seed)
     rows = []
     for start in starts:
-        model.configure_sampling(start=start)
-        row = {"start": start, "sampler": model.decoders[next(m for m in model.modalities if model.decoders[m].is_diffusion)].process.sampler,
-               **judge(model, test, given, z, classifiers, extractors, args.seed + 1)}
+        sampling = base.replace(start=start)
+        described = next(iter(model.describe_sampling(sampling).values()))
+        row = {"start": start, "sampler": f"{described['sampler']}-{described['steps']}",
+               **judge(model, test, given, z, classifiers, extractors, args.seed + 1, sampling)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     reference = None
@@ -81,7 +82,8 @@ def main() -> None:
         reference = judge(ref, test, given, latents(ref, test, given, args.seed), classifiers, extractors, args.seed + 1)
         print(json.dumps({"reference": args.reference, **reference}), flush=True)
     out = Path(args.out) if args.out else Path(args.ckpt).parent
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig = Figure(figsize=(5, 3.6))
+    ax = fig.subplots()
     ax.plot([r["fd"] for r in rows], [r["coherence"] for r in rows], "o-", label=f"{Path(args.ckpt).resolve().parent.parent.name}, by start")
     for r in rows:
         ax.annotate(f"start {r['start']:g}", (r["fd"], r["coherence"]), textcoords="offset points", xytext=(5, -10), fontsize=8)

@@ -1,7 +1,7 @@
 """Unconditional generation with N(0, I) against the latent score prior, side by side on one model.
 
     python experiments/polydigits/unconditional.py --ckpt runs/quickstart/checkpoints/last.ckpt [--n 1000]
-        [--steps S] [--sampler NAME] [--guidance W] [--start T]   # the sampling overrides of `diffmvae sample`
+        [--sampler NAME] [--steps S] [--eta E] [--guidance W] [--start T]   # the sampling options of `diffmvae sample`
 
 For each prior: Fréchet distance per modality to the real test images, in the feature space of the digit
 classifier trained on real images (the cached set of `diffmvae evaluate`), and unconditional coherence (fraction of
@@ -17,7 +17,7 @@ import time
 import torch
 
 from diffmvae.checkpoint import load_run
-from diffmvae.cli import add_sampling_arguments, sampling_overrides
+from diffmvae.cli import add_sampling_arguments, sampling_settings
 from diffmvae.evaluation import FeatureExtractor, frechet_distance, unconditional_coherence
 from diffmvae.evaluation.classifier import collate_split
 from diffmvae.evaluation.command import classifiers_for_run
@@ -34,7 +34,7 @@ def main() -> None:
     args = p.parse_args()
     run = load_run(args.ckpt)
     model = run.module.model
-    model.configure_sampling(**sampling_overrides(args))
+    sampling = sampling_settings(args, run.module)
     test = collate_split(run.datamodule.dataset("test"))
     classifiers, _, _ = classifiers_for_run(run, None)
     extractors = {m: FeatureExtractor(c) for m, c in classifiers.items()}
@@ -43,14 +43,14 @@ def main() -> None:
         start = time.perf_counter()
         with torch.no_grad():
             z = prior.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
-            samples = model.decode(z, generator=torch.Generator().manual_seed(args.seed + 1))
+            samples = model.decode(z, sampling=sampling, generator=torch.Generator().manual_seed(args.seed + 1))
         seconds = time.perf_counter() - start
         fd = {m: frechet_distance(test[m], samples[m], extractors[m]) for m in model.modalities}
         coh = unconditional_coherence(samples, classifiers)
         print(json.dumps({"prior": name, "n": args.n, "fd_mean": round(sum(fd.values()) / len(fd), 2),
                           "fd": {m: round(v, 2) for m, v in fd.items()}, "coherence": {k: round(v, 4) for k, v in coh.items()},
                           "sample_seconds": round(seconds, 2),
-                          "sampling": sampling_overrides(args)}), flush=True)
+                          "sampling": model.describe_sampling(sampling)}), flush=True)
 
 
 if __name__ == "__main__":

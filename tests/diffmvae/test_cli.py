@@ -3,18 +3,17 @@
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from diffmvae.checkpoint import instantiate, load_run
 from diffmvae.cli import main
 from decoders.optim import lr_factor
-from tiny_run import TINY, write_config
+from tiny_run import copy_config, vae_args, write_config
 
 def test_fit_writes_run_directory(trained):
     cfg, ckpt = trained
     run = ckpt.parent.parent
     assert ckpt.is_file()
-    assert (run / "metrics.csv").is_file() and "train/kl" in (run / "metrics.csv").read_text()
+    assert (run / "metrics.csv").is_file() and {"train/kl", "train/m0/nll", "val/m2/nll"} <= set((run / "metrics.csv").read_text().splitlines()[0].split(","))
     assert list((run / "samples").glob("epoch_*.png"))
     raw = torch.load(ckpt, weights_only=True)
     assert set(raw["ema_state_dict"]) == {k[len("model.") :] for k in raw["state_dict"]}
@@ -121,21 +120,40 @@ def test_fit_refuses_to_overwrite_a_run(trained, capsys):
 
 
 @pytest.mark.parametrize(
-    "patch,message",
+    "where,patch,message",
     [
-        ({"model": {"init_args": {"bogus_key": 1}}}, "bogus_key"),
-        ({"model": {"init_args": {"beta": "lots"}}}, "beta"),
-        ({"model": {"init_args": {"subsets": "all"}}}, "subsets"),
+        ("module", {"bogus_key": 1}, "bogus_key"),
+        ("module", {"beta": "lots"}, "beta"),
+        ("model", {"subsets": "all"}, "subsets"),
+        ("model", {"decoders": {m: {"class_path": "decoders.ConvImageDecoder", "init_args": {"latent_dim": 4}} for m in ("m0", "m1")}},
+         "no decoder generates modality 'm2'"),
     ],
 )
-def test_bad_config_one_line(tmp_path, capsys, patch, message):
-    cfg = yaml.safe_load(yaml.safe_dump(TINY))
-    cfg["model"]["init_args"].update(patch["model"]["init_args"])
+def test_bad_config_one_line(tmp_path, capsys, where, patch, message):
+    cfg = copy_config()
+    (cfg["model"]["init_args"] if where == "module" else vae_args(cfg)).update(patch)
     path, run = write_config(tmp_path, cfg)
     assert main(["fit", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("diffmvae: error:") and message in err[0]
     assert not (run / "checkpoints").exists()
+
+
+def test_a_model_modality_the_data_does_not_have_fails_before_training(tmp_path, capsys):
+    cfg = copy_config()
+    for side in ("encoders", "decoders"):
+        vae_args(cfg)[side]["m5"] = vae_args(cfg)[side]["m0"]
+    path, run = write_config(tmp_path, cfg)
+    assert main(["fit", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "the model has modality 'm5', which the data (PolyDigitsDataModule) does not have" in err
+    assert not (run / "checkpoints").exists()
+
+
+def test_sampling_overrides_need_a_diffusion_decoder(trained, tmp_path, capsys):
+    _, ckpt = trained
+    assert main(["sample", "--ckpt", str(ckpt), "--given", "m0", "--n", "2", "--out", str(tmp_path), "--steps", "5"]) == 2
+    assert "--steps apply to diffusion decoders, and this model has none" in capsys.readouterr().err
 
 
 def test_instantiate_refuses_foreign_class_paths():

@@ -42,11 +42,29 @@ def test_test_handwriting_never_in_train():
     assert len(duplicates) <= 2
 
 
-def test_modalities_share_label_but_not_background():
+def test_modalities_share_the_label_but_not_the_handwriting_or_background():
+    from diffmvae.data.polydigits import _digits
+
     ds = PolyDigits("val", 4, seed=0)
+    _, digit_labels = _digits()
+    for m in range(4):  # every modality's handwriting instance is a drawing of the example's label
+        assert np.array_equal(digit_labels[ds.instances[:, m]], ds.labels.numpy())
+    assert (ds.instances[:, 1:] != ds.instances[:, :1]).mean() > 0.8  # ... mostly a different drawing of it
+    assert all(ds[i]["label"] == int(ds.labels[i]) for i in range(5))
     assert len({tuple(background(k).flatten()[:50].tolist()) for k in range(10)}) == 10
     diffs = [(ds.data[:, 0].float() - ds.data[:, k].float()).abs().mean() for k in range(1, 4)]
     assert all(d > 10 for d in diffs)
+
+
+def test_texture_settings_are_constructor_arguments_and_change_the_data_and_its_key():
+    base, harder = PolyDigits("val", 2, length=8), PolyDigits("val", 2, length=8, texture_contrast=1.0)
+    assert not torch.equal(base.data, harder.data)
+    assert torch.equal(base.labels, harder.labels)
+    a, b = PolyDigitsDataModule(num_modalities=2), PolyDigitsDataModule(num_modalities=2, texture_contrast=1.0)
+    assert a.cache_key() != b.cache_key() and a.cache_key()["settings"]["texture_contrast"] == 0.4
+    assert a.cache_key() == PolyDigitsDataModule(num_modalities=2, batch_size=7, num_workers=1).cache_key()  # loader settings do not count
+    with pytest.raises(ValueError, match="texture_contrast and texture_means must lie in"):
+        PolyDigits("val", 2, texture_contrast=2.0)
 
 
 @pytest.mark.parametrize("m", [2, 10])
@@ -63,7 +81,8 @@ def test_bad_arguments():
 
 def test_missing_modalities_wrapper_and_datamodule():
     ds = PolyDigits("val", 3, length=40)
-    wrapped = MissingModalities(ds, ds.modalities, rate=0.5, seed=0)
+    dm = PolyDigitsDataModule(num_modalities=3)
+    wrapped = MissingModalities(ds, dm.specs, rate=0.5, seed=0)
     presents = torch.stack([wrapped[i]["present"] for i in range(40)])
     assert presents.any(1).all() and (~presents).any()
     for i in range(40):
@@ -72,6 +91,7 @@ def test_missing_modalities_wrapper_and_datamodule():
             if not item["present"][k]:
                 assert item[m].abs().sum() == 0
     dm = PolyDigitsDataModule(num_modalities=3, batch_size=8, missing_rate=0.3, train_length=32)
+    assert all(spec.is_image and spec.shape == (3, 28, 28) for spec in dm.specs.values()) and dm.modalities == ("m0", "m1", "m2")
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["present"].shape == (8, 3) and batch["m0"].shape == (8, 3, 28, 28)

@@ -1,56 +1,97 @@
-"""Diffusion decoders inside the ELBO: a staged tiny `diffmvae fit`, warm start, sampler overrides, config errors."""
+"""Diffusion decoders inside the ELBO: a staged tiny `diffmvae fit` (callbacks), warm start, sampling overrides,
+config errors."""
+
+import json
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from tiny_run import TINY, write_config
+from tiny_run import copy_config, vae_args, write_config
 
 from diffmvae.checkpoint import load_run
 from diffmvae.cli import main
 
-PROCESS = {"class_path": "decoders.diffusion.DDPMProcess", "init_args": {"steps": 2}}
+PROCESS = {"class_path": "decoders.diffusion.DDPMProcess", "init_args": {"sampler": {"class_path": "decoders.diffusion.DDIM", "init_args": {"steps": 2}}}}
+WARMUP = {"class_path": "diffmvae.callbacks.FeedForwardWarmup", "init_args": {"steps": 3, "freeze": ["encoders"]}}
+EVERY_STEP = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+              "init_args": {"every_n_train_steps": 1, "save_top_k": -1, "filename": "{step}"}}
 
 
-def diffusion_config(process=PROCESS, **model_args):
-    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+def diffusion_decoder(process=PROCESS, **extra):
+    return {"class_path": "decoders.DiffusionDecoder",
+            "init_args": {"latent_dim": 4, "unet_channels": [8, 8], "emb_dim": 16, "mean_channels": [4, 4], "mean_hidden": 8, "process": process,
+                          **extra}}
+
+
+def diffusion_config(process=PROCESS, shared=False):
+    cfg = copy_config()
     cfg["trainer"]["max_steps"] = 6
-    dec = {"class_path": "decoders.DiffusionDecoder",
-           "init_args": {"latent_dim": 4, "unet_channels": [8, 8], "emb_dim": 16, "mean_channels": [4, 4], "mean_hidden": 8, "process": process}}
-    cfg["model"]["init_args"]["decoders"]["m1"] = dec
-    cfg["model"]["init_args"].update({"feedforward_warmup_steps": 3, "freeze_encoders_after_warmup": True, "grid_steps": 2, **model_args})
+    decoders = vae_args(cfg)["decoders"]
+    if shared:
+        del decoders["m1"], decoders["m2"]
+        decoders["images"] = diffusion_decoder(process, modalities=["m1", "m2"])
+    else:
+        decoders["m1"] = diffusion_decoder(process)
     return cfg
 
 
 @pytest.fixture(scope="module")
 def diffusion_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("diff")
-    path, run = write_config(tmp, diffusion_config())
+    every = {**EVERY_STEP, "init_args": {**EVERY_STEP["init_args"], "dirpath": str(tmp / "steps")}}
+    path, run = write_config(tmp, diffusion_config(), callbacks=[WARMUP, every])
     assert main(["fit", "--config", str(path)]) == 0
-    return run / "checkpoints" / "last.ckpt"
+    return run / "checkpoints" / "last.ckpt", tmp / "steps"
 
 
-def test_staged_fit_trains_the_diffusion_decoder(diffusion_run):
-    raw = torch.load(diffusion_run, weights_only=True)
-    enc = {k: v for k, v in raw["state_dict"].items() if k.startswith("model.encoders.")}
-    assert enc and raw["global_step"] == 6
-    run = load_run(diffusion_run)
-    model = run.module.model
-    assert model.decoders["m1"].is_diffusion and not model.decoders["m0"].is_diffusion
-    # The UNet's zero-initialised output layer moved: the diffusion term trained after the warm-up stage.
+def weights(path, prefix):
+    state = torch.load(path, weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_staged_fit_warms_up_then_trains_the_unet_with_encoders_fixed(diffusion_run):
+    last, steps = diffusion_run
+    raw = torch.load(last, weights_only=True)
+    assert raw["global_step"] == 6
+    ckpt = {s: steps / f"step={s}.ckpt" for s in range(1, 7)}
+    unet, enc, head = "model.decoders.m1.net.", "model.encoders.", "model.decoders.m1.mean_heads."
+    # Stage 1 (steps 1-3): the UNet never runs, so it keeps its initial (zero-output) weights; encoders and heads train.
+    assert same(weights(ckpt[1], unet), weights(ckpt[3], unet))
     assert raw["state_dict"]["model.decoders.m1.net.out.2.weight"].abs().sum() > 0
+    assert ckpt[1].exists() and not same(weights(ckpt[1], enc), weights(ckpt[3], enc))
+    # Stage 2 (steps 4-6): the UNet trains, the encoders stay exactly fixed, the mean head keeps training.
+    assert not same(weights(ckpt[3], unet), weights(ckpt[6], unet))
+    assert same(weights(ckpt[3], enc), weights(ckpt[6], enc))
+    assert not same(weights(ckpt[3], head), weights(ckpt[6], head))
+    # The learning rate restarted where the stage ended: warm-up 2 of each segment.
+    sched = raw["lr_schedulers"][0]
+    assert sched["last_epoch"] == 6
 
 
-def test_sample_with_sampler_overrides(diffusion_run, tmp_path, capsys):
-    base = ["sample", "--ckpt", str(diffusion_run), "--given", "m0", "--n", "3", "--seed", "1"]
+def test_every_term_is_logged(diffusion_run):
+    last, _ = diffusion_run
+    header = (last.parent.parent / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/m1/diffusion", "train/m1/mean_nll", "train/m0/nll", "train/kl", "train/loss", "val/m1/diffusion"} <= set(header)
+
+
+def test_sample_with_sampling_overrides_records_them(diffusion_run, tmp_path, capsys):
+    last, _ = diffusion_run
+    base = ["sample", "--ckpt", str(last), "--given", "m0", "--n", "3", "--seed", "1"]
     assert main([*base, "--out", str(tmp_path / "a"), "--steps", "2", "--sampler", "ancestral"]) == 0
     assert main([*base, "--out", str(tmp_path / "b"), "--steps", "2", "--sampler", "ancestral"]) == 0
     a, b = np.load(tmp_path / "a" / "samples.npz"), np.load(tmp_path / "b" / "samples.npz")
     np.testing.assert_array_equal(a["m1"], b["m1"])
     assert a["m1"].shape == (3, 3, 28, 28) and 0 <= a["m1"].min() and a["m1"].max() <= 1
-    assert main([*base, "--out", str(tmp_path / "c"), "--sampler", "euler_maruyama"]) == 2
+    record = json.loads(str(a["sampling"]))
+    assert record["settings"]["sampler"] == "ancestral" and record["decoders"]["m1"]["sampler"] == "ancestral"
+    assert record["decoders"]["m1"]["steps"] == 2 and record["decoders"]["m1"]["exact"] is True and "m0" not in record["decoders"]
+    assert main([*base, "--out", str(tmp_path / "c"), "--sampler", "heun"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "unknown sampler 'euler_maruyama' for DDPMProcess" in err
+    assert err.count("\n") == 0 and "unknown sampler 'heun'" in err
     # this decoder was trained without condition dropout, so it has no null condition to guide with
     assert main([*base, "--out", str(tmp_path / "d"), "--guidance", "2"]) == 2
     err = capsys.readouterr().err.strip()
@@ -59,30 +100,48 @@ def test_sample_with_sampler_overrides(diffusion_run, tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "e"), "--start", "0"]) == 2
     assert "start must be in (0, 1], got 0.0" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "f"), "--steps", "4", "--start", "0.5"]) == 0
+    refined = json.loads(str(np.load(tmp_path / "f" / "samples.npz")["sampling"]))
+    assert refined["settings"]["start"] == 0.5 and refined["decoders"]["m1"]["exact"] is False
+    assert main([*base, "--out", str(tmp_path / "g"), "--eta", "0.5", "--sampler", "euler_maruyama"]) == 2
+    assert "eta applies to the ddim sampler, not euler_maruyama" in capsys.readouterr().err
 
 
 def test_warm_start_copies_feedforward_weights_into_the_mean_head(trained, tmp_path):
     _, ff_ckpt = trained
+    from diffmvae.callbacks import warm_start
     from diffmvae.checkpoint import instantiate
 
-    cfg = diffusion_config()
-    module = instantiate(cfg["model"])
-    module.warm_start(ff_ckpt)
+    module = instantiate(diffusion_config(shared=True)["model"])
+    copied = warm_start(module.model, ff_ckpt)
     ff = torch.load(ff_ckpt, weights_only=True)["ema_state_dict"]
-    head = module.model.decoders["m1"].mean_head.state_dict()
-    for k, v in head.items():
-        torch.testing.assert_close(v, ff[f"decoders.m1.{k}"])
+    for m in ("m1", "m2"):
+        for k, v in module.model.decoders["images"].mean_heads[m].state_dict().items():
+            torch.testing.assert_close(v, ff[f"decoders.{m}.{k}"])
     for k, v in module.model.encoders.state_dict().items():
         torch.testing.assert_close(v, ff[f"encoders.{k}"])
+    assert copied == len(ff)  # every tensor of the feed-forward run found its place
+
+
+def test_warm_start_callback_in_a_fit(trained, tmp_path, capsys):
+    _, ff_ckpt = trained
+    cfg = diffusion_config()
+    cfg["trainer"]["max_steps"] = 1
+    path, run = write_config(tmp_path, cfg, callbacks=[{"class_path": "diffmvae.callbacks.WarmStart", "init_args": {"ckpt": str(ff_ckpt)}}])
+    assert main(["fit", "--config", str(path)]) == 0
+    path, run = write_config(tmp_path / "bad", cfg, callbacks=[{"class_path": "diffmvae.callbacks.WarmStart", "init_args": {"ckpt": "nope.ckpt"}}])
+    assert main(["fit", "--config", str(path)]) == 2
+    assert "warm-start checkpoint nope.ckpt does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     "process, message",
     [
-        ({"class_path": "decoders.diffusion.DDPMProcess", "init_args": {"sampler": "heun"}}, "unknown sampler 'heun'"),
+        ({"class_path": "decoders.diffusion.DDPMProcess", "init_args": {"sampler": {"class_path": "decoders.diffusion.Heun"}}}, "Heun"),
         ({"class_path": "decoders.diffusion.DDPMProcess", "init_args": {"prediction": "score"}}, 'Parser key "prediction": Expected a typing.Literal'),
         ({"class_path": "decoders.diffusion.ScoreSDEProcess", "init_args": {"weighting": "snr"}}, "unknown DSM weighting 'snr'"),
         ({"class_path": "decoders.diffusion.VDMProcess", "init_args": {"schedule": {"class_path": "decoders.diffusion.Cosine"}}}, "Cosine"),
+        ({"class_path": "decoders.diffusion.VDMProcess",
+          "init_args": {"sampler": {"class_path": "decoders.diffusion.EulerMaruyama"}}}, "euler_maruyama needs the VP-SDE"),
     ],
 )
 def test_bad_diffusion_config_fails_at_start_up(process, message, tmp_path, capsys):
@@ -93,34 +152,31 @@ def test_bad_diffusion_config_fails_at_start_up(process, message, tmp_path, caps
     assert not (run / "checkpoints").exists()  # it stopped before training
 
 
-def test_shared_backbone_trains_one_unet_and_round_trips(tmp_path):
-    cfg = diffusion_config(share_backbone=True)
-    cfg["model"]["init_args"]["decoders"]["m0"] = cfg["model"]["init_args"]["decoders"]["m1"]
-    path, run = write_config(tmp_path, cfg)
+def test_one_decoder_for_two_modalities_trains_and_round_trips(tmp_path):
+    path, run = write_config(tmp_path, diffusion_config(shared=True), callbacks=[WARMUP])
     assert main(["fit", "--config", str(path)]) == 0
     raw = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     ema, state = raw["ema_state_dict"], raw["state_dict"]
-    key = "decoders.{}.net.out.2.weight"
-    # one UNet under both names, in the raw weights and in the EMA weights alike
-    torch.testing.assert_close(ema[key.format("m0")], ema[key.format("m1")])
-    torch.testing.assert_close(state["model." + key.format("m0")], state["model." + key.format("m1")])
-    assert not torch.equal(ema[key.format("m0")], state["model." + key.format("m0")])  # the EMA lags the raw weights
+    key = "decoders.images.net.out.2.weight"
+    assert not torch.equal(ema[key], state["model." + key])  # the EMA lags the raw weights
     model = load_run(run / "checkpoints" / "last.ckpt").module.model
-    assert model.decoders["m0"].net is model.decoders["m1"].net
-    assert model.decoders["m0"].mean_head is not model.decoders["m1"].mean_head
-    torch.testing.assert_close(model.decoders["m1"].net.out[2].weight, ema[key.format("m1")])
+    assert model.decoder_of == {"m0": "m0", "m1": "images", "m2": "images"}
+    torch.testing.assert_close(model.decoders["images"].net.out[2].weight, ema[key])
+    assert main(["sample", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--given", "m0", "--n", "2", "--out", str(tmp_path / "s")]) == 0
+    assert np.load(tmp_path / "s" / "samples.npz")["m2"].shape == (2, 3, 28, 28)
 
 
-def test_shared_backbone_needs_a_mean_head():
-    from decoders import DiffusionDecoder
-    from decoders.diffusion_decoder import share_backbones
-
-    film = {m: DiffusionDecoder(4, image_size=8, unet_channels=(8, 8), emb_dim=16, conditioning="film") for m in ("a", "b")}
-    with pytest.raises(ValueError, match="decoder 'a' has conditioning 'film'"):
-        share_backbones(film)
-    with pytest.raises(ValueError, match="needs at least two diffusion decoders"):
-        share_backbones({"a": film["a"]})
-    other = {"a": DiffusionDecoder(4, image_size=8, unet_channels=(8, 8), emb_dim=16),
-             "b": DiffusionDecoder(4, image_size=8, unet_channels=(8, 16), emb_dim=16)}
-    with pytest.raises(ValueError, match="decoder 'b' has a UNet of other sizes"):
-        share_backbones(other)
+def test_default_sampling_of_a_run_is_its_config_value(tmp_path):
+    """A refinement start is opt-in and named in the config (``sampling.start``); `diffmvae sample` then uses and
+    records it, and the command line can still ask for exact samples."""
+    cfg = diffusion_config()
+    cfg["trainer"]["max_steps"] = 1
+    cfg["model"]["init_args"]["sampling"] = {"start": 0.5, "steps": 2}
+    path, run = write_config(tmp_path, cfg)
+    assert main(["fit", "--config", str(path)]) == 0
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    assert main(["sample", "--ckpt", ckpt, "--given", "m0", "--n", "2", "--out", str(tmp_path / "a")]) == 0
+    assert main(["sample", "--ckpt", ckpt, "--given", "m0", "--n", "2", "--out", str(tmp_path / "b"), "--start", "1"]) == 0
+    a, b = (json.loads(str(np.load(tmp_path / d / "samples.npz")["sampling"])) for d in ("a", "b"))
+    assert a["settings"]["start"] == 0.5 and a["decoders"]["m1"]["exact"] is False and a["decoders"]["m1"]["steps"] == 2
+    assert b["settings"]["start"] == 1.0 and b["decoders"]["m1"]["exact"] is True

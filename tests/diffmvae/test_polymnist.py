@@ -13,7 +13,7 @@ def test_reads_the_published_layout(tmp_path):
     item = test[2]
     assert set(item) == {"m0", "m1", "m2", "label"} and item["m1"].shape == (3, 28, 28)
     assert 0 <= item["m0"].min() and item["m0"].max() <= 1 and item["m0"].dtype == torch.float32
-    name = next((root / "test" / "m0").glob(f"2.*.png")).name
+    name = next((root / "test" / "m0").glob("2.*.png")).name
     assert item["label"] == int(name.split(".")[1])
     train, val = PolyMNIST(root, "train", 3, val_fraction=0.25), PolyMNIST(root, "val", 3, val_fraction=0.25)
     assert len(train) == 15 and len(val) == 5

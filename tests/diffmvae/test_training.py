@@ -1,9 +1,8 @@
 import pytest
-import torch
 
 from conftest import tiny_image_vae
 from decoders.optim import lr_factor
-from diffmvae.training import DiffMVAE
+from diffmvae.training import TrainingModule, staged_lr_factor
 
 
 def test_lr_factor_warmup_then_cosine_to_zero():
@@ -19,19 +18,29 @@ def test_lr_factor_constant_after_warmup():
     assert [lr_factor(s, schedule="constant", warmup=2, total=10) for s in (0, 1, 2, 50)] == [0.5, 1.0, 1.0, 1.0]
 
 
-def test_unknown_lr_schedule_is_refused():
-    model = tiny_image_vae()
+def test_bad_module_settings_are_refused():
     with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
-        DiffMVAE(dict(model.encoders), dict(model.decoders), model.latent_dim, lr_schedule="linear")
+        TrainingModule(tiny_image_vae(), lr_schedule="linear")
     with pytest.raises(ValueError, match="warmup_steps"):
-        DiffMVAE(dict(model.encoders), dict(model.decoders), model.latent_dim, warmup_steps=-1)
+        TrainingModule(tiny_image_vae(), warmup_steps=-1)
+    with pytest.raises(ValueError, match="modality_weights names unknown modality 'm9'"):
+        TrainingModule(tiny_image_vae(), modality_weights={"m9": 2.0})
 
 
-def test_staged_lr_schedule_restarts_at_the_diffusion_stage():
-    from diffmvae.training import staged_lr_factor
-
-    f = lambda step: staged_lr_factor(step, schedule="cosine", warmup=10, total=300, stage=100)  # noqa: E731
+def test_staged_lr_schedule_restarts_where_asked():
+    f = lambda step: staged_lr_factor(step, schedule="cosine", warmup=10, total=300, restarts=(100,))  # noqa: E731
     assert f(0) == pytest.approx(0.1) and f(99) < 0.01  # stage 1: warm-up, then decay to ~0 at step 100
     assert f(100) == pytest.approx(0.1) and f(109) == pytest.approx(1.0)  # stage 2: its own warm-up
     assert f(299) < 0.001
     assert staged_lr_factor(50, schedule="cosine", warmup=10, total=300) == lr_factor(50, schedule="cosine", warmup=10, total=300)
+    g = lambda step: staged_lr_factor(step, schedule="cosine", warmup=0, total=300, restarts=(100, 200, 999))  # noqa: E731
+    assert g(100) == g(200) == pytest.approx(1.0) and g(150) == pytest.approx(0.5) and g(250) == pytest.approx(0.5)
+
+
+def test_module_holds_the_model_it_is_given_and_collects_restarts():
+    vae = tiny_image_vae()
+    module = TrainingModule(vae, lr_restarts=[50])
+    assert module.model is vae
+    module.add_lr_restart(20)
+    module.add_lr_restart(50)
+    assert module.lr_restarts == [20, 50]

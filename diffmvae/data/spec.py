@@ -1,0 +1,58 @@
+"""Modality specs: what a data set declares about each of its modalities.
+
+Everything that needs to know what a modality is (the sample grids, the judges of evaluation, the null value of a
+missing modality, which modalities ``samples.npz`` stores as images) reads the spec instead of guessing from tensor
+shapes. Every data module exposes ``specs: dict[str, ModalitySpec]`` in modality order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Kind = Literal["image", "label", "attributes", "vector"]
+Judge = Literal["classifier", "value", "none"]
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """Attributes:
+        kind: ``image`` (float ``[C, H, W]`` in [0, 1]), ``label`` (an integer class, shape ``()``), ``attributes``
+            (a 0/1 vector ``[A]``) or ``vector`` (float ``[D]``).
+        shape: the shape of one example.
+        num_classes: the classes of a ``label`` modality.
+        judge: how evaluation reads a generated sample against the example's label: ``classifier`` (a classifier
+            trained on the real modality, the coherence protocol of DESIGN §3), ``value`` (the modality is itself
+            the label) or ``none`` (not judged).
+    """
+
+    kind: Kind
+    shape: tuple[int, ...]
+    num_classes: int | None = None
+    judge: Judge = "classifier"
+
+    def __post_init__(self) -> None:
+        if self.kind == "image" and len(self.shape) != 3:
+            raise ValueError(f"an image modality has shape [C, H, W], got {list(self.shape)}")
+        if self.kind == "label" and (self.shape != () or not self.num_classes):
+            raise ValueError("a label modality has shape () and num_classes")
+
+    @property
+    def is_image(self) -> bool:
+        return self.kind == "image"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.long if self.kind == "label" else torch.float32
+
+    def null(self) -> Tensor:
+        """The placeholder of one missing example (zeros of the modality's shape and dtype); models never read it,
+        since every term and expert of a missing modality is masked out."""
+        return torch.zeros(self.shape, dtype=self.dtype)
+
+
+def image_spec(channels: int = 3, size: int = 28) -> ModalitySpec:
+    return ModalitySpec("image", (channels, size, size))
