@@ -65,6 +65,9 @@ def load_run(path: str | Path, *, use_ema: bool = True) -> LoadedRun:
     config = ckpt.get("diffmvae_config")
     if not isinstance(config, dict) or "model" not in config or "data" not in config:
         raise DiffMVAEError(f"checkpoint {path} has no run config; it was not written by `diffmvae fit`")
+    if config["model"].get("class_path") == "diffmvae.DiffMVAE":
+        raise DiffMVAEError(f"checkpoint {path} was written by diffmvae 0.1 (model class diffmvae.DiffMVAE), whose configs this version "
+                            "no longer reads; retrain it with a current config (see the README's 'Upgrading from 0.1')")
     try:
         module = instantiate(config["model"])
         datamodule = instantiate(config["data"])

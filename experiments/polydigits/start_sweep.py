@@ -54,6 +54,7 @@ def main() -> None:
     p.add_argument("--reference", default=None, help="another checkpoint to show as a point (e.g. the feed-forward model)")
     add_sampling_arguments(p)  # --sampler/--steps/--eta/--guidance apply to every start; --start is ignored (see --starts)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classifiers", default=None, help="classifier file (default: the cached set of `diffmvae evaluate`)")
     p.add_argument("--out", default=None, help="directory for start_sweep.png/.json (default: beside the checkpoint)")
     args = p.parse_args()
     starts = [float(s) for s in args.starts.split(",")]
@@ -65,7 +66,7 @@ def main() -> None:
         raise SystemExit(f"{args.ckpt} has no diffusion decoder")
     given = parse_given(args.given, model.modalities)
     test = collate_split(run.datamodule.dataset("test"))
-    classifiers, _, _ = classifiers_for_run(run, None)
+    classifiers, _, _ = classifiers_for_run(run, args.classifiers)
     extractors = {m: FeatureExtractor(c) for m, c in classifiers.items()}
     z = latents(model, test, given, args.seed)
     rows = []

@@ -94,6 +94,16 @@ def test_missing_and_corrupt_checkpoints(tmp_path, capsys):
     assert len(err) == 1 and "is not a readable checkpoint" in err[0]
 
 
+def test_a_checkpoint_of_version_0_1_is_refused_in_one_line(trained, tmp_path, capsys):
+    raw = torch.load(trained[1], weights_only=True)
+    raw["diffmvae_config"]["model"] = {"class_path": "diffmvae.DiffMVAE", "init_args": {"latent_dim": 4}}
+    old = tmp_path / "old.ckpt"
+    torch.save(raw, old)
+    assert main(["sample", "--ckpt", str(old), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "was written by diffmvae 0.1" in err and not (tmp_path / "o").exists()
+
+
 def test_existing_output_is_replaced_whole_never_half(trained, tmp_path, monkeypatch):
     _, ckpt = trained
     out = tmp_path / "o"
