@@ -7,7 +7,8 @@ from decoders.context import ContextImageDecoder
 from decoders.diffusion_decoder import DiffusionDecoder
 from decoders.feedforward import ConvImageDecoder, FeedForwardDecoder, MLPDecoder
 from decoders.likelihoods import Likelihood, log_prob
+from decoders.mt_diffusion import Aggregate, Head, MTDiffusionDecoder
 from decoders.sampling import SamplingSettings
 
-__all__ = ["ContextImageDecoder", "ConvImageDecoder", "Decoder", "DiffusionDecoder", "FeedForwardDecoder", "Likelihood", "MLPDecoder",
+__all__ = ["Aggregate", "Head", "MTDiffusionDecoder", "ContextImageDecoder", "ConvImageDecoder", "Decoder", "DiffusionDecoder", "FeedForwardDecoder", "Likelihood", "MLPDecoder",
            "Observed", "SamplingSettings", "log_prob"]

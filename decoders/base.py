@@ -86,6 +86,15 @@ class Decoder(nn.Module):
             self.modalities = (key,)
         return self
 
+    def check_specs(self, specs: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` (one line) when the data's modality specs (``diffmvae.data.ModalitySpec``: ``kind``,
+        ``shape``, ``num_classes``) do not fit this decoder; called before training. The default accepts anything."""
+
+    def term_weights(self) -> dict[str, float]:
+        """Default weights of this decoder's terms by term name (part of its objective, like eq. 6's ``lambda``);
+        the trainer's ``term_weights`` override them."""
+        return {}
+
     def bound_terms(self) -> frozenset[str]:
         """The term kinds whose sum is an upper bound on ``-log p(x_m | z)`` for each target (empty when the loss is
         a surrogate, as DDPM's simple loss is); evaluation reports an ELBO only when every modality has one."""

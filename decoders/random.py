@@ -34,3 +34,8 @@ def multinomial(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     """One index per row of ``probs [B, K]`` (``[B]``), on ``probs``' device."""
     source = _source(generator, probs.device)
     return torch.multinomial(probs.to(source), 1, generator=generator).squeeze(-1).to(probs.device)
+
+
+def randint(high: int, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> Tensor:
+    """Integers uniform in ``0..high-1``, ``shape``, on ``device``."""
+    return torch.randint(high, shape, generator=generator, device=_source(generator, device)).to(device)

@@ -25,12 +25,15 @@ class Condition:
             the unconditional prediction of guidance and Unite-and-Conquer).
         shift: ``[B, C, H, W]``, for a backbone that models ``x - shift`` (the residual conditioning of
             :class:`~decoders.DiffusionDecoder`, which re-expresses its predictions for ``x``); the UNet ignores it.
+        vector: ``[B, D]`` another condition entering through the embedding (e.g. a label's probability vector:
+            MT-Diffusion's backbone route), or ``None``.
     """
 
     z: Tensor | None = None
     image: Tensor | None = None
     drop: Tensor | None = None
     shift: Tensor | None = None
+    vector: Tensor | None = None
 
 
 class UNet2d(nn.Module):
@@ -43,6 +46,7 @@ class UNet2d(nn.Module):
         cond_channels: channels of the conditioning image (0: none).
         channels: width per level; ``image_size`` must be divisible by ``2^(len(channels) - 1)``.
         emb_dim: size of the time (+ condition) embedding.
+        vector_dim: size of ``Condition.vector`` (0: none), embedded and added to the time embedding.
     """
 
     def __init__(
@@ -54,10 +58,14 @@ class UNet2d(nn.Module):
         emb_dim: int = 128,
         attention_levels: Sequence[int] = (),
         dropout: float = 0.0,
+        vector_dim: int = 0,
     ) -> None:
         super().__init__()
         if not channels:
             raise ValueError("UNet2d needs at least one level")
+        self.channels, self.vector_dim = tuple(channels), vector_dim
+        if vector_dim:
+            self.vector_embed = nn.Sequential(nn.Linear(vector_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.in_channels, self.latent_dim, self.cond_channels, self.emb_dim = in_channels, latent_dim, cond_channels, emb_dim
         self.levels = len(channels)
         self.time = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -85,10 +93,16 @@ class UNet2d(nn.Module):
             if cond.drop is not None:
                 z_emb = torch.where(cond.drop[:, None], self.null_z.expand_as(z_emb), z_emb)
             emb = emb + z_emb
+        if self.vector_dim:
+            if cond is None or cond.vector is None:
+                raise ValueError(f"this UNet takes a {self.vector_dim}-d condition vector; pass Condition(vector=...)")
+            vector = cond.vector if cond.drop is None else cond.vector * (~cond.drop).to(cond.vector.dtype)[:, None]
+            emb = emb + self.vector_embed(vector)
         return emb
 
-    def forward(self, x_t: Tensor, t: Tensor, cond: Condition | None = None) -> Tensor:
-        """``x_t [B, C, H, W]``, ``t [B]`` -> ``[B, C, H, W]``."""
+    def forward(self, x_t: Tensor, t: Tensor, cond: Condition | None = None, features: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """``x_t [B, C, H, W]``, ``t [B]`` -> ``[B, C, H, W]``; with ``features``, also ``{"mid": middle block output
+        [B, C_last, h, w], "out": last up block output [B, C_0, H, W]}`` (for heads reading the backbone)."""
         emb = self.embed(t, cond)
         h = x_t
         if self.cond_channels:
@@ -104,9 +118,11 @@ class UNet2d(nn.Module):
             if i < len(self.pool):
                 h = self.pool[i](h)
         h = self.mid(h, emb)
+        mid = h
         for block in self.up:
             skip = skips.pop()
             if h.shape[-2:] != skip.shape[-2:]:
                 h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
             h = block(torch.cat([h, skip], dim=1), emb)
-        return self.out(h)
+        out = self.out(h)
+        return (out, {"mid": mid, "out": h}) if features else out

@@ -76,7 +76,8 @@ def _parser_error(text: str) -> str:
     while (match := re.search(r"Problem with given class_path '([^']+)': (.*)", what)) is not None:
         where, what = match.group(1), match.group(2)
     if where is None:
-        return text[:400]
+        listed = re.search(r"Errors: - (.*?)(?: - Expected a <class 'NoneType'>| Given value|$)", text)
+        return (listed.group(1).strip() if listed else text)[:400]
     what = re.split(r" - Expected a <class| Given value", what)[0].strip()
     outer = re.match(r'Parser key "([^"]+)"', text)
     prefix = f'config key "{outer.group(1)}" ' if outer else ""
@@ -148,6 +149,8 @@ def check_data(model: Any, datamodule: Any) -> None:
     if missing:
         raise DiffMVAEError(f"the model has modality {missing[0]!r}, which the data ({type(datamodule).__name__}) does not have; "
                             f"it has {', '.join(specs)}")
+    for decoder in model.decoders.values():
+        decoder.check_specs(specs)
 
 
 def _sample(argv: list[str]) -> int:

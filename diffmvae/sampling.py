@@ -54,6 +54,8 @@ def choose_prior(
     one beside ``model_ckpt``), ``gaussian`` (``N(0, I)``), or ``auto`` (score when one exists)."""
     from diffmvae.latent_prior import default_prior_path, load_prior
 
+    if not getattr(model, "latent_dim", 0):
+        return None, "none (no latent)"
     path = Path(prior_ckpt) if prior_ckpt else default_prior_path(model_ckpt)
     if choice == "gaussian" or (choice == "auto" and not prior_ckpt and not path.is_file()):
         return model.prior, "gaussian"

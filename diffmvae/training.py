@@ -50,7 +50,8 @@ class TrainingModule(L.LightningModule):
         beta: weight of the KL term.
         modality_weights: per-modality weight of every term of that modality (``lambda_j`` of seed 003 eq. 17 for
             diffusion decoders); 1 where not given.
-        term_weights: weight per term kind (``mean_nll``, ``diffusion``, ...) or per term name (``m0/mean_nll``).
+        term_weights: weight per term kind (``mean_nll``, ``diffusion``, ...) or per term name (``m0/mean_nll``), over
+            the defaults the decoders declare (``Decoder.term_weights``).
         lr, weight_decay: AdamW settings. Gradient clipping is the Trainer's ``gradient_clip_val``.
         lr_schedule, warmup_steps: ``constant`` or ``cosine`` decay to zero over the run's optimizer steps
             (``trainer.estimated_stepping_batches``), after a linear warm-up.
@@ -83,7 +84,8 @@ class TrainingModule(L.LightningModule):
             raise ValueError(f"unknown lr_schedule {lr_schedule!r}; expected one of {', '.join(get_args(LRSchedule))}")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        self.beta, self.modality_weights, self.term_weights = beta, dict(modality_weights or {}), dict(term_weights or {})
+        self.beta, self.modality_weights = beta, dict(modality_weights or {})
+        self.term_weights = {**model.default_term_weights(), **(term_weights or {})}
         self.lr, self.weight_decay, self.lr_schedule, self.warmup_steps = lr, weight_decay, lr_schedule, warmup_steps
         self.lr_restarts = sorted(set(lr_restarts))
         self.sampling = SamplingSettings.coerce(sampling)

@@ -4,7 +4,7 @@ argument (recorded by ``save_hyperparameters``), so it lands in the run's config
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from diffmvae.data.masking import MaskedCopies, ratio_range
 from diffmvae.data.polydigits import BACKGROUND_SCALE, TEXTURE_CONTRAST, TEXTURE_MEANS, VERSION, PolyDigits, Split
 from diffmvae.data.polymnist import PolyMNIST
 from diffmvae.data.spec import ModalitySpec, image_spec
@@ -113,12 +114,17 @@ class PolyDigitsDataModule(MultimodalDataModule):
     """PolyDigits with ``M`` modalities.
 
     Args:
-        num_modalities: ``M`` in 2..10.
+        num_modalities: ``M`` in 1..10.
         batch_size: examples per step (per process under DDP).
         seed: dataset seed (pairing and crops), independent of the training seed.
         train_length: training examples (default: one per handwriting instance, 1257).
         texture_contrast, texture_means, background_scale: the texture recipe
             (:func:`diffmvae.data.polydigits.background`; ``texture_contrast: 1.0`` is the harder variant).
+        label_modality: the digit label is also a modality named ``label`` (a categorical one; its own value is the
+            judge of coherence), for models that generate labels (MT-Diffusion's image-label task).
+        masked: image modalities that get a masked copy ``<m>_masked`` (and the mask ``<m>_mask``): random
+            ``mask_patch``-pixel patches, a ``mask_ratio`` share of them (a number, or ``[low, high]`` drawn per
+            example), replaced by mid-grey (seed 000 §4.1).
         missing_rate: probability of dropping each modality of a training example (incomplete data).
         num_workers: DataLoader workers.
     """
@@ -132,6 +138,10 @@ class PolyDigitsDataModule(MultimodalDataModule):
         texture_contrast: float = TEXTURE_CONTRAST,
         texture_means: tuple[float, float] = TEXTURE_MEANS,
         background_scale: float = BACKGROUND_SCALE,
+        label_modality: bool = False,
+        masked: Sequence[str] = (),
+        mask_patch: int = 7,
+        mask_ratio: float | tuple[float, float] = 0.5,
         missing_rate: float = 0.0,
         num_workers: int = 0,
     ) -> None:
@@ -140,6 +150,14 @@ class PolyDigitsDataModule(MultimodalDataModule):
         self.num_modalities, self.train_length = num_modalities, train_length
         self.recipe = {"texture_contrast": texture_contrast, "texture_means": tuple(texture_means), "background_scale": background_scale}
         self.specs = {f"m{k}": image_spec(3, 28) for k in range(num_modalities)}
+        unknown = [m for m in masked if m not in self.specs]
+        if unknown:
+            raise ValueError(f"masked names {unknown[0]!r}, which is not an image modality ({', '.join(self.specs)})")
+        ratio_range(mask_patch, mask_ratio)
+        self.masked, self.mask_patch, self.mask_ratio = tuple(masked), mask_patch, mask_ratio
+        self.specs.update({f"{m}_masked": image_spec(3, 28) for m in self.masked})
+        if label_modality:
+            self.specs["label"] = ModalitySpec("label", (), num_classes=10, judge="value")
 
     @property
     def version(self) -> int:
@@ -147,7 +165,8 @@ class PolyDigitsDataModule(MultimodalDataModule):
         return VERSION
 
     def make_dataset(self, split: Split) -> Dataset:
-        return PolyDigits(split, self.num_modalities, self.seed, self.train_length if split == "train" else None, **self.recipe)
+        ds = PolyDigits(split, self.num_modalities, self.seed, self.train_length if split == "train" else None, **self.recipe)
+        return MaskedCopies(ds, self.masked, self.mask_patch, self.mask_ratio, self.seed) if self.masked else ds
 
 
 class PolyMNISTDataModule(MultimodalDataModule):

@@ -106,7 +106,7 @@ class PolyDigits(Dataset):
 
     Args:
         split: ``train``, ``val`` or ``test``; their handwriting instances are disjoint.
-        num_modalities: ``M`` in 2..10.
+        num_modalities: ``M`` in 1..10.
         seed: fixes the pairing of instances across modalities and the background crops.
         length: number of examples (default: one per instance of the split); longer sets re-pair instances.
         texture_contrast, texture_means, background_scale: the texture recipe (:func:`background`).
@@ -118,8 +118,8 @@ class PolyDigits(Dataset):
     def __init__(self, split: Split = "train", num_modalities: int = 5, seed: int = 0, length: int | None = None,
                  texture_contrast: float = TEXTURE_CONTRAST, texture_means: tuple[float, float] = TEXTURE_MEANS,
                  background_scale: float = BACKGROUND_SCALE) -> None:
-        if not 2 <= num_modalities <= MAX_MODALITIES:
-            raise ValueError(f"num_modalities must be in 2..{MAX_MODALITIES}, got {num_modalities}")
+        if not 1 <= num_modalities <= MAX_MODALITIES:
+            raise ValueError(f"num_modalities must be in 1..{MAX_MODALITIES}, got {num_modalities}")
         if not 0.0 <= texture_contrast <= 1.0 or not all(0.0 <= t <= 1.0 for t in texture_means) or not 0 < background_scale <= 1:
             raise ValueError(f"texture_contrast and texture_means must lie in [0, 1] and background_scale in (0, 1], got "
                              f"{texture_contrast}, {list(texture_means)}, {background_scale}")

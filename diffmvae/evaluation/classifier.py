@@ -45,6 +45,20 @@ class ImageClassifier(nn.Module):
         return self.head(self.features(x))
 
 
+class ValueJudge(nn.Module):
+    """The judge of a modality that is itself the label (a ``label`` modality, spec ``judge: value``): its "logits"
+    are the one-hot value, so :func:`predict` returns the value."""
+
+    multilabel = False
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.one_hot(x.long(), self.num_classes).float()
+
+
 def _augment(x: Tensor, generator: torch.Generator) -> Tensor:
     """Random shifts of up to 2 pixels (the classifier must not rely on exact placement)."""
     padded = F.pad(x, (2, 2, 2, 2), mode="replicate")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from diffmvae.checkpoint import LoadedRun, instantiate, load_run
-from diffmvae.evaluation.classifier import fit_classifier_set, load_classifier_set, save_classifier_set
+from diffmvae.evaluation.classifier import ValueJudge, fit_classifier_set, load_classifier_set, save_classifier_set
 from diffmvae.evaluation.report import write_report
 from diffmvae.evaluation.suite import EvalSettings, evaluate_model
 from diffmvae.io import DiffMVAEError
@@ -49,6 +49,7 @@ def classifiers_for_run(run: LoadedRun, path: str | Path | None, progress: bool 
     missing = [m for m in run.module.model.modalities if specs[m].judge == "classifier" and m not in classifiers]
     if missing:
         raise DiffMVAEError(f"classifier file {path} has no classifier for modality {missing[0]!r}")
+    classifiers.update({m: ValueJudge(spec.num_classes) for m, spec in specs.items() if spec.judge == "value" and m in run.module.model.modalities})
     return classifiers, accuracy, Path(path)
 
 
@@ -97,7 +98,7 @@ def evaluate_checkpoints(
                         "sampling": sampling_record(model, run_sampling)})
         summaries.append(summary)
         rows += model_rows
-        log.info("%s: coherence %s, unconditional %.3f; FD %s (%.0fs)", name,
+        log.info("%s: coherence %s, unconditional %s; FD %s (%.0fs)", name,
                  {k: round(v, 3) for k, v in summary["coherence"]["conditional"].items()}, summary["coherence"]["unconditional"],
                  {k: round(v, 1) for k, v in summary["fd"]["conditional"].items()}, summary["seconds"])
     return write_report(out, summaries, rows)

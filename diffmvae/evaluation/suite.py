@@ -78,7 +78,7 @@ def conditional_metrics(
     """Rows ``{metric, k, target, value}`` of conditional coherence and FD, per target and averaged (``mean``)."""
     n = labels.shape[0]
     rows: list[dict[str, Any]] = []
-    todo = [(k, s) for k, ss in subsets.items() for s in ss]
+    todo = [(k, s) for k, ss in subsets.items() for s in ss if model.can_generate(s)]
     pools: dict[tuple[int, str], list[Tensor]] = {}
     hits: dict[tuple[int, str], list[float]] = {}
     for i, (k, subset) in enumerate(tqdm(todo, desc="conditional generation", disable=not progress, leave=False)):
@@ -92,10 +92,11 @@ def conditional_metrics(
     for k in subsets:
         targets = [t for t in model.modalities if (k, t) in hits]
         coh = {t: float(np.mean(hits[(k, t)])) for t in targets}
-        fd = {t: frechet_distance(test[t], torch.cat(pools[(k, t)]), extractors[t]) for t in targets}
+        fd = {t: frechet_distance(test[t], torch.cat(pools[(k, t)]), extractors[t]) for t in targets if t in extractors}
         for metric, values in (("coherence", coh), ("fd", fd)):
             rows += [{"metric": metric, "k": k, "target": t, "value": v} for t, v in values.items()]
-            rows.append({"metric": metric, "k": k, "target": "mean", "value": float(np.mean(list(values.values())))})
+            if values:
+                rows.append({"metric": metric, "k": k, "target": "mean", "value": float(np.mean(list(values.values())))})
     return rows
 
 
@@ -113,10 +114,13 @@ def unconditional_metrics(
     """Rows of unconditional coherence (``all`` and ``at_least_k`` agree) and FD per modality and mean."""
     generator = torch.Generator().manual_seed(seed + 104729)
     samples = generate_from_subset(model, {}, [], n, generator=generator, sampling=sampling, prior=prior, progress=False)
-    rows = [{"metric": "coherence_unconditional", "k": 0, "target": key, "value": v} for key, v in unconditional_coherence(samples, classifiers).items()]
+    judged = [m for m in samples if m in classifiers]
+    rows = [] if len(judged) < 2 else [{"metric": "coherence_unconditional", "k": 0, "target": key, "value": v}
+                                       for key, v in unconditional_coherence(samples, classifiers).items()]
     fd = {m: frechet_distance(test[m], samples[m], extractors[m]) for m in model.modalities if m in extractors}
     rows += [{"metric": "fd_unconditional", "k": 0, "target": m, "value": v} for m, v in fd.items()]
-    rows.append({"metric": "fd_unconditional", "k": 0, "target": "mean", "value": float(np.mean(list(fd.values())))})
+    if fd:
+        rows.append({"metric": "fd_unconditional", "k": 0, "target": "mean", "value": float(np.mean(list(fd.values())))})
     return rows
 
 
@@ -171,7 +175,9 @@ def elbo_on_split(model: MultimodalModel, test: Mapping[str, Tensor], *, seed: i
 
 def bits_per_dim(model: MultimodalVAE, test: Mapping[str, Tensor], *, seed: int, batch_size: int = 256) -> dict[str, float]:
     """``{modality: bits/dim}`` for every decoder that bounds a discrete likelihood (``Decoder.bits_per_dim``, VDM
-    decoders), with ``z ~ q(z|X)`` of all modalities."""
+    decoders), with ``z ~ q(z|X)`` of all modalities (models with a latent only)."""
+    if not hasattr(model, "sample_latent"):
+        return {}
     device = model.device_of()
     generator = torch.Generator(device=device).manual_seed(seed)
     n = next(iter(test.values())).shape[0]
@@ -204,19 +210,21 @@ def evaluate_model(
     test = collate_split(datamodule.dataset("test"), settings.n_samples)
     if settings.label_key not in test:
         raise DiffMVAEError(f"the test data has no {settings.label_key!r} field; coherence needs labels")
-    labels = test.pop(settings.label_key)
+    labels = test[settings.label_key]
     test = {m: test[m] for m in model.modalities}
     n = labels.shape[0]
     if settings.inception_weights:
         inception = InceptionExtractor(settings.inception_weights)
-        extractors: dict[str, nn.Module] = {m: inception for m in classifiers}
+        extractors: dict[str, nn.Module] = {m: inception for m, c in classifiers.items() if hasattr(c, "features")}
     else:
-        extractors = {m: FeatureExtractor(c) for m, c in classifiers.items()}
+        extractors = {m: FeatureExtractor(c) for m, c in classifiers.items() if hasattr(c, "features")}
     subsets = subsets_by_size(model.modalities, settings.max_subsets, settings.seed)
     rows = conditional_metrics(model, test, labels, subsets, classifiers, extractors, seed=settings.seed, sampling=sampling, progress=progress)
-    rows += unconditional_metrics(model, test, prior, n, classifiers, extractors, seed=settings.seed, sampling=sampling)
+    if model.can_generate(()):
+        rows += unconditional_metrics(model, test, prior, n, classifiers, extractors, seed=settings.seed, sampling=sampling)
     train = collate_split(datamodule.dataset("train"), settings.probe_train)
-    rows += latent_probe_rows(model, train, {**test, settings.label_key: labels}, settings.label_key, subsets, progress)
+    if hasattr(model, "posterior"):  # models with a latent: linear probes on posterior means
+        rows += latent_probe_rows(model, train, {**test, settings.label_key: labels}, settings.label_key, subsets, progress)
     elbo = elbo_on_split(model, test, seed=settings.seed)
     rows += [{"metric": key if key in ("elbo", "objective") else f"term/{key}", "k": len(model.modalities), "target": "all", "value": v}
              for key, v in elbo.items()]
@@ -229,8 +237,9 @@ def evaluate_model(
     uncond = {r["target"]: r["value"] for r in rows if r["metric"] == "coherence_unconditional"}
     summary = {
         "model": name,
-        "coherence": {"conditional": pick("coherence"), "unconditional": uncond["all"], "unconditional_at_least": {k: v for k, v in uncond.items() if k != "all"}},
-        "fd": {"conditional": pick("fd"), "unconditional": pick("fd_unconditional")["0"]},
+        "coherence": {"conditional": pick("coherence"), "unconditional": uncond.get("all"),
+                      "unconditional_at_least": {k: v for k, v in uncond.items() if k != "all"}},
+        "fd": {"conditional": pick("fd"), "unconditional": pick("fd_unconditional").get("0")},
         "latent_probe": pick("latent_probe"),
         "elbo": elbo.get("elbo"),
         "objective": elbo["objective"],

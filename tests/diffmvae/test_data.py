@@ -73,7 +73,7 @@ def test_modality_range(m):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="num_modalities must be in 2..10, got 11"):
+    with pytest.raises(ValueError, match="num_modalities must be in 1..10, got 11"):
         PolyDigits("val", 11)
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         PolyDigits("dev")
@@ -110,3 +110,36 @@ def test_digits_are_centred_20x20_in_28x28():
     inside = strokes[:, :, 4:24, 4:24]
     assert torch.allclose(inside, torch.ones_like(inside))
     assert float(strokes.sum()) == pytest.approx(2 * 20 * 20)  # nothing outside the centred 20x20 box
+
+
+def test_masked_copies_keep_the_unmasked_pixels_and_grey_out_the_patches():
+    from diffmvae.data.masking import FILL, MaskedCopies
+
+    base = PolyDigits("val", 2, seed=0)
+    ds = MaskedCopies(base, ["m0"], patch=7, ratio=(0.25, 0.75), seed=1)
+    fractions = []
+    for i in range(20):
+        item = ds[i]
+        mask, masked, image = item["m0_mask"], item["m0_masked"], item["m0"]
+        assert mask.shape == (1, 28, 28) and set(mask.unique().tolist()) <= {0.0, 1.0}
+        keep = mask.expand_as(image) == 0
+        assert torch.equal(masked[keep], image[keep]) and torch.all(masked[~keep] == FILL)
+        assert torch.equal(item["m1"], base[i]["m1"]) and "m1_masked" not in item
+        cells = mask[0, ::7, ::7]  # one pixel per 7x7 patch: every patch is all in or all out
+        assert torch.equal(mask[0], torch.kron(cells, torch.ones(7, 7)))
+        fractions.append(mask.mean().item())
+    assert min(fractions) >= 0.25 - 1 / 16 and max(fractions) <= 0.75 + 1 / 16 and max(fractions) - min(fractions) > 0.1
+    again = MaskedCopies(base, ["m0"], patch=7, ratio=(0.25, 0.75), seed=1)
+    assert torch.equal(again[3]["m0_mask"], ds[3]["m0_mask"])
+    assert not torch.equal(MaskedCopies(base, ["m0"], 7, (0.25, 0.75), seed=2)[3]["m0_mask"], ds[3]["m0_mask"])
+
+
+def test_datamodule_declares_the_masked_copy_and_the_label_modality():
+    dm = PolyDigitsDataModule(num_modalities=1, masked=["m0"], label_modality=True, train_length=8, batch_size=4)
+    assert list(dm.specs) == ["m0", "m0_masked", "label"]
+    assert dm.specs["label"].num_classes == 10 and dm.specs["label"].judge == "value"
+    assert dm.cache_key() != PolyDigitsDataModule(num_modalities=1, train_length=8).cache_key()
+    with pytest.raises(ValueError, match="'m3'"):
+        PolyDigitsDataModule(num_modalities=2, masked=["m3"])
+    with pytest.raises(ValueError, match="ratio"):
+        PolyDigitsDataModule(num_modalities=1, masked=["m0"], mask_ratio=1.5)

@@ -1,0 +1,355 @@
+"""MT-Diffusion (seed 000; DESIGN §2.7): a joint diffusion over a main image modality whose forward process aggregates
+the other modalities, with a shared UNet predicting the noise and modality heads predicting the other modalities.
+
+* Forward (eq. 3-4): :class:`~decoders.diffusion.aggregation.AggregatedForward`, one weight schedule per modality.
+* Encoders ``E_i`` (Fig. 3), no trainable parameters: ``identity`` (an image in the diffusion space: a masked or a
+  paired image), ``embedding`` (a label through a fixed random image-space pattern per class), and ``backbone``
+  (option 3: the modality enters the UNet through its embedding and adds no offset). Image modalities listed in
+  ``inputs`` are also given to the UNet as input channels (the -X variant; -U gives it ``z_t`` and ``t`` only).
+* Reverse model: the library's UNet with :class:`Head` s reading its middle block (-M) or its output block (-E).
+* Loss (eq. 6, Algorithm 2): the simple eps loss, summed over the main modality's dimensions, plus the heads' losses
+  (cross-entropy for labels, ``||x - x_hat||^2 / 2`` for images) weighted by ``head_weight`` x the number of main
+  dimensions, which is eq. 6's ``lambda`` for the per-dimension eps loss the paper uses.
+* Inference (Algorithm 1): every conditioning modality that is not given starts random and is re-estimated from its
+  head at every step; the step is the library's sampler on the aggregated marginal (``Ancestral(T)`` is Algorithm 1's
+  DDPM step; ``DDIM(50)`` the fast deterministic one). The reverse process starts at the model's prior
+  ``N(c_T(X_hat), I)`` (eq. 4 at ``t = T``; Algorithm 1 writes ``N(0, I)``, the same when the offset is zero).
+
+The decoder serves the main modality and the modalities its heads predict; with ``latent_dim > 0`` it is also
+conditioned on a VAE latent ``z`` (an image-side decoder of a Diff-MVAE); with ``latent_dim = 0`` it is a standalone
+joint model (:class:`diffmvae.joint.JointDiffusion`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from decoders.base import Decoder, Observed, skipped
+from decoders.diffusion.aggregation import AggregatedForward, PaperWeight, WeightSchedule
+from decoders.diffusion.losses import sum_event, training_times
+from decoders.diffusion.parameterization import Prediction, check_prediction, expand, target, to_x0
+from decoders.diffusion.samplers import Ancestral, Sampler
+from decoders.diffusion.schedules import Schedule, VPSchedule
+from decoders.random import randint, randn
+from decoders.sampling import SamplingSettings
+from decoders.unet import Condition, UNet2d
+
+EncoderKind = Literal["identity", "embedding", "backbone"]
+HeadKind = Literal["image", "label"]
+HeadPosition = Literal["mid", "out"]
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """How one modality conditions the diffusion (the encoder ``E_i``).
+
+    Attributes:
+        kind: ``identity`` (an image modality of the main one's shape, scaled to [-1, 1]), ``embedding`` (a label:
+            a fixed random pattern per class in the diffusion space) or ``backbone`` (a label entering the UNet's
+            embedding; it adds no offset).
+        num_classes: the classes of a label modality.
+        weight: its weight schedule ``w_t`` (default :class:`PaperWeight`); unused for ``backbone``.
+        scale: the patterns' standard deviation for ``embedding``.
+    """
+
+    kind: EncoderKind = "identity"
+    num_classes: int | None = None
+    weight: WeightSchedule | None = None
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("identity", "embedding", "backbone"):
+            raise ValueError(f"unknown encoder kind {self.kind!r}; choose identity, embedding or backbone")
+        if self.kind != "identity" and not self.num_classes:
+            raise ValueError(f"a {self.kind!r} encoder is for labels and needs num_classes")
+
+
+@dataclass(frozen=True)
+class Head:
+    """A modality head ``D_i`` on the shared backbone: ``kind`` ``label`` (``num_classes`` logits from pooled features)
+    or ``image`` (``channels`` at the main image's size, from the output block); ``position`` ``mid`` (the middle
+    block, the -M variant) or ``out`` (the last up block, -E)."""
+
+    kind: HeadKind = "label"
+    position: HeadPosition = "out"
+    num_classes: int | None = None
+    channels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("image", "label"):
+            raise ValueError(f"unknown head kind {self.kind!r}; choose image or label")
+        if self.position not in ("mid", "out"):
+            raise ValueError(f"unknown head position {self.position!r}; choose mid or out")
+        if self.kind == "label" and not self.num_classes:
+            raise ValueError("a label head needs num_classes")
+        if self.kind == "image" and self.position != "out":
+            raise ValueError("an image head reads the output block: position 'out'")
+
+
+def coerce(cls: type, value: Any) -> Any:
+    """A dataclass from its config mapping (a stored config holds plain dicts; nested ``class_path`` entries are
+    already built by then)."""
+    return value if isinstance(value, cls) else cls(**dict(value))
+
+
+class LabelHead(nn.Module):
+    """Pooled backbone features ``[B, C, h, w] -> logits [B, K]``."""
+
+    def __init__(self, channels: int, num_classes: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features.mean(dim=(2, 3)))
+
+
+class ImageHead(nn.Module):
+    """Output-block features ``[B, C, H, W] -> image [B, channels, H, W]`` in [-1, 1]."""
+
+    def __init__(self, channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.GroupNorm(math.gcd(8, channels), channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return torch.tanh(self.net(features))
+
+
+class MTDiffusionDecoder(Decoder):
+    """Args:
+        main: the main (image) modality ``z_0`` diffuses.
+        latent_dim: size of the VAE latent ``z`` it is also conditioned on (0: none, a standalone joint model).
+        image_size, image_channels: the main modality's shape.
+        unet_channels, emb_dim, attention_levels, dropout: the shared UNet.
+        aggregate: ``{modality: Aggregate}``, the modalities conditioning the diffusion and their encoders.
+        inputs: image modalities of ``aggregate`` also given to the UNet as input channels (the -X variant).
+        heads: ``{modality: Head}``, the heads predicting other modalities from the backbone.
+        timesteps, schedule, prediction: the discrete diffusion (DDPM's linear schedule, T = 1000, eps).
+        sampler: the default sampler (``Ancestral(T)``: Algorithm 1); ``DDIM(50)`` is the fast one.
+        head_weight: eq. 6's ``lambda`` (relative to the per-dimension eps loss).
+        modalities: what it generates (default: the main modality and, for a standalone joint model, every head's
+            modality; inside a VAE, where other decoders generate those, only the main one). Heads of modalities it
+            does not generate are auxiliary (their terms are named ``<main>/head_<modality>``).
+        seed: seed of the fixed ``embedding`` patterns.
+    """
+
+    def __init__(
+        self,
+        main: str,
+        latent_dim: int = 0,
+        image_size: int = 28,
+        image_channels: int = 3,
+        unet_channels: Sequence[int] = (32, 64, 64),
+        emb_dim: int = 128,
+        attention_levels: Sequence[int] = (),
+        dropout: float = 0.0,
+        aggregate: Mapping[str, Aggregate] | None = None,
+        inputs: Sequence[str] = (),
+        heads: Mapping[str, Head] | None = None,
+        timesteps: int = 1000,
+        schedule: Schedule | None = None,
+        prediction: Prediction = "eps",
+        sampler: Sampler | None = None,
+        head_weight: float = 0.1,
+        modalities: Sequence[str] = (),
+        seed: int = 0,
+    ) -> None:
+        self.aggregate = {m: coerce(Aggregate, a) for m, a in (aggregate or {}).items()}
+        self.heads_spec = {m: coerce(Head, h) for m, h in (heads or {}).items()}
+        super().__init__(modalities or ((main,) if latent_dim else (main, *self.heads_spec)))
+        if main in self.aggregate or main in self.heads_spec:
+            raise ValueError(f"the main modality {main!r} cannot also be aggregated or predicted by a head")
+        unknown = [m for m in inputs if m not in self.aggregate or self.aggregate[m].kind != "identity"]
+        if unknown:
+            raise ValueError(f"inputs names {unknown[0]!r}, which is not an identity-encoded modality of aggregate")
+        if main not in self.modalities:
+            raise ValueError(f"an MT-Diffusion decoder generates its main modality {main!r}; modalities is {list(self.modalities)}")
+        self.main, self.inputs, self.head_weight = main, tuple(inputs), head_weight
+        self.shape = (image_channels, image_size, image_size)
+        self.reads = tuple(m for m in (*self.aggregate, *self.heads_spec) if m not in self.modalities)
+        offsets = {m: a.weight if a.weight is not None else PaperWeight() for m, a in self.aggregate.items() if a.kind != "backbone"}
+        self.forward_process = AggregatedForward(schedule if schedule is not None else VPSchedule(), timesteps, offsets)
+        self.timesteps, self.prediction = timesteps, check_prediction(prediction)
+        self.sampler = sampler if sampler is not None else Ancestral(steps=timesteps)
+        self.sampler.check(self)
+        generator = torch.Generator().manual_seed(seed)
+        for m, a in self.aggregate.items():
+            if a.kind == "embedding":
+                self.register_buffer(f"pattern_{m}", a.scale * torch.randn(a.num_classes, *self.shape, generator=generator))
+        self.backbone_labels = [m for m, a in self.aggregate.items() if a.kind == "backbone"]
+        vector_dim = sum(self.aggregate[m].num_classes for m in self.backbone_labels)
+        self.net = UNet2d(image_channels, latent_dim, image_channels * len(self.inputs), unet_channels, emb_dim, attention_levels, dropout,
+                          vector_dim=vector_dim)
+        width = {"mid": unet_channels[-1], "out": unet_channels[0]}
+        self.head_nets = nn.ModuleDict({
+            m: LabelHead(width[h.position], h.num_classes) if h.kind == "label" else ImageHead(width[h.position], h.channels)
+            for m, h in self.heads_spec.items()
+        })
+        self.latent_dim = latent_dim
+        # Input preconditioning (EDM's c_in): the offset grows with the weights (thousands for the paper's), so the
+        # UNet sees z_t / sqrt(1 + (sum_i atilde_t^(i))^2); a deterministic function of t, it hides nothing.
+        self.register_buffer("c_in", (1 + self.forward_process.atilde.sum(0) ** 2).rsqrt().float(), persistent=False)
+
+    # ------------------------------------------------------------------ encoders and conditions
+    def term_weights(self) -> dict[str, float]:
+        weight = self.head_weight * math.prod(self.shape)
+        return {self.head_term(m): weight for m in self.heads_spec}
+
+    def head_term(self, name: str) -> str:
+        return f"{name}/head" if name in self.modalities else f"{self.main}/head_{name}"
+
+    def data_value(self, name: str, x: Tensor) -> Tensor:
+        """A modality's batch as the decoder works with it: one-hot probabilities for labels, [-1, 1] for images."""
+        a = self.aggregate.get(name)
+        if a is not None and a.kind != "identity":
+            return F.one_hot(x.long(), a.num_classes).to(torch.get_default_dtype())
+        return 2 * x - 1
+
+    def zero_value(self, name: str, batch: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        a = self.aggregate[name]
+        return torch.zeros(batch, *(self.shape if a.kind == "identity" else (a.num_classes,)), device=device, dtype=dtype)
+
+    def random_value(self, name: str, batch: int, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """Algorithm 1's random start of a modality that is not given: a random class, or a noise image."""
+        a = self.aggregate[name]
+        if a.kind != "identity":
+            return F.one_hot(randint(a.num_classes, (batch,), generator, device), a.num_classes).to(dtype)
+        return randn((batch, *self.shape), generator, device, dtype).clamp(-1, 1)
+
+    def encode(self, name: str, value: Tensor) -> Tensor:
+        """``E_i``: identity for images in [-1, 1]; the class patterns weighted by a label's probabilities."""
+        if self.aggregate[name].kind == "identity":
+            return value
+        pattern = getattr(self, f"pattern_{name}")
+        return torch.einsum("bk,kchw->bchw", value.to(pattern.dtype), pattern)
+
+    def condition(self, z: Tensor | None, values: Mapping[str, Tensor], batch: int, device: torch.device) -> tuple[Condition, dict[str, Tensor]]:
+        """The UNet's condition and the forward condition ``{modality: E_i}`` from the current values (data or estimates)."""
+        enc = {m: self.encode(m, values[m]) for m in self.forward_process.names}
+        image = torch.cat([values[m] for m in self.inputs], dim=1) if self.inputs else None
+        vector = torch.cat([values[m] for m in self.backbone_labels], dim=1) if self.backbone_labels else None
+        return Condition(z=z if self.latent_dim else None, image=image, vector=vector), enc
+
+    def network(self, z_t: Tensor, t: Tensor, cond: Condition) -> tuple[Tensor, dict[str, Tensor]]:
+        """The UNet's eps (or v / x0) prediction and the heads' outputs (logits for labels, images in [-1, 1])."""
+        c_in = self.c_in[self.forward_process.index(t).to(self.c_in.device)].to(z_t.dtype)
+        out, feats = self.net(expand(c_in, z_t) * z_t, t, cond, features=True)
+        return out, {m: head(feats[self.heads_spec[m].position]) for m, head in self.head_nets.items()}
+
+    # ------------------------------------------------------------------ loss (Algorithm 2, eq. 6)
+    def loss(self, z: Tensor | None, example: Observed, *, generator: torch.Generator | None = None,
+             skip: frozenset[str] = frozenset()) -> dict[str, Tensor]:
+        if self.main not in example:
+            return {}
+        x0 = 2 * example[self.main] - 1
+        batch, device = x0.shape[0], x0.device
+        values = {}
+        for m in self.aggregate:  # the data where observed, zero (no contribution) where missing
+            value = self.data_value(m, example[m]).to(x0.dtype) if m in example else self.zero_value(m, batch, device, x0.dtype)
+            values[m] = value * expand(example.mask(m).to(x0.dtype), value)
+        cond, enc = self.condition(z, values, batch, device)
+        marginal = self.forward_process.given(enc)
+        t = training_times(batch, self.timesteps, generator, x0)
+        eps = randn(tuple(x0.shape), generator, device, x0.dtype)
+        alpha, sigma = marginal.alpha_sigma(t)
+        out, heads = self.network(marginal.sample(x0, t, eps), t, cond)
+        terms = {}
+        if not skipped("diffusion", skip):
+            terms[f"{self.main}/diffusion"] = sum_event((out - target(self.prediction, x0, eps, alpha, sigma)).pow(2))
+        for m, pred in heads.items():
+            if m not in example or skipped("head", skip):
+                continue
+            if self.heads_spec[m].kind == "label":
+                nll = F.cross_entropy(pred, example[m].long(), reduction="none")
+            else:
+                nll = 0.5 * sum_event((pred - (2 * example[m] - 1)).pow(2))
+            terms[self.head_term(m)] = torch.where(example.mask(m), nll, torch.zeros_like(nll))
+        return terms
+
+    def check_specs(self, specs: Mapping[str, Any]) -> None:
+        """The main modality and identity-encoded ones are images of the main shape; labels have the classes the
+        encoders and heads were built for."""
+        def need(name: str, kind: str, shape: tuple[int, ...] | None = None, classes: int | None = None, what: str = "") -> None:
+            spec = specs[name]
+            if spec.kind != kind or (shape is not None and tuple(spec.shape) != shape) or (classes is not None and spec.num_classes != classes):
+                found = f"{spec.kind} {list(spec.shape)}" + (f" with {spec.num_classes} classes" if spec.num_classes else "")
+                want = f"an image {list(shape)}" if kind == "image" else f"a label with {classes} classes"
+                raise ValueError(f"MT-Diffusion {what} of {name!r} needs {want}; the data has {found}")
+
+        need(self.main, "image", self.shape, what="main modality")
+        for m, a in self.aggregate.items():
+            need(m, "image", self.shape, what="identity encoder") if a.kind == "identity" else need(m, "label", classes=a.num_classes, what=f"{a.kind} encoder")
+        for m, h in self.heads_spec.items():
+            need(m, "image", (h.channels, *self.shape[1:]), what="image head") if h.kind == "image" else need(m, "label", classes=h.num_classes, what="label head")
+
+    # ------------------------------------------------------------------ generation (Algorithm 1)
+    def check_sampling(self, sampling: SamplingSettings) -> None:
+        if sampling.guidance != 1.0:
+            raise ValueError(f"guidance {sampling.guidance}: an MT-Diffusion decoder has no null condition to guide with")
+        if not sampling.exact:
+            raise ValueError(f"start {sampling.start} refines a mean image, and an MT-Diffusion decoder has none; use start 1")
+        sampling.sampler_for(self.sampler).check(self)
+
+    def describe_sampling(self, sampling: SamplingSettings) -> dict[str, Any]:
+        return {**sampling.sampler_for(self.sampler).describe(), "guidance": 1.0, "start": 1.0, "exact": True}
+
+    def estimate(self, name: str, head_output: Tensor) -> Tensor:
+        """A head's output as a value of its modality: class probabilities, or an image in [-1, 1]."""
+        return head_output.softmax(-1) if self.heads_spec[name].kind == "label" else head_output
+
+    def generate(self, z: Tensor | None, given: Observed, *, targets: Sequence[str], sampling: SamplingSettings = SamplingSettings(),
+                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Algorithm 1: the main modality by the reverse process on the aggregated marginal; every conditioning
+        modality not in ``given`` starts random and is re-estimated from its head at each step (given ones stay
+        fixed). Heads' modalities come out as labels (argmax) or images in [0, 1]. With the main modality given,
+        the other targets are read from the heads at the first noise level."""
+        self.check_sampling(sampling)
+        batch, device = given.batch_size, given.present.device
+        dtype = torch.get_default_dtype() if z is None else z.dtype
+        fixed = {m for m in self.aggregate if m in given and bool(given.mask(m).all())}
+        values = {m: self.data_value(m, given[m]).to(dtype) if m in fixed else self.random_value(m, batch, generator, device, dtype)
+                  for m in self.aggregate}
+        estimates: dict[str, Tensor] = {}
+        if self.main in given:
+            x0 = 2 * given[self.main] - 1
+            t = torch.full((batch,), 1.0 / self.timesteps, device=device, dtype=dtype)
+            cond, enc = self.condition(z, values, batch, device)
+            marginal = self.forward_process.given(enc)
+            _, heads = self.network(marginal.sample(x0, t, randn(tuple(x0.shape), generator, device, dtype)), t, cond)
+            estimates = {m: self.estimate(m, h) for m, h in heads.items()}
+            return self.outputs(targets, None, estimates)
+        cond, enc = self.condition(z, values, batch, device)
+        state = {"cond": cond}
+        marginal = self.forward_process.given(enc)  # enc is updated in place as estimates improve
+
+        def denoise(z_t: Tensor, t: Tensor) -> Tensor:
+            out, heads = self.network(z_t, t, state["cond"])
+            for m, h in heads.items():
+                estimates[m] = self.estimate(m, h)
+                if m in self.aggregate and m not in fixed:
+                    values[m] = estimates[m]
+            state["cond"], new_enc = self.condition(z, values, batch, device)
+            enc.update(new_enc)
+            alpha, sigma = marginal.alpha_sigma(t)
+            return to_x0(self.prediction, out, marginal.remove_offset(z_t, t), alpha, sigma).clamp(-1, 1)
+
+        x = sampling.sampler_for(self.sampler)(denoise, marginal, (batch, *self.shape), timesteps=self.timesteps, generator=generator,
+                                               device=device, dtype=dtype)
+        return self.outputs(targets, x, estimates)
+
+    def outputs(self, targets: Sequence[str], main: Tensor | None, estimates: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        out = {}
+        for m in targets:
+            if m == self.main:
+                out[m] = main.add(1).div(2).clamp(0, 1)
+            elif self.heads_spec[m].kind == "label":
+                out[m] = estimates[m].argmax(-1)
+            else:
+                out[m] = estimates[m].add(1).div(2).clamp(0, 1)
+        return out

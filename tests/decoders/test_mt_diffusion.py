@@ -1,0 +1,124 @@
+"""The MT-Diffusion decoder: each variant (-U, -X, -M, -E, the backbone route) trains a few steps and samples with
+Algorithm 1 from any subset; config errors are one line."""
+
+import pytest
+import torch
+
+from decoders import Observed, SamplingSettings
+from decoders.diffusion import DDIM, EulerMaruyama
+from decoders.diffusion.aggregation import ConstantWeight
+from decoders.mt_diffusion import Aggregate, Head, MTDiffusionDecoder
+from diffmvae.joint import JointDiffusion
+
+VARIANTS = {
+    "U": dict(aggregate={"label": Aggregate("embedding", 10, ConstantWeight(0.02))}, heads={"label": Head("label", "out", 10)}),
+    "X": dict(aggregate={"src": Aggregate("identity", weight=ConstantWeight(0.02))}, inputs=["src"], heads={"src": Head("image", "out")}),
+    "M": dict(aggregate={"label": Aggregate("embedding", 10, ConstantWeight(0.02))}, heads={"label": Head("label", "mid", 10)}),
+    "backbone": dict(aggregate={"label": Aggregate("backbone", 10)}, heads={"label": Head("label", "mid", 10)}),
+}
+
+
+def tiny(variant, **kw):
+    torch.manual_seed(0)
+    return MTDiffusionDecoder("img", image_size=8, unet_channels=(8, 8), emb_dim=16, timesteps=20, sampler=DDIM(4), **VARIANTS[variant], **kw)
+
+
+def batch(n=4):
+    g = torch.Generator().manual_seed(1)
+    return {"img": torch.rand(n, 3, 8, 8, generator=g), "src": torch.rand(n, 3, 8, 8, generator=g), "label": torch.randint(0, 10, (n,), generator=g)}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_variant_trains_and_generates_from_any_subset(variant):
+    model = JointDiffusion(tiny(variant))
+    data = {m: v for m, v in batch().items() if m in model.modalities}
+    record = model.elbo(data, generator=torch.Generator().manual_seed(0))
+    other = next(m for m in model.modalities if m != "img")
+    assert set(record.terms) == {"img/diffusion", f"{other}/head"}
+    assert all(v.shape == (4,) and torch.isfinite(v).all() for v in record.terms.values())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(3):
+        loss = model.elbo(data, generator=torch.Generator().manual_seed(0)).loss(term_weights=model.default_term_weights()).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(p.grad is not None for name, p in model.named_parameters() if "null_z" not in name)
+    with torch.no_grad():
+        joint = model.generate(None, 4, generator=torch.Generator().manual_seed(2))
+        cond = model.generate({other: data[other]}, generator=torch.Generator().manual_seed(2))
+        again = model.generate({other: data[other]}, generator=torch.Generator().manual_seed(2))
+        read = model.generate({"img": data["img"]}, generator=torch.Generator().manual_seed(2))
+    assert joint["img"].shape == (4, 3, 8, 8) and 0 <= joint["img"].min() and joint["img"].max() <= 1
+    assert torch.equal(cond["img"], again["img"]) and cond[other] is data[other]
+    assert read[other].shape == data[other].shape
+
+
+def test_head_weight_is_eq6_lambda_per_dimension():
+    dec = tiny("U", head_weight=0.1)
+    assert dec.term_weights() == {"label/head": pytest.approx(0.1 * 3 * 8 * 8)}
+    assert JointDiffusion(dec).modalities == ("img", "label")
+
+
+def test_given_conditions_stay_fixed_and_missing_ones_are_re_estimated():
+    """Algorithm 1: a given label enters every step's offset as itself; a missing one follows the head."""
+    dec = tiny("U")
+    torch.nn.init.normal_(dec.net.out[-1].weight, std=0.1)
+    seen = []
+    original = dec.condition
+
+    def spy(z, values, b, device):
+        seen.append(values["label"].clone())
+        return original(z, values, b, device)
+
+    dec.condition = spy
+    label = torch.tensor([3, 3, 7, 7])
+    given = Observed({"label": label}, torch.tensor([[False, True]] * 4), ("img", "label"))
+    with torch.no_grad():
+        dec.generate(None, given, targets=["img"], generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(v, torch.nn.functional.one_hot(label, 10).float()) for v in seen)
+    seen.clear()
+    with torch.no_grad():
+        out = dec.generate(None, Observed({}, torch.zeros(4, 2, dtype=torch.bool), ("img", "label")), targets=["img", "label"],
+                           generator=torch.Generator().manual_seed(0))
+    assert len(seen) > 2 and not torch.equal(seen[0], seen[-1])  # re-estimated from the head at every step
+    assert out["label"].shape == (4,) and out["label"].dtype == torch.long
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: Head("label", "middle", 10), "unknown head position 'middle'"),
+        (lambda: Aggregate("pretrained"), "unknown encoder kind 'pretrained'"),
+        (lambda: Head("image", "mid"), "an image head reads the output block"),
+        (lambda: Aggregate("embedding"), "needs num_classes"),
+        (lambda: MTDiffusionDecoder("img", inputs=["src"]), "inputs names 'src'"),
+        (lambda: MTDiffusionDecoder("img", heads={"img": Head("image")}), "main modality 'img' cannot"),
+        (lambda: MTDiffusionDecoder("img", aggregate={"s": Aggregate()}, sampler=EulerMaruyama()), "euler_maruyama needs the VP-SDE"),
+    ],
+)
+def test_bad_configuration_is_one_line(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_sampling_settings_it_cannot_honour_are_refused():
+    dec = tiny("U")
+    with pytest.raises(ValueError, match="no null condition"):
+        dec.check_sampling(SamplingSettings(guidance=2.0))
+    with pytest.raises(ValueError, match="refines a mean image"):
+        dec.check_sampling(SamplingSettings(start=0.5))
+    assert dec.describe_sampling(SamplingSettings(steps=7))["steps"] == 7
+
+
+def test_specs_are_checked():
+    from diffmvae.data.spec import ModalitySpec, image_spec
+
+    dec = tiny("U")
+    dec.check_specs({"img": image_spec(3, 8), "label": ModalitySpec("label", (), 10, "value")})
+    with pytest.raises(ValueError, match=r"embedding encoder of 'label' needs a label with 10 classes; the data has label \[\] with 5 classes"):
+        dec.check_specs({"img": image_spec(3, 8), "label": ModalitySpec("label", (), 5, "value")})
+    with pytest.raises(ValueError, match=r"main modality of 'img' needs an image \[3, 8, 8\]; the data has image \[3, 28, 28\]"):
+        dec.check_specs({"img": image_spec(3, 28), "label": ModalitySpec("label", (), 10, "value")})
+    head_only = MTDiffusionDecoder("img", image_size=8, unet_channels=(8, 8), emb_dim=16, timesteps=20, heads={"label": Head("label", "mid", 10)})
+    with pytest.raises(ValueError, match="label head of 'label' needs a label with 10 classes"):
+        head_only.check_specs({"img": image_spec(3, 8), "label": image_spec(3, 8)})
