@@ -1,10 +1,13 @@
-"""Sampling throughput of one trained diffusion decoder under several samplers, measured side by side.
+"""Sampling throughput of one trained model under several samplers, measured side by side on the same inputs.
 
-    python experiments/benchmarks/sampling_throughput.py --ckpt runs/diffmvae/checkpoints/last.ckpt [--n 64]
+    python experiments/benchmarks/sampling_throughput.py --ckpt runs/diffmvae/checkpoints/last.ckpt [--given m1] [--n 64]
+    python experiments/benchmarks/sampling_throughput.py --ckpt runs/restore/checkpoints/last.ckpt --given m0_masked \
+        --configs ddim:50 ancestral:1000
 
-For DDIM-50 and Euler-Maruyama-1000 (and any --extra SAMPLER:STEPS) on the same decoder and the same latents
-(posteriors of test examples given another modality), prints images per second and network evaluations per sample,
-counted with a forward hook on the decoder's backbone, and the ratio of the two throughputs.
+Generates ``--n`` examples with ``model.generate`` from the same given test examples (``--given none``: unconditional)
+under every ``SAMPLER:STEPS`` of ``--configs`` (default DDIM-50 and Euler-Maruyama-1000, the Diff-MVAE* comparison;
+MT-Diffusion's Algorithm 1 is ``ancestral:1000``), and prints examples per second, network evaluations per example
+(a forward hook on every diffusion backbone) and the throughput ratio of the first configuration to each other.
 """
 
 from __future__ import annotations
@@ -19,30 +22,43 @@ from diffmvae.checkpoint import load_run
 from diffmvae.evaluation.classifier import collate_split
 
 
+def parse_config(text: str) -> tuple[str, int]:
+    sampler, _, steps = text.partition(":")
+    if not steps.isdigit():
+        raise SystemExit(f"--configs: {text!r} is not SAMPLER:STEPS (e.g. ddim:50)")
+    return sampler, int(steps)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--modality", default=None, help="diffusion-decoded modality (default: the first one)")
+    p.add_argument("--given", default=None, help="comma-separated given modalities, or 'none' (default: the first modality, "
+                                                  "or none for a model that cannot be conditioned on it)")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--extra", nargs="*", default=[], help="more SAMPLER:STEPS pairs, e.g. ancestral:1000 ddim:20")
+    p.add_argument("--configs", nargs="+", default=["ddim:50", "euler_maruyama:1000"], help="SAMPLER:STEPS pairs; the first is the reference")
     p.add_argument("--guidance", type=float, default=1.0, help="guidance scale for every sampler (guided steps batch 2 evaluations)")
     p.add_argument("--start", type=float, default=1.0, help="start time for every sampler (below 1: refinement of the mean)")
     args = p.parse_args()
+    configs = [parse_config(c) for c in args.configs]
     torch.set_grad_enabled(False)
     run = load_run(args.ckpt)
     model = run.module.model
-    names = list(model.describe_sampling(SamplingSettings()))
-    if not names:
-        raise SystemExit(f"{args.ckpt} has no diffusion decoder")
-    target = args.modality or names[0]
-    decoder = model.decoders[model.decoder_of[target]]
-    source = next(m for m in model.modalities if m != target)
+    if args.given is None:
+        given_names = [model.modalities[0]] if len(model.modalities) > 1 else []
+    else:
+        given_names = [] if args.given == "none" else args.given.split(",")
+    unknown = [m for m in given_names if m not in model.modalities]
+    if unknown:
+        raise SystemExit(f"--given: {unknown[0]!r} is not a modality of {args.ckpt} ({', '.join(model.modalities)})")
     test = collate_split(run.datamodule.dataset("test"), args.n)
-    z = model.sample_latent({source: test[source]}, generator=torch.Generator().manual_seed(args.seed))
+    given = {m: test[m] for m in given_names}
+    nets = [dec.net for dec in model.decoders.values() if hasattr(dec, "net")]
+    if not nets:
+        raise SystemExit(f"{args.ckpt} has no diffusion decoder")
     calls = {"images": 0}
-    decoder.net.register_forward_hook(lambda module, inputs, output: calls.__setitem__("images", calls["images"] + inputs[0].shape[0]))
-    configs = [("ddim", 50), ("euler_maruyama", 1000)] + [(s.split(":")[0], int(s.split(":")[1])) for s in args.extra]
+    for net in nets:
+        net.register_forward_hook(lambda module, inputs, output: calls.__setitem__("images", calls["images"] + inputs[0].shape[0]))
     results = {}
     for sampler, steps in configs:
         sampling = SamplingSettings(sampler=sampler, steps=steps, guidance=args.guidance, start=args.start)
@@ -53,13 +69,15 @@ def main() -> None:
             continue
         calls["images"] = 0
         start = time.perf_counter()
-        model.decode(z, [target], sampling=sampling, generator=torch.Generator().manual_seed(args.seed))
+        model.generate(given, args.n, sampling=sampling, generator=torch.Generator().manual_seed(args.seed))
         seconds = time.perf_counter() - start
         results[(sampler, steps)] = args.n / seconds
-        print(f"{sampler}-{steps}: {args.n / seconds:.2f} images/s, {calls['images'] / args.n:.0f} network evaluations per sample "
-              f"({seconds:.1f}s for {args.n}, {type(decoder.process).__name__} on {target}, guidance {args.guidance}, start {args.start})", flush=True)
-    if ("ddim", 50) in results and ("euler_maruyama", 1000) in results:
-        print(f"throughput ratio DDIM-50 / Euler-Maruyama-1000: {results[('ddim', 50)] / results[('euler_maruyama', 1000)]:.1f}x")
+        print(f"{sampler}-{steps}: {args.n / seconds:.2f} examples/s, {calls['images'] / args.n:.0f} network evaluations per example "
+              f"({seconds:.1f}s for {args.n}, given {','.join(given_names) or 'none'}, guidance {args.guidance}, start {args.start})", flush=True)
+    reference = configs[0]
+    for other in configs[1:]:
+        if reference in results and other in results:
+            print(f"throughput ratio {reference[0]}-{reference[1]} / {other[0]}-{other[1]}: {results[reference] / results[other]:.1f}x")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,148 @@
+"""The MT-Diffusion table of the README: the three PolyDigits tasks against their single-task DDPMs, judged by the
+digit classifiers of `diffmvae evaluate` on every test example.
+
+    python experiments/polydigits/mt/measure.py --runs runs --classifiers runs/classifiers/<PolyDigits M=5 key>.pt \
+        [--steps 50] [--sampler ddim] [--out runs/mt_table]
+
+Reads the checkpoints ``runs/{restore,restore_ddpm,image_label,image_ddpm,translate,translate_ddpm}/checkpoints/last.ckpt``
+(any that exist) and ``runs/mt_classifier/classifier.pt`` (the plain-classifier baseline), and prints / writes
+``mt_table.json`` and ``mt_table.md``:
+
+* restoration: MSE inside and outside the masked region (images in [0, 1]) and the digit accuracy of the restored image
+  (the unmasked region kept from the input, the masked one generated), of the whole generated image, of the masked input
+  and of the clean image;
+* image-label: accuracy of the label head on real test images (read at the first noise level), against the plain
+  classifier of the same backbone and budget; on joint unconditional samples, the share whose generated label
+  agrees with the judge's reading of the generated image; FD of unconditional images against the unconditional DDPM;
+* translation: coherence (the m1 judge reads the example's digit) and FD of m1 generated from m0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from decoders import SamplingSettings
+from diffmvae.checkpoint import load_run
+from diffmvae.evaluation import FeatureExtractor, frechet_distance, predict
+from diffmvae.evaluation.classifier import collate_split, load_classifier_set
+from diffmvae.io import atomic_write
+from diffmvae.sampling import generate_from_subset
+
+
+def generate(run, given, n, sampling, seed=0, batch=None):
+    data = batch if batch is not None else collate_split(run.datamodule.dataset("test"))
+    return generate_from_subset(run.module.model, data, given, n, generator=torch.Generator().manual_seed(seed), sampling=sampling,
+                                progress=False), data
+
+
+def restoration(run, judge, sampling):
+    test = collate_split(run.datamodule.dataset("test"))
+    out, _ = generate(run, ["m0_masked"], len(test["label"]), sampling, batch=test)
+    mask = test["m0_mask"].expand_as(test["m0"])
+    err = (out["m0"] - test["m0"]).pow(2)
+    inside = float((err * mask).sum() / mask.sum())
+    outside = float((err * (1 - mask)).sum() / (1 - mask).sum())
+    restored = test["m0_masked"] * (1 - mask) + out["m0"] * mask  # the unmasked region kept, the masked one generated
+    acc = float((predict(judge, restored) == test["label"]).float().mean())
+    raw_acc = float((predict(judge, out["m0"]) == test["label"]).float().mean())
+    masked_acc = float((predict(judge, test["m0_masked"]) == test["label"]).float().mean())
+    return {"mse_masked_region": inside, "mse_unmasked_region": outside, "digit_accuracy": acc, "digit_accuracy_generated_whole": raw_acc,
+            "digit_accuracy_of_masked_input": masked_acc, "digit_accuracy_of_clean_image": float((predict(judge, test["m0"]) == test["label"]).float().mean()),
+            "mean_mask_share": float(test["m0_mask"].mean())}
+
+
+def image_label(run, judge, extractor, sampling, n):
+    test = collate_split(run.datamodule.dataset("test"))
+    read, _ = generate(run, ["m0"], len(test["label"]), sampling, batch=test)
+    head_acc = float((read["label"] == test["label"]).float().mean())
+    joint, _ = generate(run, [], n, sampling, seed=1, batch=test)
+    agree = float((predict(judge, joint["m0"]) == joint["label"]).float().mean())
+    conditional, _ = generate(run, ["label"], len(test["label"]), sampling, seed=2, batch=test)
+    cond_acc = float((predict(judge, conditional["m0"]) == test["label"]).float().mean())
+    return {"label_head_accuracy": head_acc, "joint_label_agreement": agree, "conditional_image_coherence": cond_acc,
+            "fd_unconditional": frechet_distance(test["m0"], joint["m0"], extractor)}
+
+
+def unconditional_fd(run, extractor, sampling, n):
+    test = collate_split(run.datamodule.dataset("test"))
+    out, _ = generate(run, [], n, sampling, seed=1, batch=test)
+    return {"fd_unconditional": frechet_distance(test["m0"], out["m0"], extractor)}
+
+
+def translation(run, judge, extractor, sampling):
+    test = collate_split(run.datamodule.dataset("test"))
+    out, _ = generate(run, ["m0"], len(test["label"]), sampling, batch=test)
+    return {"coherence_m1_given_m0": float((predict(judge, out["m1"]) == test["label"]).float().mean()),
+            "fd_m1": frechet_distance(test["m1"], out["m1"], extractor)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--classifiers", required=True, help="the PolyDigits judges (m0, m1) of `diffmvae evaluate`")
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--n", type=int, default=360, help="unconditional samples")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    torch.set_grad_enabled(False)
+    judges, _, _ = load_classifier_set(args.classifiers)
+    features = {m: FeatureExtractor(judges[m]) for m in ("m0", "m1")}
+    sampling = SamplingSettings(sampler=args.sampler, steps=args.steps)
+    runs = Path(args.runs)
+    table: dict[str, dict] = {}
+
+    def have(name):
+        path = runs / name / "checkpoints" / "last.ckpt"
+        return load_run(path) if path.is_file() else None
+
+    for name, fn in (("restore", lambda r: restoration(r, judges["m0"], sampling)), ("restore_ddpm", lambda r: restoration(r, judges["m0"], sampling)),
+                     ("image_label", lambda r: image_label(r, judges["m0"], features["m0"], sampling, args.n)),
+                     ("image_ddpm", lambda r: unconditional_fd(r, features["m0"], sampling, args.n)),
+                     ("translate", lambda r: translation(r, judges["m1"], features["m1"], sampling)),
+                     ("translate_ddpm", lambda r: translation(r, judges["m1"], features["m1"], sampling))):
+        run = have(name)
+        if run is not None:
+            table[name] = fn(run)
+            print(json.dumps({name: table[name]}), flush=True)
+    baseline = runs / "mt_classifier" / "result.json"
+    if baseline.is_file():
+        table["plain_classifier"] = json.loads(baseline.read_text())
+    out = Path(args.out) if args.out else runs / "mt_table"
+    atomic_write(out / "mt_table.json", lambda tmp: tmp.write_text(json.dumps({"sampling": sampling.record(), "table": table}, indent=1)))
+    atomic_write(out / "mt_table.md", lambda tmp: tmp.write_text(markdown(table)))
+    print(markdown(table))
+    print(f"wrote {out / 'mt_table.json'} and mt_table.md")
+
+
+ROWS = (  # (task, metric, MT-Diffusion run, single-task run)
+    ("restoration", "MSE in the masked region", "restore", "restore_ddpm", "mse_masked_region"),
+    ("restoration", "MSE in the unmasked region (whole image generated)", "restore", "restore_ddpm", "mse_unmasked_region"),
+    ("restoration", "digit accuracy of the restored image", "restore", "restore_ddpm", "digit_accuracy"),
+    ("image-label", "label accuracy on real test images (plain classifier)", "image_label", "plain_classifier", ("label_head_accuracy", "test_accuracy")),
+    ("image-label", "joint samples: generated label = judge's reading", "image_label", None, "joint_label_agreement"),
+    ("image-label", "image given label: judge agrees", "image_label", None, "conditional_image_coherence"),
+    ("image quality", "FD of unconditional images", "image_label", "image_ddpm", "fd_unconditional"),
+    ("translation", "coherence of m1 given m0", "translate", "translate_ddpm", "coherence_m1_given_m0"),
+    ("translation", "FD of m1 given m0", "translate", "translate_ddpm", "fd_m1"),
+)
+
+
+def markdown(table: dict[str, dict]) -> str:
+    def cell(run, key):
+        value = table.get(run, {}).get(key) if run else None
+        return "-" if value is None else f"{value:.4g}"
+
+    lines = ["| task | metric | MT-Diffusion | single-task |", "|---|---|---|---|"]
+    for task, metric, mt, single, key in ROWS:
+        mt_key, single_key = key if isinstance(key, tuple) else (key, key)
+        lines.append(f"| {task} | {metric} | {cell(mt, mt_key)} | {cell(single, single_key)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
