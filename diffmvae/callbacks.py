@@ -204,7 +204,9 @@ class SampleGrid(L.Callback):
         if not images:
             return
         path = Path(trainer.log_dir or trainer.default_root_dir) / "samples" / f"epoch_{trainer.current_epoch:03d}.png"
-        save_png(self.grid(pl_module, trainer.datamodule, images), path)
+        grid = self.grid(pl_module, trainer.datamodule, images)
+        save_png(grid, path)
+        log_image(trainer.loggers, "samples", grid, trainer.global_step)
         log.info("wrote %s", path)
 
     @torch.no_grad()
@@ -220,3 +222,18 @@ class SampleGrid(L.Callback):
         uncond = model.generate(None, batch[given].shape[0], sampling=sampling, generator=generator)
         blank = torch.ones_like(cond[images[0]][:, :1]).expand(-1, 3, -1, -1)
         return image_grid([cond[m] for m in images] + [blank] + [uncond[m] for m in images])
+
+
+def log_image(loggers: Sequence[Any], key: str, image: Tensor, step: int) -> None:
+    """Send ``image`` (``[3, H, W]`` in [0, 1]) to every logger that takes images: TensorBoard, MLflow, W&B. The CSV
+    logger takes none (the PNG beside its metrics is the record)."""
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+
+    pixels = (image.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, pixels.numpy(), step)
+        elif isinstance(logger, MLFlowLogger):
+            logger.experiment.log_image(logger.run_id, pixels.permute(1, 2, 0).numpy(), key=key, step=step)
+        elif isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[pixels.permute(1, 2, 0).numpy()], step=step)

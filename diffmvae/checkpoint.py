@@ -60,7 +60,9 @@ class LoadedRun:
 
 
 def load_run(path: str | Path, *, use_ema: bool = True) -> LoadedRun:
-    """Rebuild the model and data of a ``diffmvae fit`` checkpoint."""
+    """Rebuild the model and data of a ``diffmvae fit`` checkpoint, or of a model folder (``diffmvae export``)."""
+    if Path(path).is_dir():
+        return load_folder(path)
     ckpt = read_checkpoint(path)
     config = ckpt.get("diffmvae_config")
     if not isinstance(config, dict) or "model" not in config or "data" not in config:
@@ -83,3 +85,39 @@ def load_run(path: str | Path, *, use_ema: bool = True) -> LoadedRun:
         raise DiffMVAEError(f"checkpoint {path} does not match its model config ({first[:200]})") from e
     module.eval()
     return LoadedRun(module, datamodule, config, ckpt)
+
+
+def load_folder(path: str | Path) -> LoadedRun:
+    """Rebuild a model folder written by ``diffmvae export``: ``config.yaml`` (safe YAML, library classes only) and
+    ``model.safetensors`` (checked against the sha256 the config records). No pickle is read."""
+    import yaml
+
+    from diffmvae.export import CONFIG, FOLDER_FORMAT, WEIGHTS
+    from diffmvae.io import file_sha256, read_safetensors
+
+    path = Path(path)
+    for name in (CONFIG, WEIGHTS):
+        if not (path / name).is_file():
+            raise DiffMVAEError(f"model folder {path} has no {name}; write it with `diffmvae export`")
+    try:
+        config = yaml.safe_load((path / CONFIG).read_text())
+    except yaml.YAMLError as e:
+        raise DiffMVAEError(f"{path / CONFIG} is not valid YAML ({' '.join(str(e).split())[:200]})") from e
+    if not isinstance(config, dict) or config.get("format") != FOLDER_FORMAT or "model" not in config or "data" not in config:
+        raise DiffMVAEError(f"{path / CONFIG} is not a diffmvae model-folder config (format {FOLDER_FORMAT!r} with model and data)")
+    expected = (config.get("files") or {}).get(WEIGHTS, {}).get("sha256")
+    if expected and file_sha256(path / WEIGHTS) != expected:
+        raise DiffMVAEError(f"{path / WEIGHTS} does not match the sha256 in {CONFIG}: the file was changed or truncated after export")
+    state, _ = read_safetensors(path / WEIGHTS, "model weights")
+    try:
+        module = instantiate(config["model"])
+        datamodule = instantiate(config["data"])
+    except (TypeError, ValueError) as e:
+        raise DiffMVAEError(f"{path / CONFIG}: its config does not build a model ({e})") from e
+    try:
+        module.model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise DiffMVAEError(f"{path / WEIGHTS} does not match the model of {CONFIG} ({first[:200]})") from e
+    module.eval()
+    return LoadedRun(module, datamodule, {"model": config["model"], "data": config["data"]}, {"global_step": config.get("trained", {}).get("global_step", 0)})

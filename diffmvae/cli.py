@@ -125,6 +125,9 @@ def _lightning(argv: list[str]) -> int:
             }
 
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # MLflow 3 refuses its file store (`tracking_uri: file:...`) unless this is set; the file store is what a run
+    # without a tracking server uses. A value the user set wins.
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     try:
         DiffMVAECLI(
             args=argv,
@@ -135,6 +138,8 @@ def _lightning(argv: list[str]) -> int:
         )
     except ArgumentError as e:
         raise _config_error(e) from e
+    except ModuleNotFoundError as e:
+        raise DiffMVAEError(f"{_one_line(e)} (a logger needs its extra: pip install 'diffmvae[tensorboard]' or 'diffmvae[mlflow]')") from e
     return 0
 
 
@@ -161,7 +166,7 @@ def _sample(argv: list[str]) -> int:
     from diffmvae.sampling import choose_prior, generate_from_subset, parse_given, sampling_record, select_examples, write_samples
 
     p = argparse.ArgumentParser(prog="diffmvae sample", description="Generate missing modalities from any subset.")
-    p.add_argument("--ckpt", required=True, help="checkpoint written by `diffmvae fit`")
+    p.add_argument("--ckpt", required=True, help="checkpoint written by `diffmvae fit`, or a model folder (`diffmvae export`)")
     p.add_argument("--given", default="none", help="observed modalities, comma separated, or 'none' (prior)")
     p.add_argument("--n", type=int, default=64, help="number of examples")
     p.add_argument("--out", required=True, help="output directory (grid.png, samples.npz)")
@@ -254,6 +259,22 @@ def _evaluate(argv: list[str]) -> int:
     return 0
 
 
+def _export(argv: list[str]) -> int:
+    from diffmvae.export import export_model
+
+    p = argparse.ArgumentParser(prog="diffmvae export", description="Write a trained run as a model folder: model.safetensors (EMA "
+                                "weights), config.yaml, README.md (model card), prior.safetensors when a score prior exists.")
+    p.add_argument("--ckpt", required=True, help="checkpoint written by `diffmvae fit`")
+    p.add_argument("--out", required=True, help="the model folder to write")
+    p.add_argument("--prior-ckpt", default=None, help="score prior to include (default: the one beside CKPT, if any)")
+    p.add_argument("--evaluation", default=None, help="a `diffmvae evaluate` output folder whose table goes into the model card")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    args = p.parse_args(argv)
+    out = export_model(args.ckpt, args.out, prior_ckpt=args.prior_ckpt, evaluation=args.evaluation, overwrite=args.overwrite)
+    log.info("wrote %s (%s)", out, ", ".join(sorted(f.name for f in out.iterdir())))
+    return 0
+
+
 def _classifiers(argv: list[str]) -> int:
     from diffmvae.io import DiffMVAEError
 
@@ -298,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_parsing()
 
     commands = {
-        "sample": _sample, "prior": _prior, "evaluate": _evaluate, "classifiers": _classifiers,
+        "sample": _sample, "prior": _prior, "evaluate": _evaluate, "classifiers": _classifiers, "export": _export,
         **{c: _lightning for c in LIGHTNING_SUBCOMMANDS},
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:

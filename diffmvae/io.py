@@ -35,6 +35,32 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The tensors and the metadata of a safetensors file (no pickle), with one-line errors for a missing,
+    truncated or otherwise unreadable file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise DiffMVAEError(f"{what} {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises SafetensorError / OSError for a bad header or short data
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise DiffMVAEError(f"{what} {path} is not a readable safetensors file ({first})") from e
+
+
 def load_tensors(path: str | os.PathLike, what: str, *, missing_hint: str = "", unreadable: str = "is not readable") -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)`` (never runs pickled code) with one-line
     errors naming ``what`` and the file: ``{what} {path} does not exist{missing_hint}`` or
