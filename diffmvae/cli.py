@@ -108,6 +108,10 @@ def _lightning(argv: list[str]) -> int:
     from diffmvae.io import DiffMVAEError
 
     class DiffMVAECLI(LightningCLI):
+        def before_instantiate_classes(self) -> None:
+            if self.subcommand == "fit" and self.config[self.subcommand].get("ckpt_path") is None:
+                check_logger_dirs(self.config[self.subcommand].trainer.get("logger"))
+
         def before_fit(self) -> None:
             cfg = self.config[self.subcommand]
             ckpt_cb = self.trainer.checkpoint_callback
@@ -124,6 +128,7 @@ def _lightning(argv: list[str]) -> int:
                 "seed_everything": cfg.get("seed_everything"),
             }
 
+    check_config_files(argv)
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     # MLflow 3 refuses its file store (`tracking_uri: file:...`) unless this is set; the file store is what a run
     # without a tracking server uses. A value the user set wins.
@@ -141,6 +146,40 @@ def _lightning(argv: list[str]) -> int:
     except ModuleNotFoundError as e:
         raise DiffMVAEError(f"{_one_line(e)} (a logger needs its extra: pip install 'diffmvae[tensorboard]' or 'diffmvae[mlflow]')") from e
     return 0
+
+
+def check_logger_dirs(loggers: Any) -> None:
+    """A logger with a fixed ``version`` writes into a fixed folder, and Lightning's CSV logger deletes the
+    ``metrics.csv`` it finds there as soon as it starts: refuse a new run whose logger folder holds another run's
+    metrics (before anything is instantiated)."""
+    from diffmvae.io import DiffMVAEError
+
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        args = getattr(logger, "init_args", None) or (logger.get("init_args") if isinstance(logger, dict) else None)
+        if not args or args.get("version") is None or args.get("save_dir") is None:
+            continue
+        version = args["version"]
+        folder = Path(args["save_dir"]) / (args.get("name") or "") / (version if isinstance(version, str) else f"version_{version}")
+        if (folder / "metrics.csv").exists():
+            raise DiffMVAEError(f"{folder / 'metrics.csv'} already exists (the logger's folder belongs to another run); resume that run "
+                                "with --ckpt_path or give this one another logger name or version (nothing was overwritten)")
+
+
+def check_config_files(argv: Sequence[str]) -> None:
+    """Every ``--config FILE`` exists and is valid YAML (one line naming the file, before LightningCLI parses it)."""
+    import yaml
+
+    from diffmvae.io import DiffMVAEError
+
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--config" and not value.lstrip().startswith("{"):
+            path = Path(value)
+            if not path.is_file():
+                raise DiffMVAEError(f"--config {path} does not exist")
+            try:
+                yaml.safe_load(path.read_text())
+            except yaml.YAMLError as e:
+                raise DiffMVAEError(f"--config {path} is not valid YAML ({_one_line(e)[:200]})") from e
 
 
 def check_data(model: Any, datamodule: Any) -> None:
@@ -163,7 +202,8 @@ def _sample(argv: list[str]) -> int:
 
     from diffmvae.checkpoint import load_run
     from diffmvae.io import DiffMVAEError
-    from diffmvae.sampling import choose_prior, generate_from_subset, parse_given, sampling_record, select_examples, write_samples
+    from diffmvae.sampling import (check_out_dir, choose_prior, generate_from_subset, parse_given, sampling_record, select_examples,
+                                   write_samples)
 
     p = argparse.ArgumentParser(prog="diffmvae sample", description="Generate missing modalities from any subset.")
     p.add_argument("--ckpt", required=True, help="checkpoint written by `diffmvae fit`, or a model folder (`diffmvae export`)")
@@ -181,6 +221,7 @@ def _sample(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.n < 1:
         raise DiffMVAEError(f"--n must be >= 1, got {args.n}")
+    check_out_dir(args.out)
     start = time.perf_counter()
     run = load_run(args.ckpt, use_ema=not args.no_ema)
     model = run.module.model

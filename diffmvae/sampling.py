@@ -131,6 +131,14 @@ def grid_title(given: Sequence[str], prior: str | None, record: Mapping[str, Any
     return head
 
 
+def check_out_dir(out: str | os.PathLike) -> Path:
+    """``out`` as a Path, refused before any work when it exists and is not a directory."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DiffMVAEError(f"--out {out} exists and is not a directory")
+    return out
+
+
 def write_samples(
     out: str | os.PathLike, samples: Mapping[str, Tensor], specs: Mapping[str, ModalitySpec], given: Sequence[str], labels: Tensor | None, *,
     prior: str | None = None, sampling: Mapping[str, Any] | None = None,
@@ -139,9 +147,7 @@ def write_samples(
     into place one by one, so an existing folder never holds a half-written file. ``prior`` (the prior of
     unconditional samples) and ``sampling`` (the settings and what each diffusion decoder did with them) are stored
     in the npz (``sampling`` as a JSON string) and shown in the grid's title."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DiffMVAEError(f"--out {out} exists and is not a directory")
+    out = check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     arrays = {m: v.numpy().astype(np.float32 if v.is_floating_point() else np.int64) for m, v in samples.items()}
     if labels is not None:
