@@ -172,8 +172,8 @@ def warm_start(model: torch.nn.Module, path: str | Path, rename: Mapping[str, st
 class SampleGrid(L.Callback):
     """Writes ``samples/epoch_XXX.png`` after validation epochs (rank 0, EMA weights when the :class:`EMA` callback
     is on): left, generation from ``given`` (default: the first modality) for the first ``rows`` validation
-    examples, whose observed column is the input; right, unconditional samples from the prior. Image modalities
-    only (from the data's specs).
+    examples, whose observed column is the input; right, unconditional samples from the prior (for models that can
+    generate with nothing given). Image modalities only (from the data's specs).
 
     Args:
         rows: examples shown.
@@ -212,16 +212,18 @@ class SampleGrid(L.Callback):
     @torch.no_grad()
     def grid(self, pl_module: L.LightningModule, datamodule: Any, images: Sequence[str]) -> Tensor:
         model = pl_module.model
-        given = self.given or model.modalities[0]
+        given = self.given or next((m for m in model.modalities if model.can_generate((m,))), model.modalities[0])
         data = datamodule.dataset("val")
         batch = default_collate([data[i] for i in range(min(self.rows, len(data)))])
         x = {given: batch[given].to(pl_module.device)}
         sampling = self.sampling or pl_module.sampling
         generator = torch.Generator(device=pl_module.device).manual_seed(0)
         cond = model.generate(x, sampling=sampling, generator=generator)
-        uncond = model.generate(None, batch[given].shape[0], sampling=sampling, generator=generator)
-        blank = torch.ones_like(cond[images[0]][:, :1]).expand(-1, 3, -1, -1)
-        return image_grid([cond[m] for m in images] + [blank] + [uncond[m] for m in images])
+        columns = [cond[m] for m in images]
+        if model.can_generate(()):  # a model that needs a given modality (a conditional DDPM) has no unconditional half
+            uncond = model.generate(None, batch[given].shape[0], sampling=sampling, generator=generator)
+            columns += [torch.ones_like(cond[images[0]][:, :1]).expand(-1, 3, -1, -1)] + [uncond[m] for m in images]
+        return image_grid(columns)
 
 
 def log_image(loggers: Sequence[Any], key: str, image: Tensor, step: int) -> None:

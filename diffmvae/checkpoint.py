@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 
 from diffmvae.io import DiffMVAEError, load_tensors
 
@@ -59,10 +60,16 @@ class LoadedRun:
     checkpoint: dict[str, Any]
 
 
-def load_run(path: str | Path, *, use_ema: bool = True) -> LoadedRun:
-    """Rebuild the model and data of a ``diffmvae fit`` checkpoint, or of a model folder (``diffmvae export``)."""
-    if Path(path).is_dir():
-        return load_folder(path)
+def load_run(path: str | Path, *, use_ema: bool = True, device: torch.device | str | None = None) -> LoadedRun:
+    """Rebuild the model and data of a ``diffmvae fit`` checkpoint, or of a model folder (``diffmvae export``), on
+    ``device`` (default: the CPU)."""
+    run = load_folder(path) if Path(path).is_dir() else _load_checkpoint(path, use_ema)
+    if device is not None:
+        run.module.to(device)
+    return run
+
+
+def _load_checkpoint(path: str | Path, use_ema: bool) -> LoadedRun:
     ckpt = read_checkpoint(path)
     config = ckpt.get("diffmvae_config")
     if not isinstance(config, dict) or "model" not in config or "data" not in config:

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from diffmvae.devices import add_device_arguments, pick_device, precision
+
 log = logging.getLogger("diffmvae")
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
@@ -66,8 +68,9 @@ def configure_parsing() -> None:
 
 
 def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text or type(e).__name__
+    from diffmvae.checks import one_line
+
+    return one_line(e)
 
 
 def _parser_error(text: str) -> str:
@@ -106,6 +109,8 @@ def _lightning(argv: list[str]) -> int:
     from lightning.pytorch.cli import LightningCLI
 
     from diffmvae.io import DiffMVAEError
+
+    from diffmvae.checks import check_config_files, check_data, check_logger_dirs
 
     class DiffMVAECLI(LightningCLI):
         def before_instantiate_classes(self) -> None:
@@ -148,55 +153,6 @@ def _lightning(argv: list[str]) -> int:
     return 0
 
 
-def check_logger_dirs(loggers: Any) -> None:
-    """A logger with a fixed ``version`` writes into a fixed folder, and Lightning's CSV logger deletes the
-    ``metrics.csv`` it finds there as soon as it starts: refuse a new run whose logger folder holds another run's
-    metrics (before anything is instantiated)."""
-    from diffmvae.io import DiffMVAEError
-
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
-        args = getattr(logger, "init_args", None) or (logger.get("init_args") if isinstance(logger, dict) else None)
-        if not args or args.get("version") is None or args.get("save_dir") is None:
-            continue
-        version = args["version"]
-        folder = Path(args["save_dir"]) / (args.get("name") or "") / (version if isinstance(version, str) else f"version_{version}")
-        if (folder / "metrics.csv").exists():
-            raise DiffMVAEError(f"{folder / 'metrics.csv'} already exists (the logger's folder belongs to another run); resume that run "
-                                "with --ckpt_path or give this one another logger name or version (nothing was overwritten)")
-
-
-def check_config_files(argv: Sequence[str]) -> None:
-    """Every ``--config FILE`` exists and is valid YAML (one line naming the file, before LightningCLI parses it)."""
-    import yaml
-
-    from diffmvae.io import DiffMVAEError
-
-    for flag, value in zip(argv, argv[1:]):
-        if flag == "--config" and not value.lstrip().startswith("{"):
-            path = Path(value)
-            if not path.is_file():
-                raise DiffMVAEError(f"--config {path} does not exist")
-            try:
-                yaml.safe_load(path.read_text())
-            except yaml.YAMLError as e:
-                raise DiffMVAEError(f"--config {path} is not valid YAML ({_one_line(e)[:200]})") from e
-
-
-def check_data(model: Any, datamodule: Any) -> None:
-    """Every modality of the model must be one the data declares (one line naming it, before training)."""
-    from diffmvae.io import DiffMVAEError
-
-    specs = getattr(datamodule, "specs", None)
-    if specs is None:
-        return
-    missing = [m for m in model.modalities if m not in specs]
-    if missing:
-        raise DiffMVAEError(f"the model has modality {missing[0]!r}, which the data ({type(datamodule).__name__}) does not have; "
-                            f"it has {', '.join(specs)}")
-    for decoder in model.decoders.values():
-        decoder.check_specs(specs)
-
-
 def _sample(argv: list[str]) -> int:
     import torch
 
@@ -218,19 +174,22 @@ def _sample(argv: list[str]) -> int:
     p.add_argument("--prior-ckpt", default=None, help="score prior checkpoint (default: CKPT's name with .prior.ckpt)")
     p.add_argument("--prior-steps", type=int, default=None, help="DDIM steps of the score prior (default: its own, 50)")
     add_sampling_arguments(p)
+    add_device_arguments(p)
     args = p.parse_args(argv)
+    device = pick_device(args.accelerator, args.devices)
     if args.n < 1:
         raise DiffMVAEError(f"--n must be >= 1, got {args.n}")
     check_out_dir(args.out)
     start = time.perf_counter()
-    run = load_run(args.ckpt, use_ema=not args.no_ema)
+    run = load_run(args.ckpt, use_ema=not args.no_ema, device=device)
     model = run.module.model
     given = parse_given(args.given, model.modalities)
     sampling = sampling_settings(args, run.module)
     prior, prior_name = choose_prior(args.prior, args.prior_ckpt, args.ckpt, model, steps=args.prior_steps) if not given else (None, None)
     generator = torch.Generator().manual_seed(args.seed)
     batch = select_examples(run.datamodule.dataset(args.split), args.n, generator)
-    samples = generate_from_subset(model, batch, given, args.n, generator=generator, sampling=sampling, prior=prior)
+    with precision(args.precision, device):
+        samples = generate_from_subset(model, batch, given, args.n, generator=generator, sampling=sampling, prior=prior)
     labels = batch.get("label") if given else None  # unconditional samples have no true label
     paths = write_samples(args.out, samples, run.datamodule.specs, given, labels if isinstance(labels, torch.Tensor) else None,
                           prior=prior_name, sampling=sampling_record(model, sampling))
@@ -260,12 +219,14 @@ def _prior(argv: list[str]) -> int:
     p.add_argument("--split", type=Literal["train", "val", "test"], default="train")
     p.add_class_arguments(ScorePrior, "prior", skip={"latent_dim"}, instantiate=False)
     p.add_class_arguments(PriorFitConfig, "fit", instantiate=False)
+    add_device_arguments(p)
     cfg = _parse_config(p, argv[1:])
+    device = pick_device(cfg.accelerator, cfg.devices)
     seed_torch(cfg.seed)
     start = time.perf_counter()
     path = fit_prior_for_checkpoint(
         cfg.ckpt, prior_args=cfg.prior.as_dict(), fit_args=cfg.fit.as_dict(), out=cfg.out, overwrite=cfg.overwrite,
-        family=cfg.family, split=cfg.split, seed=cfg.seed,
+        family=cfg.family, split=cfg.split, seed=cfg.seed, device=device, precision=cfg.precision,
     )
     log.info("wrote %s in %.0fs", path, time.perf_counter() - start)
     return 0
@@ -288,14 +249,16 @@ def _evaluate(argv: list[str]) -> int:
     add_sampling_arguments(p)
     p.add_argument("--inception-weights", default=None,
                    help="local Inception-v3 weights file: Fréchet distances in Inception space (needs the 'fid' extra)")
+    add_device_arguments(p)
     args = p.parse_args(argv)
+    device = pick_device(args.accelerator, args.devices)
     seed_torch(args.seed)
     start = time.perf_counter()
     settings = EvalSettings(n_samples=args.n_samples, seed=args.seed, max_subsets=args.max_subsets, probe_train=args.probe_train,
                             inception_weights=args.inception_weights)
     names = args.names.split(",") if args.names else None
     paths = evaluate_checkpoints(args.ckpt, args.out, settings=settings, names=names, classifiers=args.classifiers, prior=args.prior,
-                                 sampling=sampling_overrides(args))
+                                 sampling=sampling_overrides(args), device=device, precision=args.precision)
     log.info("wrote %s in %.0fs", ", ".join(map(str, paths)), time.perf_counter() - start)
     return 0
 

@@ -160,6 +160,8 @@ def fit_prior_for_checkpoint(
     split: str = "train",
     seed: int = 0,
     progress: bool = True,
+    device: torch.device | str | None = None,
+    precision: str = "32-true",
 ) -> Path:
     """Fit a :class:`~priors.ScorePrior` to the aggregate posterior of the run in ``model_ckpt`` and write its
     checkpoint to ``out`` (default :func:`default_prior_path`). The model checkpoint is only read."""
@@ -179,14 +181,18 @@ def fit_prior_for_checkpoint(
     model = run.module.model
     spec = {"class_path": f"{ScorePrior.__module__.split('.')[0]}.{ScorePrior.__name__}", "init_args": {**prior_args, "latent_dim": model.latent_dim}}
     prior = instantiate(spec)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from diffmvae.devices import pick_device
+    from diffmvae.devices import precision as autocast
+
+    device = torch.device(device) if device is not None else pick_device()
     model.to(device)
     start = time.perf_counter()
     draw = AggregatePosterior.from_model(model, run.datamodule.dataset(split), family=family, progress=progress)
     log.info("encoded %d %s examples; fitting a %.2fM-parameter score prior for %d steps", len(draw), split,
              sum(p.numel() for p in prior.parameters()) / 1e6, config.steps)
     prior.to(device)
-    losses = fit_score_prior(prior, draw, config, seed=seed, progress=progress)
+    with autocast(precision, device):
+        losses = fit_score_prior(prior, draw, config, seed=seed, progress=progress)
     fit = {"settings": vars(config), "seed": seed, "family": family, "split": split, "examples": len(draw),
            "losses": losses, "seconds": time.perf_counter() - start}
     return save_prior(out, prior.cpu(), spec, model_ckpt, model, fit)

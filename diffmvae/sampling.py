@@ -93,7 +93,7 @@ def generate_from_subset(
         obs = {m: batch[m][start:stop].to(device) for m in given}
         with torch.no_grad():
             out = model.generate(obs or None, stop - start, sampling=sampling, generator=generator, prior=prior)
-        chunks.append({m: v.cpu() for m, v in out.items()})
+        chunks.append({m: v.float().cpu() if v.is_floating_point() else v.cpu() for m, v in out.items()})  # float32 under autocast too
     return {m: torch.cat([c[m] for c in chunks]) for m in model.modalities}
 
 

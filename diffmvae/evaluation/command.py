@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from diffmvae.checkpoint import LoadedRun, instantiate, load_run
 from diffmvae.evaluation.classifier import ValueJudge, fit_classifier_set, load_classifier_set, save_classifier_set
 from diffmvae.evaluation.report import write_report
@@ -63,8 +65,11 @@ def evaluate_checkpoints(
     prior: str = "auto",
     sampling: dict[str, Any] | None = None,
     progress: bool = True,
+    device: torch.device | str = "cpu",
+    precision: str = "32-true",
 ) -> list[Path]:
     """Evaluate every checkpoint with one classifier set and write ``metrics.{json,csv,md,png}`` into ``out``."""
+    from diffmvae.devices import precision as autocast
     from diffmvae.sampling import choose_prior, sampling_record
 
     if not ckpts:
@@ -72,7 +77,7 @@ def evaluate_checkpoints(
     names = list(names) if names else _default_names(ckpts)
     if len(names) != len(ckpts) or len(set(names)) != len(names):
         raise DiffMVAEError(f"--names needs {len(ckpts)} distinct names, got {names}")
-    runs = [load_run(c) for c in ckpts]
+    runs = [load_run(c, device=device) for c in ckpts]
     first = runs[0].module.model.modalities
     for ckpt, run in zip(ckpts, runs):
         if run.module.model.modalities != first:
@@ -92,8 +97,9 @@ def evaluate_checkpoints(
         model = run.module.model
         prior_module, prior_name = choose_prior(prior, None, ckpt, model)
         log.info("evaluating %s (%s prior for unconditional samples)", name, prior_name)
-        summary, model_rows = evaluate_model(name, model, run.datamodule, clfs, prior_module, prior_name, settings, sampling=run_sampling,
-                                             progress=progress)
+        with autocast(precision, torch.device(device)):
+            summary, model_rows = evaluate_model(name, model, run.datamodule, clfs, prior_module, prior_name, settings, sampling=run_sampling,
+                                                 progress=progress)
         summary.update({"checkpoint": str(ckpt), "classifiers": str(clf_path), "classifier_accuracy": accuracy,
                         "sampling": sampling_record(model, run_sampling)})
         summaries.append(summary)

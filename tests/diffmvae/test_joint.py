@@ -83,6 +83,22 @@ def test_an_mt_decoder_serves_an_image_modality_of_a_diff_mvae(tmp_path):
         assert main(["sample", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--given", given, "--n", "2", "--out", str(tmp_path / given)]) == 0
 
 
+def test_a_conditional_only_model_trains_with_sample_grids(tmp_path):
+    """A single-task conditional DDPM (the UNet sees m0, nothing is aggregated, no head) cannot sample with nothing
+    given: the grid shows only its conditional half, conditioned on a modality it can be given."""
+    decoder = {"class_path": "decoders.MTDiffusionDecoder", "init_args": {
+        "main": "m1", "unet_channels": [8, 8], "emb_dim": 16, "timesteps": 50, "inputs": ["m0"],
+        "sampler": {"class_path": "decoders.diffusion.DDIM", "init_args": {"steps": 2}},
+        "aggregate": {"m0": {"kind": "identity", "weight": {"class_path": "decoders.diffusion.aggregation.ConstantWeight", "init_args": {"value": 0.0}}}}}}
+    path, run = write_config(tmp_path, joint_config(decoder, {"num_modalities": 2, "batch_size": 8, "train_length": 16}))
+    assert main(["fit", "--config", str(path)]) == 0
+    grids = list((run / "samples").glob("*.png"))
+    assert grids and (run / "checkpoints" / "last.ckpt").is_file()
+    from PIL import Image
+
+    assert Image.open(grids[0]).size[0] < 2 * 2 * 30  # two image columns (m1, m0), no unconditional half
+
+
 @pytest.mark.parametrize(
     "patch, message",
     [
