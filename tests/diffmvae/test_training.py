@@ -44,3 +44,24 @@ def test_module_holds_the_model_it_is_given_and_collects_restarts():
     module.add_lr_restart(20)
     module.add_lr_restart(50)
     assert module.lr_restarts == [20, 50]
+
+
+def test_a_non_finite_loss_stops_the_run_in_one_line_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    import torch
+    from tiny_run import DECODER, copy_config, vae_args, write_config
+
+    from diffmvae.cli import main
+
+    cfg = copy_config()
+    cfg["trainer"].update({"max_steps": 8, "limit_val_batches": 0})
+    vae_args(cfg)["decoders"]["m1"] = {"class_path": "faulty.NaNAfter", "init_args": {**DECODER["init_args"], "after": 3}}
+    every_step = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                  "init_args": {"dirpath": str(tmp_path / "steps"), "every_n_train_steps": 1, "save_top_k": -1, "filename": "{step}"}}
+    path, run = write_config(tmp_path, cfg, callbacks=[every_step])
+    assert main(["fit", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train step 3: the loss is not finite (term m1/nll)" in err[0], err
+    saved = sorted(p.name for p in (tmp_path / "steps").iterdir())
+    assert saved == ["step=1.ckpt", "step=2.ckpt", "step=3.ckpt"]  # nothing written at or after the bad step
+    good = torch.load(tmp_path / "steps" / "step=3.ckpt", weights_only=True)  # (load_run rebuilds library classes only)
+    assert good["global_step"] == 3 and all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())

@@ -1,0 +1,21 @@
+"""Test-only modules that fail on purpose (importable by configs as ``faulty.<Name>``)."""
+
+import torch
+
+from decoders import ConvImageDecoder
+
+
+class NaNAfter(ConvImageDecoder):
+    """A feed-forward image decoder whose loss turns NaN from its ``after``-th training call on."""
+
+    def __init__(self, *args, after: int = 3, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.after, self.calls = after, 0
+
+    def loss(self, z, example, *, generator=None, skip=frozenset()):
+        terms = super().loss(z, example, generator=generator, skip=skip)
+        if self.training:
+            self.calls += 1
+            if self.calls > self.after:
+                terms = {k: v * torch.nan for k, v in terms.items()}
+        return terms
