@@ -1,0 +1,87 @@
+"""GPU check: a few hundred training steps of the Diff-MVAE* config at PolyMNIST size (5 modalities, 3x28x28) in
+bf16-mixed, then DDIM-50 sampling; prints steps/s, images/s and peak GPU memory. CI never runs it.
+
+    python experiments/benchmarks/gpu_check.py [--steps 300] [--precision bf16-mixed] [--batch-size 128] [--n 256]
+
+The diffusion terms train from the first step (the config's feed-forward warm-up stage is left out, so the UNet is
+exercised); the model, data and sampler are those of ``experiments/polydigits/diffmvae_star.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+
+from decoders import SamplingSettings
+from diffmvae.callbacks import EMA
+from diffmvae.checkpoint import instantiate
+from diffmvae.evaluation.classifier import collate_split
+
+CONFIG = Path(__file__).resolve().parents[1] / "polydigits" / "diffmvae_star.yaml"
+
+
+class StepTimer(L.Callback):
+    """Wall time of the optimizer steps after ``skip`` warm-up steps (CUDA synchronised)."""
+
+    def __init__(self, skip: int = 20) -> None:
+        self.skip, self.start, self.steps = skip, None, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.skip:
+            torch.cuda.synchronize()
+            self.start = time.perf_counter()
+        elif trainer.global_step > self.skip:
+            self.steps += 1
+
+    def steps_per_second(self) -> float:
+        torch.cuda.synchronize()
+        return self.steps / (time.perf_counter() - self.start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--precision", default="bf16-mixed")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--n", type=int, default=256, help="images generated per modality for the sampling throughput")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_check: no CUDA device on this machine")
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["data"]["init_args"]["batch_size"] = args.batch_size
+    torch.manual_seed(0)
+    module, data = instantiate(cfg["model"]), instantiate(cfg["data"])
+    timer = StepTimer()
+    trainer = L.Trainer(accelerator="gpu", devices=1, precision=args.precision, max_steps=args.steps, limit_val_batches=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[EMA(0.999), timer])
+    torch.cuda.reset_peak_memory_stats()
+    trainer.fit(module, datamodule=data)
+    steps_per_s = timer.steps_per_second()
+    train_peak = torch.cuda.max_memory_allocated() / 2**30
+    model = module.model.cuda().eval()
+    test = collate_split(data.dataset("test"), args.n)
+    given = {"m0": test["m0"].cuda()}
+    sampling = SamplingSettings(sampler="ddim", steps=50)
+    torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed"):
+        model.generate(given, sampling=sampling, generator=torch.Generator().manual_seed(0))  # warm-up
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = model.generate(given, sampling=sampling, generator=torch.Generator().manual_seed(1))
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    generated = [m for m in model.modalities if m != "m0"]
+    finite = all(torch.isfinite(out[m]).all().item() for m in generated)
+    print(f"device: {torch.cuda.get_device_name()}, precision {args.precision}, batch {args.batch_size}")
+    print(f"training: {steps_per_s:.2f} steps/s, peak memory {train_peak:.2f} GiB")
+    print(f"sampling (DDIM-50, m1..m4 given m0): {args.n * len(generated) / seconds:.1f} images/s, "
+          f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, finite: {finite}")
+
+
+if __name__ == "__main__":
+    main()
