@@ -242,3 +242,50 @@ def log_image(loggers: Sequence[Any], key: str, image: Tensor, step: int) -> Non
             logger.experiment.log_image(logger.run_id, pixels.permute(1, 2, 0).numpy(), key=key, step=step)
         elif isinstance(logger, WandbLogger):
             logger.log_image(key=key, images=[pixels.permute(1, 2, 0).numpy()], step=step)
+
+
+class SaveOnInterrupt(L.Callback):
+    """Writes ``last.ckpt`` (in the ModelCheckpoint's folder) when a run is stopped by SIGTERM (what a cluster scheduler
+    sends; Lightning stops after the current batch) or Ctrl-C, so ``--ckpt_path`` resumes it from that step. The first
+    Ctrl-C is handled like SIGTERM (a clean stop after the current batch; a second one interrupts at once). Nothing is
+    written for other exceptions (a non-finite loss keeps the last good checkpoint as it is)."""
+
+    def __init__(self) -> None:
+        self._previous_sigint: Any = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import os
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def first_ctrl_c(signum: int, frame: Any) -> None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            log.info("Ctrl-C: stopping after the current batch and writing last.ckpt (press it again to stop at once)")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        self._previous_sigint = signal.signal(signal.SIGINT, first_ctrl_c)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        import signal
+        import threading
+
+        if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        ckpt = trainer.checkpoint_callback
+        folder = Path(ckpt.dirpath) if ckpt is not None and ckpt.dirpath else Path(trainer.default_root_dir) / "checkpoints"
+        path = folder / "last.ckpt"
+        if ckpt is not None:
+            ckpt.last_model_path = str(path)  # recorded in the checkpoint: the resumed run writes last.ckpt again, not last-v1.ckpt
+        trainer.save_checkpoint(path)  # every rank joins; rank 0 writes
+        if trainer.is_global_zero:
+            log.info("stopped by %s at step %d; wrote %s (resume with --ckpt_path %s)", type(exception).__name__, trainer.global_step, path, path)

@@ -14,16 +14,66 @@ def one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def check_logger_dirs(loggers: Any) -> None:
-    """A logger with a fixed ``version`` writes into a fixed folder, and Lightning's CSV logger deletes the
-    ``metrics.csv`` it finds there as soon as it starts: refuse a new run whose logger folder holds another run's
-    metrics (before anything is instantiated)."""
+def fixed_logger_dirs(loggers: Any) -> list[Path]:
+    """The folders of the loggers that have a fixed ``version`` (the ones a rerun writes into again)."""
+    folders = []
     for logger in loggers if isinstance(loggers, list) else [loggers]:
         args = getattr(logger, "init_args", None) or (logger.get("init_args") if isinstance(logger, dict) else None)
         if not args or args.get("version") is None or args.get("save_dir") is None:
             continue
         version = args["version"]
-        folder = Path(args["save_dir"]) / (args.get("name") or "") / (version if isinstance(version, str) else f"version_{version}")
+        folders.append(Path(args["save_dir"]) / (args.get("name") or "") / (version if isinstance(version, str) else f"version_{version}"))
+    return folders
+
+
+def keep_metrics_for_resume(loggers: Any) -> tuple[Path, Path] | None:
+    """Lightning's CSV logger deletes the ``metrics.csv`` it finds when it starts, which would lose a resumed run's
+    history: move it aside to ``metrics.before_resume.csv`` (it stays there if the resumed run fails)."""
+    for folder in fixed_logger_dirs(loggers):
+        if (folder / "metrics.csv").exists():
+            kept = folder / "metrics.before_resume.csv"
+            if not kept.exists():  # a second failed resume keeps the first history
+                (folder / "metrics.csv").replace(kept)
+            else:
+                (folder / "metrics.csv").unlink()
+            return folder / "metrics.csv", kept
+    return None
+
+
+def merge_resumed_metrics(metrics: Path, kept: Path, last_step: int) -> None:
+    """``metrics.csv`` = the rows of the run before the resume, up to the resumed step, then the rows written since."""
+    import csv
+
+    from diffmvae.io import atomic_write
+
+    def rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+        if not path.exists():
+            return [], []
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            return list(reader.fieldnames or []), list(reader)
+
+    old_keys, old_rows = rows(kept)
+    new_keys, new_rows = rows(metrics)
+    resumed_at = min((int(float(r["step"])) for r in new_rows if r.get("step")), default=last_step + 1)
+    merged = [r for r in old_rows if r.get("step") and int(float(r["step"])) < resumed_at] + new_rows
+    keys = old_keys + [k for k in new_keys if k not in old_keys]
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(merged)
+
+    atomic_write(metrics, write)
+    kept.unlink()
+
+
+def check_logger_dirs(loggers: Any) -> None:
+    """A logger with a fixed ``version`` writes into a fixed folder, and Lightning's CSV logger deletes the
+    ``metrics.csv`` it finds there as soon as it starts: refuse a new run whose logger folder holds another run's
+    metrics (before anything is instantiated)."""
+    for folder in fixed_logger_dirs(loggers):
         if (folder / "metrics.csv").exists():
             raise DiffMVAEError(f"{folder / 'metrics.csv'} already exists (the logger's folder belongs to another run); resume that run "
                                 "with --ckpt_path or give this one another logger name or version (nothing was overwritten)")

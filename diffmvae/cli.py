@@ -110,12 +110,21 @@ def _lightning(argv: list[str]) -> int:
 
     from diffmvae.io import DiffMVAEError
 
-    from diffmvae.checks import check_config_files, check_data, check_logger_dirs
+    from diffmvae.checks import check_config_files, check_data, check_logger_dirs, keep_metrics_for_resume, merge_resumed_metrics
 
     class DiffMVAECLI(LightningCLI):
         def before_instantiate_classes(self) -> None:
-            if self.subcommand == "fit" and self.config[self.subcommand].get("ckpt_path") is None:
-                check_logger_dirs(self.config[self.subcommand].trainer.get("logger"))
+            if self.subcommand != "fit":
+                return
+            loggers = self.config[self.subcommand].trainer.get("logger")
+            if self.config[self.subcommand].get("ckpt_path") is None:
+                check_logger_dirs(loggers)
+            else:
+                self._kept_metrics = keep_metrics_for_resume(loggers)
+
+        def after_fit(self) -> None:
+            if getattr(self, "_kept_metrics", None):
+                merge_resumed_metrics(*self._kept_metrics, self.trainer.global_step)
 
         def before_fit(self) -> None:
             cfg = self.config[self.subcommand]

@@ -104,6 +104,18 @@ class TrainingModule(L.LightningModule):
     def base_seed(self) -> int:
         return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
 
+    def on_train_start(self) -> None:
+        """On a restart in the middle of an epoch, the data order skips the batches that epoch already trained on
+        (Lightning does not, for a loader without state). Lightning calls this before the resumed epoch draws a batch."""
+        loop = self.trainer.fit_loop
+        done = loop.epoch_loop.batch_progress.current.completed
+        if loop.epoch_loop.restarting and 0 < done < self.trainer.num_training_batches:
+            loader = self.trainer.train_dataloader
+            sampler = getattr(loader, "sampler", None)
+            if hasattr(sampler, "resume"):
+                sampler.resume(done * loader.batch_size)
+                log.info("resumed in the middle of epoch %d: the first %d batches of its order are left out", loop.epoch_progress.current.processed, done)
+
     def on_fit_start(self) -> None:
         self._noise = torch.Generator(device=self.device).manual_seed(self.base_seed() + 7919 * self.global_rank)
         if self._noise_state is not None:

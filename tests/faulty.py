@@ -1,5 +1,9 @@
 """Test-only modules that fail on purpose (importable by configs as ``faulty.<Name>``)."""
 
+import os
+import signal as signals
+
+import lightning as L
 import torch
 
 from decoders import ConvImageDecoder
@@ -19,3 +23,16 @@ class NaNAfter(ConvImageDecoder):
             if self.calls > self.after:
                 terms = {k: v * torch.nan for k, v in terms.items()}
         return terms
+
+
+
+class SignalAt(L.Callback):
+    """Sends ``signal`` to its own process after training step ``step`` (a scheduler's SIGTERM, or Ctrl-C's SIGINT,
+    at a known point)."""
+
+    def __init__(self, step: int = 3, signal: str = "SIGTERM") -> None:
+        self.step, self.signal = step, signal
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signals, self.signal))

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from diffmvae.data.masking import MaskedCopies, ratio_range
+from diffmvae.data.order import EpochSampler
 from diffmvae.data.polydigits import BACKGROUND_SCALE, TEXTURE_CONTRAST, TEXTURE_MEANS, VERSION, PolyDigits, Split
 from diffmvae.data.polymnist import PolyMNIST
 from diffmvae.data.spec import ModalitySpec, image_spec
@@ -91,10 +92,15 @@ class MultimodalDataModule(L.LightningDataModule):
             self.dataset(split)
 
     def _loader(self, split: Split, shuffle: bool) -> DataLoader:
+        """Training batches come in an order fixed by the run's seed and the epoch (:class:`EpochSampler`: the seed is
+        ``torch.initial_seed()`` when the loader is made, i.e. ``seed_everything``'s), so a resumed run sees the same
+        batches as an uninterrupted one."""
+        data = self.dataset(split)
+        sampler = EpochSampler(len(data), torch.initial_seed() % 2**31) if shuffle else None
         return DataLoader(
-            self.dataset(split),
+            data,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             drop_last=shuffle,
             persistent_workers=self.num_workers > 0,

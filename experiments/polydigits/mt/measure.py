@@ -107,6 +107,7 @@ def main() -> None:
 
     for name, fn in (("restore", lambda r: restoration(r, judges["m0"], sampling)), ("restore_ddpm", lambda r: restoration(r, judges["m0"], sampling)),
                      ("image_label", lambda r: image_label(r, judges["m0"], features["m0"], sampling, args.n)),
+                     ("image_label_scale01", lambda r: image_label(r, judges["m0"], features["m0"], sampling, args.n)),
                      ("image_ddpm", lambda r: unconditional_fd(r, features["m0"], sampling, args.n)),
                      ("translate", lambda r: translation(r, judges["m1"], features["m1"], sampling)),
                      ("translate_ddpm", lambda r: translation(r, judges["m1"], features["m1"], sampling))):
