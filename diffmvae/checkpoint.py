@@ -42,6 +42,14 @@ def instantiate(spec: Any) -> Any:
     return spec
 
 
+def build_run(config: dict[str, Any], failure: str) -> tuple[Any, Any]:
+    """The LightningModule and the DataModule of a run config; a config that no longer builds is ``failure (why)``."""
+    try:
+        return instantiate(config["model"]), instantiate(config["data"])
+    except (TypeError, ValueError) as e:
+        raise DiffMVAEError(f"{failure} ({e})") from e
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """``torch.load(path, weights_only=True)`` with one-line errors for a missing or unreadable file."""
     ckpt = load_tensors(path, "checkpoint", unreadable="is not a readable checkpoint")
@@ -77,11 +85,7 @@ def _load_checkpoint(path: str | Path, use_ema: bool) -> LoadedRun:
     if config["model"].get("class_path") == "diffmvae.DiffMVAE":
         raise DiffMVAEError(f"checkpoint {path} was written by diffmvae 0.1 (model class diffmvae.DiffMVAE), whose configs this version "
                             "no longer reads; retrain it with a current config (see the README's 'Upgrading from 0.1')")
-    try:
-        module = instantiate(config["model"])
-        datamodule = instantiate(config["data"])
-    except (TypeError, ValueError) as e:
-        raise DiffMVAEError(f"checkpoint {path}: its config no longer builds a model ({e})") from e
+    module, datamodule = build_run(config, f"checkpoint {path}: its config no longer builds a model")
     try:
         module.load_state_dict(ckpt["state_dict"])
         module.on_load_checkpoint(ckpt)
@@ -116,11 +120,7 @@ def load_folder(path: str | Path) -> LoadedRun:
     if expected and file_sha256(path / WEIGHTS) != expected:
         raise DiffMVAEError(f"{path / WEIGHTS} does not match the sha256 in {CONFIG}: the file was changed or truncated after export")
     state, _ = read_safetensors(path / WEIGHTS, "model weights")
-    try:
-        module = instantiate(config["model"])
-        datamodule = instantiate(config["data"])
-    except (TypeError, ValueError) as e:
-        raise DiffMVAEError(f"{path / CONFIG}: its config does not build a model ({e})") from e
+    module, datamodule = build_run(config, f"{path / CONFIG}: its config does not build a model")
     try:
         module.model.load_state_dict(state)
     except RuntimeError as e:
