@@ -308,10 +308,14 @@ def _classifiers(argv: list[str]) -> int:
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    add_device_arguments(p)
     cfg = _parse_config(p, argv[1:])
+    device = pick_device(cfg.accelerator, cfg.devices)
     seed_torch(cfg.seed)
     start = time.perf_counter()
-    path = fit_classifiers(cfg.data.as_dict(), cfg.out, overwrite=cfg.overwrite, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+    with precision(cfg.precision, device):
+        path = fit_classifiers(cfg.data.as_dict(), cfg.out, overwrite=cfg.overwrite, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                               seed=cfg.seed, device=device)
     log.info("wrote %s in %.0fs", path, time.perf_counter() - start)
     return 0
 

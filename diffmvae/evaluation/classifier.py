@@ -76,12 +76,13 @@ def fit_classifier(
     lr: float = 2e-3,
     seed: int = 0,
     progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> ImageClassifier:
     """Train an :class:`ImageClassifier` on ``images [N, C, H, W]`` and integer ``labels [N]`` (cross-entropy), or
     0/1 attribute ``labels [N, A]`` (a multi-label classifier, binary cross-entropy); returns it in eval mode."""
     generator = torch.Generator().manual_seed(seed)
     multilabel = labels.dim() == 2
-    clf = ImageClassifier(labels.shape[1] if multilabel else num_classes, images.shape[1], images.shape[-1], multilabel=multilabel)
+    clf = ImageClassifier(labels.shape[1] if multilabel else num_classes, images.shape[1], images.shape[-1], multilabel=multilabel).to(device)
     opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * -(-len(images) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -91,18 +92,19 @@ def fit_classifier(
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(images), batch_size):
             idx = order[start : start + batch_size]
-            logits = clf(_augment(images[idx], generator))
+            target = labels[idx].to(device)
+            logits = clf(_augment(images[idx].to(device), generator))
             if multilabel:
-                loss = F.binary_cross_entropy_with_logits(logits, labels[idx].float())
+                loss = F.binary_cross_entropy_with_logits(logits, target.float())
             else:
-                loss = F.cross_entropy(logits, labels[idx])
+                loss = F.cross_entropy(logits, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             bar.update()
     bar.close()
-    return clf.eval()
+    return clf.cpu().eval()  # judges run on the CPU beside the samples they read
 
 
 def predict(clf: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
@@ -129,7 +131,8 @@ def collate_split(dataset: Dataset, limit: int | None = None, batch_size: int = 
 
 
 def fit_classifier_set(
-    datamodule: Any, *, label_key: str = "label", epochs: int = 15, batch_size: int = 128, lr: float = 2e-3, seed: int = 0, progress: bool = True
+    datamodule: Any, *, label_key: str = "label", epochs: int = 15, batch_size: int = 128, lr: float = 2e-3, seed: int = 0, progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> tuple[dict[str, ImageClassifier], dict[str, float]]:
     """One classifier per image modality judged by a classifier (its spec's ``judge``) on the train split of
     ``datamodule``; returns them with their test accuracy ``{modality: acc}``."""
@@ -143,7 +146,7 @@ def fit_classifier_set(
         labels = train[label_key]
         num_classes = labels.shape[1] if labels.dim() == 2 else int(labels.max()) + 1
         out[m] = fit_classifier(train[m], labels, num_classes=num_classes, epochs=epochs,
-                                batch_size=batch_size, lr=lr, seed=seed, progress=progress)
+                                batch_size=batch_size, lr=lr, seed=seed, progress=progress, device=device)
         acc[m] = (predict(out[m], test[m]) == test[label_key]).float().mean().item()
         log.info("classifier %s: test accuracy %.3f", m, acc[m])
     return out, acc

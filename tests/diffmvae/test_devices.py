@@ -58,3 +58,16 @@ def test_prior_fit_takes_the_device_options(trained, tmp_path):
                  "--fit.statistics_samples", "32", "--fit.warmup_steps", "1", "--prior.sample_steps", "3"]) == 0
     state = torch.load(out, weights_only=True)["state_dict"]
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_classifiers_fit_takes_the_device_options(tmp_path, capsys):
+    base = ["classifiers", "fit", "--data.class_path", "diffmvae.data.PolyDigitsDataModule", "--data.init_args.num_modalities", "1",
+            "--data.init_args.train_length", "16", "--epochs", "1"]
+    assert main([*base, "--out", str(tmp_path / "auto.pt")]) == 0
+    assert main([*base, "--out", str(tmp_path / "cpu.pt"), "--accelerator", "cpu"]) == 0
+    a, b = (torch.load(tmp_path / f, weights_only=True)["classifiers"]["m0"]["state_dict"] for f in ("auto.pt", "cpu.pt"))
+    if not torch.cuda.is_available():  # auto is the CPU here: the same seed gives the same weights
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert main([*base, "--out", str(tmp_path / "gpu.pt"), "--accelerator", "gpu"]) == 2
+        assert "no such device on this machine" in capsys.readouterr().err and not (tmp_path / "gpu.pt").exists()
+    assert all(v.device.type == "cpu" for v in b.values())
