@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from diffmvae.checks import one_line
 from diffmvae.devices import add_device_arguments, pick_device, precision
 
 log = logging.getLogger("diffmvae")
@@ -67,12 +68,6 @@ def configure_parsing() -> None:
     set_parsing_settings(subclasses_enabled=[Sampler])
 
 
-def _one_line(e: BaseException) -> str:
-    from diffmvae.checks import one_line
-
-    return one_line(e)
-
-
 def _parser_error(text: str) -> str:
     """Distil jsonargparse's nested Union report to the innermost class and its complaint."""
     where, what = None, text
@@ -91,7 +86,7 @@ def _config_error(e: BaseException) -> Exception:
     """A jsonargparse error as a one-line DiffMVAEError naming the innermost class and its complaint."""
     from diffmvae.io import DiffMVAEError
 
-    return DiffMVAEError(_parser_error(_one_line(e)))
+    return DiffMVAEError(_parser_error(one_line(e)))
 
 
 def _parse_config(parser: Any, argv: list[str]) -> Any:
@@ -158,7 +153,7 @@ def _lightning(argv: list[str]) -> int:
     except ArgumentError as e:
         raise _config_error(e) from e
     except ModuleNotFoundError as e:
-        raise DiffMVAEError(f"{_one_line(e)} (a logger needs its extra: pip install 'diffmvae[tensorboard]' or 'diffmvae[mlflow]')") from e
+        raise DiffMVAEError(f"{one_line(e)} (a logger needs its extra: pip install 'diffmvae[tensorboard]' or 'diffmvae[mlflow]')") from e
     return 0
 
 
@@ -347,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DiffMVAEError, ValueError, KeyError, FileNotFoundError) as e:
         if os.environ.get("DIFFMVAE_DEBUG"):
             raise
-        print(f"diffmvae: error: {_one_line(e)}", file=sys.stderr)
+        print(f"diffmvae: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

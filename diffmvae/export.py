@@ -53,7 +53,7 @@ def export_model(ckpt: str | os.PathLike, out: str | os.PathLike, *, prior_ckpt:
     and renamed into place: a failure leaves nothing half-written, and an existing ``out`` is replaced only with
     ``overwrite``."""
     from diffmvae.checkpoint import load_run
-    from diffmvae.latent_prior import default_prior_path, load_prior, save_prior
+    from diffmvae.latent_prior import default_prior_path, load_prior, read_prior_file, save_prior
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -74,8 +74,8 @@ def export_model(ckpt: str | os.PathLike, out: str | os.PathLike, *, prior_ckpt:
                   metadata={"format": FOLDER_FORMAT, "diffmvae_version": diffmvae.__version__})
         weights_sha = file_sha256(tmp / WEIGHTS)
         if prior is not None:
-            prior_meta = read_prior_metadata(prior_path)
-            save_prior(tmp / PRIOR, prior, prior_meta["prior"], tmp, model, prior_meta.get("fit", {}))
+            record = read_prior_file(prior_path)  # its spec and fit record (save_prior leaves the loss curve out)
+            save_prior(tmp / PRIOR, prior, record["prior"], tmp, model, record.get("fit", {}))
         trained = {"global_step": int(run.checkpoint.get("global_step", 0)), "epoch": int(run.checkpoint.get("epoch", 0)),
                    "source_checkpoint": Path(ckpt).name}
         config = {"format": FOLDER_FORMAT, "version": FOLDER_VERSION, "diffmvae_version": diffmvae.__version__,
@@ -105,14 +105,6 @@ def replace_dir(new: Path, out: Path) -> None:
         os.replace(aside, out)
         raise
     shutil.rmtree(aside)
-
-
-def read_prior_metadata(path: Path) -> dict[str, Any]:
-    """The prior's spec and fit record from either prior format (``.prior.ckpt`` or ``prior.safetensors``)."""
-    from diffmvae.latent_prior import read_prior_file
-
-    ckpt = read_prior_file(path)
-    return {"prior": ckpt["prior"], "fit": {k: v for k, v in dict(ckpt.get("fit", {})).items() if k != "losses"}}
 
 
 def evaluation_table(folder: str | os.PathLike) -> str:
