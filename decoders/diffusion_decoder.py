@@ -25,10 +25,11 @@ import torch
 from torch import Tensor, nn
 
 from decoders.base import Decoder, Observed, skipped
+from decoders.composition import Expert, composed_anchor, composed_denoiser, sample_composed
 from decoders.diffusion.parameterization import expand, shift_prediction
 from decoders.diffusion.processes import DDPMProcess, DiffusionProcess, VDMProcess
 from decoders.feedforward import ConvImageDecoder, ImageLikelihood
-from decoders.guidance import cat_conditions, guided
+from decoders.guidance import cat_conditions
 from decoders.random import rand
 from decoders.sampling import SamplingSettings
 from decoders.unet import Condition, UNet2d
@@ -168,18 +169,45 @@ class DiffusionDecoder(Decoder):
     def generate(self, z: Tensor, given: Observed, *, targets: Sequence[str], sampling: SamplingSettings = SamplingSettings(),
                  generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Samples ``[B, C, H, W]`` in ``[0, 1]`` of every target given ``z`` (all targets in one batched sampler
-        run), with classifier-free guidance when ``sampling.guidance != 1``. The reverse process starts from the
-        model's prior (``start = 1``) or, for a refinement, from the mean image noised to ``sampling.start``."""
+        run), with classifier-free guidance when ``sampling.guidance != 1`` (the one-source composition). The reverse
+        process starts from the model's prior (``start = 1``) or, for a refinement, from the mean image noised to
+        ``sampling.start``."""
         self.check_sampling(sampling)
         if not targets:
             return {}
-        batch = z.shape[0]
-        keep = torch.zeros(batch, dtype=torch.bool, device=z.device) if self.cond_dropout > 0 else None
-        cond = cat_conditions([self.condition(m, z, keep) for m in targets])
-        anchor = cond.shift if sampling.exact else cond.image
-        denoise = self.process.denoiser(guided(self.backbone, cond, sampling.guidance), clip=(-1.0, 1.0))
-        x = self.process.sample(denoise, (len(targets) * batch, *self.shape), sampler=sampling.sampler_for(self.process.sampler),
+        expert = self.expert(targets, [z], [sampling.guidance])
+        # The composed prior at t = 1 is centred on the weighted means (w x the mean under guidance w; the null has none).
+        anchor = composed_anchor([expert]) if sampling.exact else expert.conds[0].image
+        denoise = composed_denoiser([expert], clip=(-1.0, 1.0))
+        x = self.process.sample(denoise, (len(targets) * z.shape[0], *self.shape), sampler=sampling.sampler_for(self.process.sampler),
                                 generator=generator, device=z.device, start=sampling.start, anchor=anchor, dtype=z.dtype)
+        return self.split_samples(targets, x, z.shape[0])
+
+    # ------------------------------------------------------------------ Unite-and-Conquer
+    def expert(self, targets: Sequence[str], zs: Sequence[Tensor], weights: Sequence[float], reliability: float = 1.0,
+               name: str = "model") -> Expert:
+        """This decoder as one :class:`~decoders.composition.Expert` of a composition: one source per latent in
+        ``zs`` (each ``[B, d]``; its condition is ``z`` and, for the mean-head conditionings, its own mean image),
+        weighted by ``weights``; all ``targets`` are batched (``len(targets) B`` examples per source)."""
+        keep = torch.zeros(zs[0].shape[0], dtype=torch.bool, device=zs[0].device) if self.cond_dropout > 0 else None
+        conds = [cat_conditions([self.condition(m, z, keep) for m in targets]) for z in zs]
+        return Expert(self.backbone, self.process, conds, tuple(weights), reliability, anchors=[c.shift for c in conds],
+                      can_drop=self.cond_dropout > 0, name=name)
+
+    def generate_composed(self, zs: Sequence[Tensor], weights: Sequence[float], *, targets: Sequence[str],
+                          sampling: SamplingSettings = SamplingSettings(), generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Samples of ``targets`` from the composition of one source per latent in ``zs`` (Unite-and-Conquer within
+        one model: e.g. each observed modality's own ``z_i ~ q(z | x_i)``) with this decoder's null prediction."""
+        if not targets:
+            return {}
+        expert = self.expert(targets, zs, weights)
+        x = sample_composed([expert], (len(targets) * zs[0].shape[0], *self.shape), sampling=sampling, generator=generator,
+                            device=zs[0].device, dtype=zs[0].dtype)
+        return self.split_samples(targets, x, zs[0].shape[0])
+
+    @staticmethod
+    def split_samples(targets: Sequence[str], x: Tensor, batch: int) -> dict[str, Tensor]:
+        """``[len(targets) B, ...]`` samples in ``[-1, 1]`` as ``{target: [B, ...] in [0, 1]}``."""
         return {m: part.add(1).div(2).clamp(0, 1) for m, part in zip(targets, x.split(batch))}
 
 

@@ -42,6 +42,39 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                         "decoder's noised mean image (recorded in the outputs)")
 
 
+def add_composition_arguments(p: argparse.ArgumentParser) -> None:
+    """``--compose/--weights/--poe-weight``: Unite-and-Conquer within one model (:class:`diffmvae.unite.Composition`)."""
+    p.add_argument("--compose", default=None,
+                   help="compose the diffusion decoders' predictions from several sources of the observed modalities: 'each' (one "
+                        "per modality, its own z ~ q(z|x_m)), 'each+poe' (and the PoE latent), 'poe', subsets like 'm0;m2;m0+m2', "
+                        "or a YAML file with sources / weights / poe_weight (needs decoders trained with cond_dropout)")
+    p.add_argument("--weights", default=None, help="composition weights: one for every source, or one per listed subset (default 1)")
+    p.add_argument("--poe-weight", type=float, default=None, help="weight of the PoE source of 'each+poe' (default: --weights)")
+
+
+def composition_from(args: argparse.Namespace) -> Any:
+    """The :class:`~diffmvae.unite.Composition` the command line asks for, or ``None``."""
+    from diffmvae.io import DiffMVAEError
+    from diffmvae.unite import Composition
+
+    if args.compose is None:
+        if args.weights is not None or args.poe_weight is not None:
+            raise DiffMVAEError("--weights and --poe-weight need --compose")
+        return None
+    if args.compose.endswith((".yaml", ".yml")):
+        import yaml
+
+        path = Path(args.compose)
+        if not path.is_file():
+            raise DiffMVAEError(f"composition file {path} does not exist")
+        spec = yaml.safe_load(path.read_text()) or {}
+        unknown = sorted(set(spec) - {"sources", "weights", "poe_weight"}) if isinstance(spec, dict) else ["(not a mapping)"]
+        if unknown:
+            raise DiffMVAEError(f"composition file {path}: unknown key {unknown[0]!r} (expected sources, weights, poe_weight)")
+        return Composition.coerce(spec)
+    return Composition.parse(args.compose, args.weights if args.weights is not None else 1.0, args.poe_weight)
+
+
 def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The sampling options given on the command line."""
     return {k: getattr(args, k) for k in SAMPLING_OPTIONS if getattr(args, k, None) is not None}
@@ -178,9 +211,11 @@ def _sample(argv: list[str]) -> int:
     p.add_argument("--prior-ckpt", default=None, help="score prior checkpoint (default: CKPT's name with .prior.ckpt)")
     p.add_argument("--prior-steps", type=int, default=None, help="DDIM steps of the score prior (default: its own, 50)")
     add_sampling_arguments(p)
+    add_composition_arguments(p)
     add_device_arguments(p)
     args = p.parse_args(argv)
     device = pick_device(args.accelerator, args.devices)
+    composition = composition_from(args)
     if args.n < 1:
         raise DiffMVAEError(f"--n must be >= 1, got {args.n}")
     check_out_dir(args.out)
@@ -189,14 +224,19 @@ def _sample(argv: list[str]) -> int:
     model = run.module.model
     given = parse_given(args.given, model.modalities)
     sampling = sampling_settings(args, run.module)
+    if composition is not None:
+        if not given:
+            raise DiffMVAEError("--compose needs observed modalities (--given)")
+        model.check_composition(composition, given, sampling)
     prior, prior_name = choose_prior(args.prior, args.prior_ckpt, args.ckpt, model, steps=args.prior_steps) if not given else (None, None)
     generator = torch.Generator().manual_seed(args.seed)
     batch = select_examples(run.datamodule.dataset(args.split), args.n, generator)
     with precision(args.precision, device):
-        samples = generate_from_subset(model, batch, given, args.n, generator=generator, sampling=sampling, prior=prior)
+        samples = generate_from_subset(model, batch, given, args.n, generator=generator, sampling=sampling, prior=prior,
+                                       composition=composition)
     labels = batch.get("label") if given else None  # unconditional samples have no true label
     paths = write_samples(args.out, samples, run.datamodule.specs, given, labels if isinstance(labels, torch.Tensor) else None,
-                          prior=prior_name, sampling=sampling_record(model, sampling))
+                          prior=prior_name, sampling=sampling_record(model, sampling, composition))
     log.info("wrote %s in %.1fs", ", ".join(map(str, paths)), time.perf_counter() - start)
     return 0
 
@@ -251,20 +291,76 @@ def _evaluate(argv: list[str]) -> int:
     p.add_argument("--classifiers", default=None, help="classifier file (default: runs/classifiers/<data key>.pt, trained if missing)")
     p.add_argument("--prior", default="auto", choices=("auto", "score", "gaussian"), help="prior of unconditional samples")
     add_sampling_arguments(p)
+    add_composition_arguments(p)
     p.add_argument("--inception-weights", default=None,
                    help="local Inception-v3 weights file: Fréchet distances in Inception space (needs the 'fid' extra)")
     add_device_arguments(p)
     args = p.parse_args(argv)
     device = pick_device(args.accelerator, args.devices)
+    composition = composition_from(args)
     seed_torch(args.seed)
     start = time.perf_counter()
     settings = EvalSettings(n_samples=args.n_samples, seed=args.seed, max_subsets=args.max_subsets, probe_train=args.probe_train,
                             inception_weights=args.inception_weights)
     names = args.names.split(",") if args.names else None
     paths = evaluate_checkpoints(args.ckpt, args.out, settings=settings, names=names, classifiers=args.classifiers, prior=args.prior,
-                                 sampling=sampling_overrides(args), device=device, precision=args.precision)
+                                 sampling=sampling_overrides(args), device=device, precision=args.precision, composition=composition)
     log.info("wrote %s in %.0fs", ", ".join(map(str, paths)), time.perf_counter() - start)
     return 0
+
+
+def _unite(argv: list[str]) -> int:
+    from diffmvae.io import DiffMVAEError
+    from diffmvae.unite import UniteSpec, run_unite
+
+    p = argparse.ArgumentParser(prog="diffmvae unite", description="Unite-and-Conquer across models: generate one target modality "
+                                "from separately trained checkpoints, each conditioned on what it was trained on, composed at sampling time.")
+    p.add_argument("--config", default=None, help="YAML with target and models (ckpt, given, weight, reliability); see diffmvae.unite")
+    p.add_argument("--ckpt", action="append", default=None, help="a checkpoint (repeat; instead of --config, with --target and --given)")
+    p.add_argument("--target", default=None, help="the modality to generate (with --ckpt)")
+    p.add_argument("--given", action="append", default=None, help="per --ckpt, its observed modalities, comma separated")
+    p.add_argument("--weights", default=None, help="per --ckpt, its source's weight (default 1 each)")
+    p.add_argument("--reliabilities", default=None, help="per --ckpt, its reliability; they sum to 1 (default: equal shares)")
+    p.add_argument("--out", required=True, help="output directory (grid.png, samples.npz; metrics.json/.md with --evaluate)")
+    p.add_argument("--n", type=int, default=None, help="examples of --split to condition on (default: all)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--evaluate", action="store_true", help="judge the target's coherence and FD, composed and each model alone")
+    p.add_argument("--classifiers", default=None, help="classifier file (default: the one for the first model's data, trained if missing)")
+    add_sampling_arguments(p)
+    add_device_arguments(p)
+    args = p.parse_args(argv)
+    device = pick_device(args.accelerator, args.devices)
+    if args.config and (args.ckpt or args.target or args.given):
+        raise DiffMVAEError("give either --config or --ckpt/--target/--given, not both")
+    spec = UniteSpec.from_file(args.config) if args.config else UniteSpec.from_mapping(unite_mapping(args), "the command line")
+    if args.n is not None and args.n < 1:
+        raise DiffMVAEError(f"--n must be >= 1, got {args.n}")
+    start = time.perf_counter()
+    metrics = run_unite(spec, args.out, n=args.n, seed=args.seed, split=args.split, sampling=sampling_overrides(args),
+                        evaluate=args.evaluate, classifiers=args.classifiers, device=device)
+    for name, m in metrics.items():
+        log.info("%-28s coherence %.3f  FD %.1f", name, m.get("coherence", float("nan")), m["fd"])
+    log.info("wrote %s in %.0fs", args.out, time.perf_counter() - start)
+    return 0
+
+
+def unite_mapping(args: argparse.Namespace) -> dict[str, Any]:
+    """``--ckpt/--target/--given/--weights/--reliabilities`` as the mapping of a unite config."""
+    from diffmvae.io import DiffMVAEError
+    from diffmvae.unite import parse_floats
+
+    if not args.ckpt or not args.target or not args.given:
+        raise DiffMVAEError("diffmvae unite needs --config, or --ckpt (repeated), --target and one --given per --ckpt")
+    n = len(args.ckpt)
+    if len(args.given) != n:
+        raise DiffMVAEError(f"{n} --ckpt need {n} --given, got {len(args.given)}")
+    weights = parse_floats(args.weights, "--weights") if args.weights else (1.0,) * n
+    reliabilities = parse_floats(args.reliabilities, "--reliabilities") if args.reliabilities else (1.0 / n,) * n
+    if len(weights) != n or len(reliabilities) != n:
+        raise DiffMVAEError(f"{n} --ckpt need {n} --weights and --reliabilities, got {len(weights)} and {len(reliabilities)}")
+    return {"target": args.target, "models": [{"ckpt": c, "given": g, "weight": w, "reliability": a}
+                                              for c, g, w, a in zip(args.ckpt, args.given, weights, reliabilities)]}
 
 
 def _export(argv: list[str]) -> int:
@@ -331,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_parsing()
 
     commands = {
-        "sample": _sample, "prior": _prior, "evaluate": _evaluate, "classifiers": _classifiers, "export": _export,
+        "sample": _sample, "prior": _prior, "evaluate": _evaluate, "classifiers": _classifiers, "export": _export, "unite": _unite,
         **{c: _lightning for c in LIGHTNING_SUBCOMMANDS},
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:

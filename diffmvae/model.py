@@ -15,8 +15,10 @@ from torch import Tensor, nn
 
 from decoders import Decoder, Observed, SamplingSettings
 from diffmvae.elbo import ELBORecord, split_term
+from diffmvae.io import DiffMVAEError
 from diffmvae.posterior import mixture_weights, product_of_experts, reparameterize, stratified_subset_choice
 from diffmvae.subsets import SubsetFamily, subset_mask
+from diffmvae.unite import Composition, composable
 from encoders import Encoder
 from priors import StandardNormalPrior, kl_standard_normal
 
@@ -51,8 +53,13 @@ class MultimodalModel(nn.Module):
         raise NotImplementedError
 
     def generate(self, given: Mapping[str, Any] | None = None, n: int | None = None, *, sampling: SamplingSettings = SamplingSettings(),
-                 generator: torch.Generator | None = None, prior: LatentPrior | None = None) -> dict[str, Any]:  # pragma: no cover
+                 generator: torch.Generator | None = None, prior: LatentPrior | None = None,
+                 composition: Composition | None = None) -> dict[str, Any]:  # pragma: no cover
         raise NotImplementedError
+
+    def check_composition(self, composition: Composition, given: Sequence[str], sampling: SamplingSettings = SamplingSettings()) -> None:
+        """One line (``DiffMVAEError``) unless this model can compose its missing modalities from ``given``."""
+        raise DiffMVAEError(f"{type(self).__name__} does not compose predictions from several sources (--compose)")
 
     def bind_decoders(self, decoders: Mapping[str, Decoder], *, require_all: bool = True) -> dict[str, str]:
         """Bind every decoder to its modalities and return ``{modality: decoder key}``; each modality is served by at
@@ -271,11 +278,49 @@ class MultimodalVAE(MultimodalModel):
         sampling: SamplingSettings = SamplingSettings(),
         generator: torch.Generator | None = None,
         prior: LatentPrior | None = None,
+        composition: Composition | None = None,
     ) -> dict[str, Any]:
         """Conditional generation from any subset: observed modalities are returned as given, the missing ones
         decoded from ``z ~ q(z|x_given)`` (decoders also see ``given``); with nothing given, every modality from
-        ``z ~ prior``. ``sampling`` says how the diffusion decoders sample."""
+        ``z ~ prior``. ``sampling`` says how the diffusion decoders sample. With a ``composition``, the diffusion
+        decoders instead compose one source per subset it names (each conditioned on its own ``z_s ~ q(z|x_s)``,
+        Unite-and-Conquer within the model); feed-forward decoders still decode the PoE latent."""
         given = dict(given or {})
         self.check_names(list(given))
         z = self.sample_latent(given, n, generator=generator, prior=prior)
-        return {**given, **self.decode(z, given=given, sampling=sampling, generator=generator)}
+        if composition is None or not given:
+            return {**given, **self.decode(z, given=given, sampling=sampling, generator=generator)}
+        sources = composition.resolve([m for m in self.modalities if m in given])
+        zs = [reparameterize(*self.posterior({m: given[m] for m in subset}), generator) for subset, _ in sources]
+        weights = [w for _, w in sources]
+        names = [m for m in self.modalities if m not in given]
+        observed = self.observe(given, batch=z.shape[0], device=z.device)
+        out: dict[str, Tensor] = {}
+        for dec in self.decoders.values():
+            targets = [m for m in dec.modalities if m in names]
+            if not targets:
+                continue
+            if composable(dec):
+                out.update(dec.generate_composed(zs, weights, targets=targets, sampling=sampling, generator=generator))
+            else:
+                out.update(dec.generate(z, observed, targets=targets, sampling=sampling, generator=generator))
+        return {**given, **{m: out[m] for m in names}}
+
+    def check_composition(self, composition: Composition, given: Sequence[str], sampling: SamplingSettings = SamplingSettings()) -> None:
+        """One line (``DiffMVAEError``) unless ``composition`` can generate the modalities missing from ``given``: its
+        sources must be observed, some missing modality must have a diffusion decoder, those decoders need condition
+        dropout wherever the rule uses their null prediction, and sampling must be exact with no separate guidance."""
+        self.check_names(list(given))
+        sources = composition.resolve([m for m in self.modalities if m in given])
+        missing = [m for m in self.modalities if m not in given]
+        decoders = {key: dec for key, dec in self.decoders.items() if composable(dec) and any(m in missing for m in dec.modalities)}
+        if not decoders:
+            raise DiffMVAEError("--compose needs a diffusion decoder for a generated modality; this model decodes "
+                                f"{', '.join(missing)} feed-forward")
+        if not sampling.exact or sampling.guidance != 1.0:
+            raise DiffMVAEError("--compose samples exactly with the sources' weights: leave --start at 1 and --guidance at 1")
+        if sum(w for _, w in sources) != 1.0:
+            for key, dec in decoders.items():
+                if dec.cond_dropout <= 0:
+                    raise DiffMVAEError(f"decoder {key!r} was trained without condition dropout (cond_dropout 0), so it has no "
+                                        "unconditional prediction; a composition whose weights do not sum to 1 needs one")

@@ -21,6 +21,7 @@ from decoders import SamplingSettings
 from diffmvae.data.spec import ModalitySpec
 from diffmvae.io import DiffMVAEError, image_grid
 from diffmvae.model import LatentPrior, MultimodalModel
+from diffmvae.unite import Composition
 
 
 def parse_given(text: str, modalities: Sequence[str]) -> list[str]:
@@ -80,8 +81,10 @@ def generate_from_subset(
     prior: LatentPrior | None = None,
     chunk_size: int = 256,
     progress: bool = True,
+    composition: Composition | None = None,
 ) -> dict[str, Tensor]:
-    """Generate every modality not in ``given`` for ``n`` examples, ``chunk_size`` at a time.
+    """Generate every modality not in ``given`` for ``n`` examples, ``chunk_size`` at a time (composing predictions
+    from several sources of ``given`` when a ``composition`` is passed).
 
     Observed modalities are returned as the real inputs; with ``given`` empty, every modality is decoded from
     ``z ~ prior`` (the model's ``N(0, I)`` by default). Returns CPU tensors, one per modality.
@@ -92,7 +95,8 @@ def generate_from_subset(
         stop = min(start + chunk_size, n)
         obs = {m: batch[m][start:stop].to(device) for m in given}
         with torch.no_grad():
-            out = model.generate(obs or None, stop - start, sampling=sampling, generator=generator, prior=prior)
+            out = model.generate(obs or None, stop - start, sampling=sampling, generator=generator, prior=prior,
+                                 **({"composition": composition} if composition is not None and given else {}))
         chunks.append({m: v.float().cpu() if v.is_floating_point() else v.cpu() for m, v in out.items()})  # float32 under autocast too
     return {m: torch.cat([c[m] for c in chunks]) for m in model.modalities}
 
@@ -170,7 +174,8 @@ def write_samples(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def sampling_record(model: MultimodalModel, sampling: SamplingSettings) -> dict[str, Any]:
-    """What ``samples.npz`` and evaluation outputs record of the sampling: the settings, and per diffusion-decoded
-    modality the sampler and settings its decoder resolved them to."""
-    return {"settings": sampling.record(), "decoders": model.describe_sampling(sampling)}
+def sampling_record(model: MultimodalModel, sampling: SamplingSettings, composition: Composition | None = None) -> dict[str, Any]:
+    """What ``samples.npz`` and evaluation outputs record of the sampling: the settings, per diffusion-decoded
+    modality the sampler and settings its decoder resolved them to, and the composition (``None``: one PoE latent)."""
+    return {"settings": sampling.record(), "decoders": model.describe_sampling(sampling),
+            "composition": composition.record() if composition is not None else None}

@@ -48,6 +48,19 @@ class MissingModalities(Dataset):
         return item
 
 
+class DropKeys(Dataset):
+    """Wraps a dataset and leaves ``names`` out of every item."""
+
+    def __init__(self, base: Dataset, names: Sequence[str]) -> None:
+        self.base, self.names = base, frozenset(names)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        return {k: v for k, v in self.base[i].items() if k not in self.names}
+
+
 class MultimodalDataModule(L.LightningDataModule):
     """Shared loader plumbing. Subclasses call ``save_hyperparameters()``, set ``specs``, and implement
     :meth:`make_dataset`; :meth:`dataset` caches and adds missing modalities (``missing_rate``)."""
@@ -132,6 +145,9 @@ class PolyDigitsDataModule(MultimodalDataModule):
             ``mask_patch``-pixel patches, a ``mask_ratio`` share of them (a number, or ``[low, high]`` drawn per
             example), replaced by mid-grey (seed 000 §4.1).
         missing_rate: probability of dropping each modality of a training example (incomplete data).
+        keep: train on these image modalities only (e.g. ``[m1, m2]``, names as for ``M = num_modalities``): each
+            keeps its own texture and the same examples, so models trained on different subsets can be united at
+            sampling time (Unite-and-Conquer across models). Default: all ``M``.
         num_workers: DataLoader workers.
     """
 
@@ -149,6 +165,7 @@ class PolyDigitsDataModule(MultimodalDataModule):
         mask_patch: int = 7,
         mask_ratio: float | tuple[float, float] = 0.5,
         missing_rate: float = 0.0,
+        keep: Sequence[str] = (),
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers, missing_rate, seed)
@@ -156,6 +173,11 @@ class PolyDigitsDataModule(MultimodalDataModule):
         self.num_modalities, self.train_length = num_modalities, train_length
         self.recipe = {"texture_contrast": texture_contrast, "texture_means": tuple(texture_means), "background_scale": background_scale}
         self.specs = {f"m{k}": image_spec(3, 28) for k in range(num_modalities)}
+        dropped = [m for m in keep if m not in self.specs]
+        if dropped or len(set(keep)) != len(keep):
+            raise ValueError(f"keep must name distinct image modalities of {', '.join(self.specs)}; got {list(keep)}")
+        self.dropped = tuple(m for m in self.specs if keep and m not in keep)
+        self.specs = {m: spec for m, spec in self.specs.items() if m not in self.dropped}
         unknown = [m for m in masked if m not in self.specs]
         if unknown:
             raise ValueError(f"masked names {unknown[0]!r}, which is not an image modality ({', '.join(self.specs)})")
@@ -172,6 +194,7 @@ class PolyDigitsDataModule(MultimodalDataModule):
 
     def make_dataset(self, split: Split) -> Dataset:
         ds = PolyDigits(split, self.num_modalities, self.seed, self.train_length if split == "train" else None, **self.recipe)
+        ds = DropKeys(ds, self.dropped) if self.dropped else ds
         return MaskedCopies(ds, self.masked, self.mask_patch, self.mask_ratio, self.seed) if self.masked else ds
 
 

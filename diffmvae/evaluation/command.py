@@ -16,6 +16,7 @@ from diffmvae.evaluation.classifier import ValueJudge, fit_classifier_set, load_
 from diffmvae.evaluation.report import write_report
 from diffmvae.evaluation.suite import EvalSettings, evaluate_model
 from diffmvae.io import DiffMVAEError
+from diffmvae.unite import Composition
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,10 @@ def evaluate_checkpoints(
     progress: bool = True,
     device: torch.device | str = "cpu",
     precision: str = "32-true",
+    composition: Composition | None = None,
 ) -> list[Path]:
-    """Evaluate every checkpoint with one classifier set and write ``metrics.{json,csv,md,png}`` into ``out``."""
+    """Evaluate every checkpoint with one classifier set and write ``metrics.{json,csv,md,png}`` into ``out``; with a
+    ``composition``, conditional generation composes its sources (Unite-and-Conquer within each model)."""
     from diffmvae.devices import precision as autocast
     from diffmvae.sampling import choose_prior, sampling_record
 
@@ -87,6 +90,8 @@ def evaluate_checkpoints(
         run.datamodule.dataset("test")
         samplings.append(run.module.sampling.replace(**(sampling or {})))
         run.module.model.check_sampling(samplings[-1])
+        if composition is not None:
+            run.module.model.check_composition(composition, run.module.model.modalities[:1], samplings[-1])
     if settings.inception_weights:
         from diffmvae.evaluation.frechet import InceptionExtractor
 
@@ -99,9 +104,9 @@ def evaluate_checkpoints(
         log.info("evaluating %s (%s prior for unconditional samples)", name, prior_name)
         with autocast(precision, torch.device(device)):
             summary, model_rows = evaluate_model(name, model, run.datamodule, clfs, prior_module, prior_name, settings, sampling=run_sampling,
-                                                 progress=progress)
+                                                 progress=progress, composition=composition)
         summary.update({"checkpoint": str(ckpt), "classifiers": str(clf_path), "classifier_accuracy": accuracy,
-                        "sampling": sampling_record(model, run_sampling)})
+                        "sampling": sampling_record(model, run_sampling, composition)})
         summaries.append(summary)
         rows += model_rows
         log.info("%s: coherence %s, unconditional %s; FD %s (%.0fs)", name,

@@ -28,6 +28,7 @@ from diffmvae.evaluation.frechet import FeatureExtractor, InceptionExtractor, fr
 from diffmvae.io import DiffMVAEError
 from diffmvae.model import LatentPrior, MultimodalModel, MultimodalVAE
 from diffmvae.sampling import generate_from_subset
+from diffmvae.unite import Composition
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,10 @@ def conditional_metrics(
     seed: int,
     sampling: SamplingSettings = SamplingSettings(),
     progress: bool = True,
+    composition: Composition | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows ``{metric, k, target, value}`` of conditional coherence and FD, per target and averaged (``mean``)."""
+    """Rows ``{metric, k, target, value}`` of conditional coherence and FD, per target and averaged (``mean``);
+    with a ``composition``, the diffusion-decoded targets compose its sources of each subset."""
     n = labels.shape[0]
     rows: list[dict[str, Any]] = []
     todo = [(k, s) for k, ss in subsets.items() for s in ss if model.can_generate(s)]
@@ -83,7 +86,8 @@ def conditional_metrics(
     hits: dict[tuple[int, str], list[float]] = {}
     for i, (k, subset) in enumerate(tqdm(todo, desc="conditional generation", disable=not progress, leave=False)):
         generator = torch.Generator().manual_seed(seed * 7919 + i)
-        samples = generate_from_subset(model, test, subset, n, generator=generator, sampling=sampling, progress=False)
+        samples = generate_from_subset(model, test, subset, n, generator=generator, sampling=sampling, progress=False,
+                                       composition=composition)
         for target in model.modalities:
             if target in subset or target not in classifiers:
                 continue
@@ -204,6 +208,7 @@ def evaluate_model(
     *,
     sampling: SamplingSettings = SamplingSettings(),
     progress: bool = True,
+    composition: Composition | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Every metric of the protocol for one model: ``(summary in the metrics.json layout, table rows)``."""
     start = time.perf_counter()
@@ -219,7 +224,8 @@ def evaluate_model(
     else:
         extractors = {m: FeatureExtractor(c) for m, c in classifiers.items() if hasattr(c, "features")}
     subsets = subsets_by_size(model.modalities, settings.max_subsets, settings.seed)
-    rows = conditional_metrics(model, test, labels, subsets, classifiers, extractors, seed=settings.seed, sampling=sampling, progress=progress)
+    rows = conditional_metrics(model, test, labels, subsets, classifiers, extractors, seed=settings.seed, sampling=sampling, progress=progress,
+                               composition=composition)
     if model.can_generate(()):
         rows += unconditional_metrics(model, test, prior, n, classifiers, extractors, seed=settings.seed, sampling=sampling)
     train = collate_split(datamodule.dataset("train"), settings.probe_train)

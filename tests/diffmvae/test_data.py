@@ -143,3 +143,19 @@ def test_datamodule_declares_the_masked_copy_and_the_label_modality():
         PolyDigitsDataModule(num_modalities=2, masked=["m3"])
     with pytest.raises(ValueError, match="ratio"):
         PolyDigitsDataModule(num_modalities=1, masked=["m0"], mask_ratio=1.5)
+
+
+def test_keep_selects_modalities_with_the_same_examples():
+    """`keep` trains on a subset of modalities; each keeps its own images, so models trained on {m0, m1} and {m1, m2} see
+    the same m1 and the same labels (what composing them across models relies on)."""
+    from diffmvae.data import PolyDigitsDataModule
+
+    full = PolyDigitsDataModule(num_modalities=3, train_length=20).dataset("test")
+    pair = PolyDigitsDataModule(num_modalities=3, train_length=20, keep=["m1", "m2"])
+    assert tuple(pair.specs) == ("m1", "m2")
+    item, whole = pair.dataset("test")[5], full[5]
+    assert set(item) == {"m1", "m2", "label"} and item["label"] == whole["label"]
+    assert torch.equal(item["m1"], whole["m1"]) and torch.equal(item["m2"], whole["m2"])
+    for keep in (["m3"], ["m1", "m1"]):
+        with pytest.raises(ValueError, match="keep must name distinct image modalities of m0, m1, m2"):
+            PolyDigitsDataModule(num_modalities=3, keep=keep)
