@@ -187,6 +187,14 @@ class PolyDigitsDataModule(MultimodalDataModule):
         if label_modality:
             self.specs["label"] = ModalitySpec("label", (), num_classes=10, judge="value")
 
+    def cache_key(self) -> dict[str, Any]:
+        """As for every data module; ``keep`` only when it drops modalities, so the key (and the judge classifiers
+        cached under it) of the full data set stayed what it was before ``keep`` existed."""
+        key = super().cache_key()
+        if not self.dropped:
+            key["settings"].pop("keep", None)
+        return key
+
     @property
     def version(self) -> int:
         """The PolyDigits recipe version: caches of things trained on the data (classifiers) are keyed on it."""
