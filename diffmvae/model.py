@@ -311,6 +311,11 @@ class MultimodalVAE(MultimodalModel):
         sources must be observed, some missing modality must have a diffusion decoder, those decoders need condition
         dropout wherever the rule uses their null prediction, and sampling must be exact with no separate guidance."""
         self.check_names(list(given))
+        if not isinstance(composition.sources, str):
+            unknown = [m for s in composition.sources for m in s if m not in self.modalities]
+            if unknown:
+                raise DiffMVAEError(f"unknown modality {unknown[0]!r} in --compose; give each, each+poe, poe, or subsets of "
+                                    f"{', '.join(self.modalities)} like m0;m1+m2")
         sources = composition.resolve([m for m in self.modalities if m in given])
         missing = [m for m in self.modalities if m not in given]
         decoders = {key: dec for key, dec in self.decoders.items() if composable(dec) and any(m in missing for m in dec.modalities)}

@@ -137,6 +137,18 @@ ROWS = [
                                                 "--out", str(w["root"] / "out")], "text.ckpt"),
     ("export-existing-folder", lambda w: ["export", "--ckpt", str(w["ckpt"]), "--out", str(w["root"] / "folder")], "already exists; pass --overwrite"),
     ("export-of-a-folder", lambda w: ["export", "--ckpt", str(w["root"] / "folder"), "--out", str(w["root"] / "out")], "is already a model folder"),
+    ("compose-unknown-rule", lambda w: ["sample", "--ckpt", str(w["ckpt"]), "--given", "m0", "--compose", "every", "--out", str(w["root"] / "out")],
+     "unknown modality 'every' in --compose"),
+    ("compose-weights-mismatch", lambda w: ["sample", "--ckpt", str(w["ckpt"]), "--given", "m0,m1", "--compose", "m0;m1", "--weights", "1,2,3",
+                                            "--out", str(w["root"] / "out")], "2 composition sources need 1 or 2 weights"),
+    ("compose-feed-forward-model", lambda w: ["sample", "--ckpt", str(w["ckpt"]), "--given", "m0", "--compose", "each", "--out", str(w["root"] / "out")],
+     "--compose needs a diffusion decoder for a generated modality"),
+    ("unite-missing-config", lambda w: ["unite", "--config", str(w["root"] / "nope.yaml"), "--out", str(w["root"] / "out")],
+     "nope.yaml does not exist"),
+    ("unite-reliabilities", lambda w: ["unite", "--ckpt", str(w["ckpt"]), "--ckpt", str(w["other"]), "--target", "m1", "--given", "m0",
+                                       "--given", "m2", "--reliabilities", "0.5,0.6", "--out", str(w["root"] / "out")], "reliabilities must sum to 1"),
+    ("unite-feed-forward-target", lambda w: ["unite", "--ckpt", str(w["ckpt"]), "--target", "m1", "--given", "m0", "--out", str(w["root"] / "out")],
+     "generates 'm1' with a ConvImageDecoder, not a diffusion decoder"),
     ("command-unknown-subcommand", lambda w: ["prior", "train"], "the only prior command is `fit`"),
 ]
 
