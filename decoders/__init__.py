@@ -9,6 +9,7 @@ from decoders.feedforward import ConvImageDecoder, FeedForwardDecoder, MLPDecode
 from decoders.likelihoods import Likelihood, log_prob
 from decoders.mt_diffusion import Aggregate, Head, MTDiffusionDecoder
 from decoders.sampling import SamplingSettings
+from decoders.text import TextDecoder
 
 __all__ = ["Aggregate", "Head", "MTDiffusionDecoder", "ContextImageDecoder", "ConvImageDecoder", "Decoder", "DiffusionDecoder", "FeedForwardDecoder", "Likelihood", "MLPDecoder",
-           "Observed", "SamplingSettings", "log_prob"]
+           "Observed", "SamplingSettings", "TextDecoder", "log_prob"]

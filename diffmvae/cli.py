@@ -235,8 +235,10 @@ def _sample(argv: list[str]) -> int:
         samples = generate_from_subset(model, batch, given, args.n, generator=generator, sampling=sampling, prior=prior,
                                        composition=composition)
     labels = batch.get("label") if given else None  # unconditional samples have no true label
+    texts = {m: run.datamodule.decode_text(m, samples[m]["input_ids"]) for m, spec in run.datamodule.specs.items()
+             if spec.is_text and m in samples}
     paths = write_samples(args.out, samples, run.datamodule.specs, given, labels if isinstance(labels, torch.Tensor) else None,
-                          prior=prior_name, sampling=sampling_record(model, sampling, composition))
+                          prior=prior_name, sampling=sampling_record(model, sampling, composition), texts=texts)
     log.info("wrote %s in %.1fs", ", ".join(map(str, paths)), time.perf_counter() - start)
     return 0
 

@@ -21,6 +21,7 @@ from decoders import SamplingSettings
 from diffmvae.data.spec import ModalitySpec
 from diffmvae.io import DiffMVAEError, image_grid
 from diffmvae.model import LatentPrior, MultimodalModel
+from diffmvae.text import cat_batches, map_batch, take_rows
 from diffmvae.unite import Composition
 
 
@@ -93,31 +94,40 @@ def generate_from_subset(
     chunks: list[dict[str, Tensor]] = []
     for start in tqdm(range(0, n, chunk_size), desc="sampling", disable=not progress, leave=False):
         stop = min(start + chunk_size, n)
-        obs = {m: batch[m][start:stop].to(device) for m in given}
+        obs = {m: take_rows(batch[m], start, stop, device) for m in given}
         with torch.no_grad():
             out = model.generate(obs or None, stop - start, sampling=sampling, generator=generator, prior=prior,
                                  **({"composition": composition} if composition is not None and given else {}))
-        chunks.append({m: v.float().cpu() if v.is_floating_point() else v.cpu() for m, v in out.items()})  # float32 under autocast too
-    return {m: torch.cat([c[m] for c in chunks]) for m in model.modalities}
+        # float32 under autocast too
+        chunks.append({m: map_batch(v, lambda t: t.float().cpu() if t.is_floating_point() else t.cpu()) for m, v in out.items()})
+    return {m: cat_batches([c[m] for c in chunks]) for m in model.modalities}
 
 
 def grid_figure(samples: Mapping[str, Tensor], specs: Mapping[str, ModalitySpec], given: Sequence[str], rows: int = 16, *,
-                title: str = "") -> bytes:
-    """A PNG (bytes) of the first ``rows`` examples, one column per image modality, observed ones marked."""
+                title: str = "", texts: Mapping[str, Sequence[str]] | None = None) -> bytes:
+    """A PNG (bytes) of the first ``rows`` examples, one column per image modality, observed ones marked; each text
+    modality's strings (``texts``) are written beside its row."""
     from matplotlib.figure import Figure
 
+    texts = dict(texts or {})
     images = [m for m in samples if m in specs and specs[m].is_image]
     if not images:
         raise DiffMVAEError("no image modality to draw")
-    rows = min(rows, next(iter(samples.values())).shape[0])
+    rows = min(rows, samples[images[0]].shape[0])
     grid = image_grid([samples[m][:rows] for m in images])
-    fig = Figure(figsize=(1.1 * len(images) + 0.6, 1.1 * rows / 1.6 + 0.8), dpi=110)
+    width_in = 1.1 * len(images) + 0.6 + (3.2 * len(texts) if texts else 0)
+    fig = Figure(figsize=(width_in, 1.1 * rows / 1.6 + 0.8), dpi=110)
     ax = fig.subplots()
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     width = grid.shape[2] / len(images)
     ax.set_xticks([width * (j + 0.5) for j in range(len(images))])
     ax.set_xticklabels([f"{m}\n(given)" if m in given else m for m in images], fontsize=8)
     ax.set_yticks([])
+    height = grid.shape[1] / rows
+    for j, (m, strings) in enumerate(texts.items()):
+        ax.text(grid.shape[2] + 4 + j * 150, -2, f"{m} (given)" if m in given else m, fontsize=7, va="bottom", weight="bold")
+        for i, line in enumerate(strings[:rows]):
+            ax.text(grid.shape[2] + 4 + j * 150, height * (i + 0.5), line, fontsize=6, va="center", clip_on=False)
     ax.set_title(title, fontsize=8)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
@@ -145,15 +155,23 @@ def check_out_dir(out: str | os.PathLike) -> Path:
 
 def write_samples(
     out: str | os.PathLike, samples: Mapping[str, Tensor], specs: Mapping[str, ModalitySpec], given: Sequence[str], labels: Tensor | None, *,
-    prior: str | None = None, sampling: Mapping[str, Any] | None = None,
+    prior: str | None = None, sampling: Mapping[str, Any] | None = None, texts: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Path]:
     """Write ``grid.png`` and ``samples.npz`` into ``out``. Both are written to a temporary folder first and renamed
     into place one by one, so an existing folder never holds a half-written file. ``prior`` (the prior of
     unconditional samples) and ``sampling`` (the settings and what each diffusion decoder did with them) are stored
-    in the npz (``sampling`` as a JSON string) and shown in the grid's title."""
+    in the npz (``sampling`` as a JSON string) and shown in the grid's title. A text modality is stored as its
+    strings (``texts[m]``, the key ``m``) and its token ids and mask (``m/input_ids``, ``m/attention_mask``)."""
     out = check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
-    arrays = {m: v.numpy().astype(np.float32 if v.is_floating_point() else np.int64) for m, v in samples.items()}
+    arrays: dict[str, np.ndarray] = {}
+    for m, v in samples.items():
+        if isinstance(v, Mapping):
+            arrays.update({f"{m}/{k}": t.numpy().astype(np.int64) for k, t in v.items()})
+            if texts and m in texts:
+                arrays[m] = np.array(list(texts[m]), dtype=str)
+        else:
+            arrays[m] = v.numpy().astype(np.float32 if v.is_floating_point() else np.int64)
     if labels is not None:
         arrays["label"] = labels.numpy().astype(np.int64)
     arrays["given"] = np.array(list(given), dtype=str)
@@ -163,7 +181,7 @@ def write_samples(
     arrays["sampling"] = np.array(json.dumps(record))
     tmp = Path(tempfile.mkdtemp(prefix=".samples.", dir=out))
     try:
-        (tmp / "grid.png").write_bytes(grid_figure(samples, specs, given, title=grid_title(given, prior, record)))
+        (tmp / "grid.png").write_bytes(grid_figure(samples, specs, given, title=grid_title(given, prior, record), texts=texts))
         np.savez(tmp / "samples.npz", **arrays)
         written = []
         for name in ("grid.png", "samples.npz"):

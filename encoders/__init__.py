@@ -3,5 +3,6 @@
 from encoders.base import Encoder
 from encoders.image import ConvImageEncoder
 from encoders.mlp import MLPEncoder
+from encoders.text import TextEncoder
 
-__all__ = ["Encoder", "ConvImageEncoder", "MLPEncoder"]
+__all__ = ["Encoder", "ConvImageEncoder", "MLPEncoder", "TextEncoder"]

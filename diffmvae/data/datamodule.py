@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from diffmvae.data.captions import Captioned, captions_for
 from diffmvae.data.masking import MaskedCopies, ratio_range
 from diffmvae.data.order import EpochSampler
 from diffmvae.data.polydigits import BACKGROUND_SCALE, TEXTURE_CONTRAST, TEXTURE_MEANS, VERSION, PolyDigits, Split
@@ -145,6 +146,11 @@ class PolyDigitsDataModule(MultimodalDataModule):
             ``mask_patch``-pixel patches, a ``mask_ratio`` share of them (a number, or ``[low, high]`` drawn per
             example), replaced by mid-grey (seed 000 §4.1).
         missing_rate: probability of dropping each modality of a training example (incomplete data).
+        captions: add a ``text`` modality, one caption per example naming its digit and the colour of ``m1``'s
+            background (:mod:`diffmvae.data.captions`).
+        tokenizer: a local tokenizer directory for the captions; default: a word-level tokenizer trained in memory
+            on the training captions (``vocab_size`` at most).
+        max_length: caption tokens, ``[BOS]`` and ``[EOS]`` included.
         keep: train on these image modalities only (e.g. ``[m1, m2]``, names as for ``M = num_modalities``): each
             keeps its own texture and the same examples, so models trained on different subsets can be united at
             sampling time (Unite-and-Conquer across models). Default: all ``M``.
@@ -166,6 +172,10 @@ class PolyDigitsDataModule(MultimodalDataModule):
         mask_ratio: float | tuple[float, float] = 0.5,
         missing_rate: float = 0.0,
         keep: Sequence[str] = (),
+        captions: bool = False,
+        tokenizer: str | None = None,
+        vocab_size: int = 1000,
+        max_length: int = 20,
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers, missing_rate, seed)
@@ -186,13 +196,21 @@ class PolyDigitsDataModule(MultimodalDataModule):
         self.specs.update({f"{m}_masked": image_spec(3, 28) for m in self.masked})
         if label_modality:
             self.specs["label"] = ModalitySpec("label", (), num_classes=10, judge="value")
+        self.captions, self.max_length, self._tokenizer_source, self.vocab_size = captions, max_length, tokenizer, vocab_size
+        self._tokenizer = None
+        if captions:
+            self.specs["text"] = ModalitySpec("text", (max_length,), num_classes=self.tokenizer.vocab_size)
 
     def cache_key(self) -> dict[str, Any]:
-        """As for every data module; ``keep`` only when it drops modalities, so the key (and the judge classifiers
-        cached under it) of the full data set stayed what it was before ``keep`` existed."""
+        """As for every data module; ``keep`` only when it drops modalities and the caption settings only with
+        captions, so the key (and the judge classifiers cached under it) of the plain data set stayed what it was
+        before those options existed."""
         key = super().cache_key()
         if not self.dropped:
             key["settings"].pop("keep", None)
+        if not self.captions:
+            for name in ("captions", "tokenizer", "vocab_size", "max_length"):
+                key["settings"].pop(name, None)
         return key
 
     @property
@@ -200,8 +218,31 @@ class PolyDigitsDataModule(MultimodalDataModule):
         """The PolyDigits recipe version: caches of things trained on the data (classifiers) are keyed on it."""
         return VERSION
 
+    def polydigits(self, split: Split) -> PolyDigits:
+        return PolyDigits(split, self.num_modalities, self.seed, self.train_length if split == "train" else None, **self.recipe)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The captions' :class:`~diffmvae.text.TextTokenizer` (loaded from ``tokenizer``, or trained on the training
+        captions)."""
+        if self._tokenizer is None:
+            from diffmvae.text import load_tokenizer, train_tokenizer
+
+            if self._tokenizer_source:
+                self._tokenizer = load_tokenizer(self._tokenizer_source)
+            else:
+                self._tokenizer = train_tokenizer(captions_for(self.polydigits("train"), self.seed), self.vocab_size)
+        return self._tokenizer
+
+    def decode_text(self, name: str, ids: Any) -> list[str]:
+        """The strings of a text modality's token ids."""
+        return self.tokenizer.decode(ids)
+
     def make_dataset(self, split: Split) -> Dataset:
-        ds = PolyDigits(split, self.num_modalities, self.seed, self.train_length if split == "train" else None, **self.recipe)
+        ds = self.polydigits(split)
+        if self.captions:
+            texts = captions_for(ds, self.seed)
+            ds = Captioned(ds, texts, self.tokenizer.encode(texts, self.max_length))
         ds = DropKeys(ds, self.dropped) if self.dropped else ds
         return MaskedCopies(ds, self.masked, self.mask_patch, self.mask_ratio, self.seed) if self.masked else ds
 

@@ -136,6 +136,7 @@ class PolyDigits(Dataset):
         by_class = {k: pool[labels[pool] == k] for k in range(10)}
         data = torch.empty(n, num_modalities, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
         self.instances = np.empty((n, num_modalities), dtype=np.int64)
+        self.background_rgb = torch.empty(n, num_modalities, 3)  # each crop's mean colour (what captions describe)
         for m in range(num_modalities):
             inst = anchor if m == 0 else np.array([rng.choice(by_class[int(y)]) for y in labels[anchor]])
             self.instances[:, m] = inst
@@ -144,6 +145,7 @@ class PolyDigits(Dataset):
             ys = rng.integers(0, bg.shape[1] - IMAGE_SIZE + 1, size=n)
             xs = rng.integers(0, bg.shape[2] - IMAGE_SIZE + 1, size=n)
             crops = torch.stack([bg[:, y : y + IMAGE_SIZE, x : x + IMAGE_SIZE] for y, x in zip(ys, xs)])
+            self.background_rgb[:, m] = crops.mean((2, 3))
             img = crops * (1 - strokes) + (1 - crops) * strokes  # strokes invert the background (PolyMNIST)
             data[:, m] = (img * 255).round().to(torch.uint8)
         self.data = data

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-Kind = Literal["image", "label", "attributes", "vector"]
+Kind = Literal["image", "label", "attributes", "vector", "text"]
 Judge = Literal["classifier", "value", "none"]
 
 
@@ -21,7 +21,8 @@ Judge = Literal["classifier", "value", "none"]
 class ModalitySpec:
     """Attributes:
         kind: ``image`` (float ``[C, H, W]`` in [0, 1]), ``label`` (an integer class, shape ``()``), ``attributes``
-            (a 0/1 vector ``[A]``) or ``vector`` (float ``[D]``).
+            (a 0/1 vector ``[A]``), ``vector`` (float ``[D]``) or ``text`` (``{"input_ids", "attention_mask"}``, each
+            ``[L]`` long: :mod:`diffmvae.text`).
         shape: the shape of one example.
         num_classes: the classes of a ``label`` modality.
         judge: how evaluation reads a generated sample against the example's label: ``classifier`` (a classifier
@@ -46,11 +47,18 @@ class ModalitySpec:
 
     @property
     def dtype(self) -> torch.dtype:
-        return torch.long if self.kind == "label" else torch.float32
+        return torch.long if self.kind in ("label", "text") else torch.float32
 
-    def null(self) -> Tensor:
+    @property
+    def is_text(self) -> bool:
+        return self.kind == "text"
+
+    def null(self) -> Tensor | dict[str, Tensor]:
         """The placeholder of one missing example (zeros of the modality's shape and dtype); models never read it,
         since every term and expert of a missing modality is masked out."""
+        if self.is_text:
+            zeros = torch.zeros(self.shape, dtype=torch.long)
+            return {"input_ids": zeros, "attention_mask": zeros.clone()}
         return torch.zeros(self.shape, dtype=self.dtype)
 
 

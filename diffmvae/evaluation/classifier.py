@@ -59,6 +59,63 @@ class ValueJudge(nn.Module):
         return F.one_hot(x.long(), self.num_classes).float()
 
 
+class TextClassifier(nn.Module):
+    """The judge of a text modality: a bag of token embeddings (masked mean) and an MLP, ``{input_ids,
+    attention_mask} [B, L] -> logits [B, num_classes]``, trained on the real captions."""
+
+    multilabel = False
+
+    def __init__(self, vocab_size: int, num_classes: int = 10, dim: int = 64, kind: str = "text") -> None:
+        super().__init__()
+        self.config = {"kind": "text", "vocab_size": vocab_size, "num_classes": num_classes, "dim": dim}
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, num_classes))
+
+    def forward(self, x: dict[str, Tensor]) -> Tensor:
+        mask = x["attention_mask"].float()[..., None]
+        ids = x["input_ids"].clamp(0, self.embed.num_embeddings - 1)  # a decoder's vocabulary may be larger than the tokenizer's
+        bag = (self.embed(ids) * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return self.head(bag)
+
+
+class ParserJudge(nn.Module):
+    """The rule-based judge of a caption: the digit it names (:func:`diffmvae.data.captions.parse_digit` on the decoded
+    string); a caption naming none gets the extra class ``num_classes`` (never a label)."""
+
+    multilabel = False
+
+    def __init__(self, decode: Any, num_classes: int = 10) -> None:
+        super().__init__()
+        self.decode, self.num_classes = decode, num_classes
+
+    def forward(self, x: dict[str, Tensor]) -> Tensor:
+        from diffmvae.data.captions import parse_digit
+
+        digits = [parse_digit(t) for t in self.decode(x["input_ids"])]
+        index = torch.tensor([d if 0 <= d < self.num_classes else self.num_classes for d in digits])
+        return F.one_hot(index, self.num_classes + 1).float()
+
+
+def fit_text_classifier(texts: dict[str, Tensor], labels: Tensor, vocab_size: int, *, epochs: int = 15, batch_size: int = 128,
+                        lr: float = 1e-2, seed: int = 0) -> TextClassifier:
+    """Train a :class:`TextClassifier` on real token ids and labels; returns it in eval mode on the CPU."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():  # initialise from the seed without touching the caller's global stream
+        torch.manual_seed(seed)
+        clf = TextClassifier(vocab_size, int(labels.max()) + 1)
+    opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=1e-4)
+    clf.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(labels), generator=generator)
+        for start in range(0, len(labels), batch_size):
+            idx = order[start : start + batch_size]
+            loss = F.cross_entropy(clf({k: v[idx] for k, v in texts.items()}), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return clf.eval()
+
+
 def _augment(x: Tensor, generator: torch.Generator) -> Tensor:
     """Random shifts of up to 2 pixels (the classifier must not rely on exact placement)."""
     padded = F.pad(x, (2, 2, 2, 2), mode="replicate")
@@ -107,12 +164,15 @@ def fit_classifier(
     return clf.cpu().eval()  # judges run on the CPU beside the samples they read
 
 
-def predict(clf: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
-    """Predicted classes ``[N]`` for ``images [N, C, H, W]``, or 0/1 attributes ``[N, A]`` for a multi-label
-    classifier; compare with labels by ``==`` either way."""
+def predict(clf: nn.Module, images: Tensor | dict[str, Tensor], batch_size: int = 512) -> Tensor:
+    """Predicted classes ``[N]`` for ``images [N, C, H, W]`` (or a text batch), or 0/1 attributes ``[N, A]`` for a
+    multi-label classifier; compare with labels by ``==`` either way."""
+    from diffmvae.text import map_batch
+
     multilabel = getattr(clf, "multilabel", False)
+    n = len(next(iter(images.values())) if isinstance(images, dict) else images)
     with torch.no_grad():
-        logits = torch.cat([clf(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+        logits = torch.cat([clf(map_batch(images, lambda v, i=i: v[i : i + batch_size])) for i in range(0, n, batch_size)])
     return (logits > 0).long() if multilabel else logits.argmax(-1)
 
 
@@ -124,10 +184,12 @@ def collate_split(dataset: Dataset, limit: int | None = None, batch_size: int = 
     """A whole dataset (or its first ``limit`` items) as one dict of stacked tensors."""
     if limit is not None and limit < len(dataset):
         dataset = Subset(dataset, range(limit))
+    from diffmvae.text import cat_batches
+
     batches = list(DataLoader(dataset, batch_size=batch_size))
     if not batches:
         raise DiffMVAEError("the dataset is empty")
-    return {k: torch.cat([b[k] for b in batches]) for k in batches[0] if isinstance(batches[0][k], Tensor)}
+    return {k: cat_batches([b[k] for b in batches]) for k in batches[0] if isinstance(batches[0][k], (Tensor, dict))}
 
 
 def fit_classifier_set(
@@ -141,6 +203,11 @@ def fit_classifier_set(
         raise DiffMVAEError(f"the data has no {label_key!r} field to train classifiers on")
     out, acc = {}, {}
     for m, spec in datamodule.specs.items():
+        if spec.judge == "classifier" and spec.is_text:
+            out[m] = fit_text_classifier(train[m], train[label_key], spec.num_classes, epochs=epochs, batch_size=batch_size, seed=seed)
+            acc[m] = (predict(out[m], test[m]) == test[label_key]).float().mean().item()
+            log.info("text classifier %s: test accuracy %.3f", m, acc[m])
+            continue
         if spec.judge != "classifier" or not spec.is_image:
             continue
         labels = train[label_key]
@@ -170,7 +237,7 @@ def load_classifier_set(path: str | Path) -> tuple[dict[str, ImageClassifier], d
         raise DiffMVAEError(f"{path} is not a classifier file written by `diffmvae classifiers fit`")
     out = {}
     for m, entry in raw["classifiers"].items():
-        clf = ImageClassifier(**entry["config"])
+        clf = TextClassifier(**entry["config"]) if entry["config"].get("kind") == "text" else ImageClassifier(**entry["config"])
         clf.load_state_dict(entry["state_dict"])
         out[m] = clf.eval()
     return out, dict(raw["accuracy"]), dict(raw["data"])

@@ -12,7 +12,13 @@ from typing import Any
 import torch
 
 from diffmvae.checkpoint import LoadedRun, instantiate, load_run
-from diffmvae.evaluation.classifier import ValueJudge, fit_classifier_set, load_classifier_set, save_classifier_set
+from diffmvae.evaluation.classifier import (
+    ParserJudge,
+    ValueJudge,
+    fit_classifier_set,
+    load_classifier_set,
+    save_classifier_set,
+)
 from diffmvae.evaluation.report import write_report
 from diffmvae.evaluation.suite import EvalSettings, evaluate_model
 from diffmvae.io import DiffMVAEError
@@ -53,6 +59,9 @@ def classifiers_for_run(run: LoadedRun, path: str | Path | None, progress: bool 
     if missing:
         raise DiffMVAEError(f"classifier file {path} has no classifier for modality {missing[0]!r}")
     classifiers.update({m: ValueJudge(spec.num_classes) for m, spec in specs.items() if spec.judge == "value" and m in run.module.model.modalities})
+    # Captions are also read by rule (the digit they name): a second judge, reported as "<m>@parser".
+    classifiers.update({f"{m}@parser": ParserJudge(lambda ids, m=m: run.datamodule.decode_text(m, ids)) for m, spec in specs.items()
+                        if spec.is_text and m in run.module.model.modalities})
     return classifiers, accuracy, Path(path)
 
 

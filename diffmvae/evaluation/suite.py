@@ -28,6 +28,7 @@ from diffmvae.evaluation.frechet import FeatureExtractor, InceptionExtractor, fr
 from diffmvae.io import DiffMVAEError
 from diffmvae.model import LatentPrior, MultimodalModel, MultimodalVAE
 from diffmvae.sampling import generate_from_subset
+from diffmvae.text import num_rows, take_rows
 from diffmvae.unite import Composition
 
 log = logging.getLogger(__name__)
@@ -89,19 +90,27 @@ def conditional_metrics(
         samples = generate_from_subset(model, test, subset, n, generator=generator, sampling=sampling, progress=False,
                                        composition=composition)
         for target in model.modalities:
-            if target in subset or target not in classifiers:
+            if target in subset:
                 continue
-            hits.setdefault((k, target), []).append((predict(classifiers[target], samples[target]) == labels).float().mean().item())
-            pools.setdefault((k, target), []).append(samples[target])
+            for judge in judges_of(target, classifiers):  # the modality's classifier, and e.g. "text@parser"
+                hits.setdefault((k, judge), []).append((predict(classifiers[judge], samples[target]) == labels).float().mean().item())
+            if target in extractors:
+                pools.setdefault((k, target), []).append(samples[target])
     for k in subsets:
-        targets = [t for t in model.modalities if (k, t) in hits]
-        coh = {t: float(np.mean(hits[(k, t)])) for t in targets}
-        fd = {t: frechet_distance(test[t], torch.cat(pools[(k, t)]), extractors[t]) for t in targets if t in extractors}
+        judged = [j for j in classifiers if (k, j) in hits]
+        coh = {j: float(np.mean(hits[(k, j)])) for j in judged}
+        fd = {t: frechet_distance(test[t], torch.cat(pools[(k, t)]), extractors[t]) for t in model.modalities if (k, t) in pools}
         for metric, values in (("coherence", coh), ("fd", fd)):
             rows += [{"metric": metric, "k": k, "target": t, "value": v} for t, v in values.items()]
-            if values:
-                rows.append({"metric": metric, "k": k, "target": "mean", "value": float(np.mean(list(values.values())))})
+            main = [v for t, v in values.items() if "@" not in t]  # second judges of a modality stay out of the mean
+            if main:
+                rows.append({"metric": metric, "k": k, "target": "mean", "value": float(np.mean(main))})
     return rows
+
+
+def judges_of(target: str, classifiers: Mapping[str, nn.Module]) -> list[str]:
+    """The judges of a modality: its classifier (keyed by its name) and any second judge keyed ``<name>@<judge>``."""
+    return [j for j in classifiers if j == target or j.startswith(f"{target}@")]
 
 
 def unconditional_metrics(
@@ -131,9 +140,9 @@ def unconditional_metrics(
 def latent_means(model: MultimodalVAE, data: Mapping[str, Tensor], subset: Sequence[str], batch_size: int = 512) -> np.ndarray:
     """Posterior means ``[N, d]`` of ``q(z|x_subset)``."""
     device = model.device_of()
-    n = next(iter(data.values())).shape[0]
+    n = num_rows(next(iter(data.values())))
     with torch.no_grad():
-        mus = [model.posterior({m: data[m][i : i + batch_size].to(device) for m in subset})[0].cpu() for i in range(0, n, batch_size)]
+        mus = [model.posterior({m: take_rows(data[m], i, i + batch_size, device) for m in subset})[0].cpu() for i in range(0, n, batch_size)]
     return torch.cat(mus).numpy()
 
 
@@ -163,12 +172,12 @@ def elbo_on_split(model: MultimodalModel, test: Mapping[str, Tensor], *, seed: i
     decoder gives a bound (feed-forward likelihoods, VDM; DDPM and score-matching losses are surrogates)."""
     device = model.device_of()
     generator = torch.Generator(device=device).manual_seed(seed)
-    n = next(iter(test.values())).shape[0]
+    n = num_rows(next(iter(test.values())))
     bounds = model.bound_terms()
     sums: dict[str, float] = {}
     with torch.no_grad():
         for i in range(0, n, batch_size):
-            record = model.elbo({m: test[m][i : i + batch_size].to(device) for m in model.modalities}, generator=generator)
+            record = model.elbo({m: take_rows(test[m], i, i + batch_size, device) for m in model.modalities}, generator=generator)
             terms = {"objective": record.loss(1.0), **record.terms}
             if bounds is not None:
                 terms["elbo"] = -record.total(["kl", *(t for t in record.terms if t.partition("/")[2] in bounds.get(t.partition("/")[0], ()))])
@@ -184,17 +193,38 @@ def bits_per_dim(model: MultimodalVAE, test: Mapping[str, Tensor], *, seed: int,
         return {}
     device = model.device_of()
     generator = torch.Generator(device=device).manual_seed(seed)
-    n = next(iter(test.values())).shape[0]
+    n = num_rows(next(iter(test.values())))
     sums: dict[str, float] = {}
     with torch.no_grad():
         for i in range(0, n, batch_size):
-            x = {m: test[m][i : i + batch_size].to(device) for m in model.modalities}
+            x = {m: take_rows(test[m], i, i + batch_size, device) for m in model.modalities}
             z = model.sample_latent(x, generator=generator)
             example = model.observe(x)
             for dec in model.decoders.values():
                 for m, bpd in dec.bits_per_dim(z, example, generator=generator).items():
                     sums[m] = sums.get(m, 0.0) + bpd.sum().item()
     return {m: v / n for m, v in sums.items()}
+
+
+def text_nll_per_token(model: MultimodalVAE, test: Mapping[str, Any], *, seed: int, batch_size: int = 256) -> dict[str, float]:
+    """``{text modality: nats per token}``: ``-log p(text | z)`` of the text decoders (:class:`~decoders.text.TextDecoder`)
+    summed over the test set's predicted tokens (``[EOS]`` included), over their number, ``z ~ q(z | X)``."""
+    texts = [(m, dec) for dec in model.decoders.values() if hasattr(dec, "nll") and hasattr(dec, "max_length") for m in dec.modalities]
+    if not texts or not hasattr(model, "sample_latent"):
+        return {}
+    device = model.device_of()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    n = num_rows(next(iter(test.values())))
+    nats = {m: 0.0 for m, _ in texts}
+    tokens = {m: 0.0 for m, _ in texts}
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            x = {m: take_rows(test[m], i, i + batch_size, device) for m in model.modalities}
+            z = model.sample_latent(x, generator=generator)
+            for m, dec in texts:
+                nats[m] += dec.nll(z, x[m]).sum().item()
+                tokens[m] += x[m]["attention_mask"][:, 1:].sum().item()
+    return {m: nats[m] / max(tokens[m], 1.0) for m in nats}
 
 
 def evaluate_model(
@@ -251,6 +281,7 @@ def evaluate_model(
         "objective": elbo["objective"],
         "terms": {k: v for k, v in elbo.items() if k not in ("elbo", "objective")},
         "bits_per_dim": bits_per_dim(model, test, seed=settings.seed) or None,
+        "text_nll_per_token": text_nll_per_token(model, test, seed=settings.seed) or None,
         "fd_features": "inception" if settings.inception_weights else "classifier",
         "n_samples": n,
         "seed": settings.seed,

@@ -1,0 +1,128 @@
+"""Text as a modality: tokenizers (a local pretrained tokenizer directory, or one trained in memory on the training
+captions with the ``tokenizers`` library), and the batch layout of a text modality.
+
+A text example is ``{"input_ids": [L] long, "attention_mask": [L] long}``: ``[BOS] tokens [EOS]`` padded with
+``[PAD]`` to the data set's ``max_length`` (longer captions are cut, keeping ``[EOS]``), so the default collation
+stacks them into ``[B, L]`` tensors. Nothing is ever downloaded: a name that is not a local directory is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from diffmvae.io import DiffMVAEError
+
+log = logging.getLogger(__name__)
+
+SPECIALS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
+
+
+@dataclass
+class TextTokenizer:
+    """A ``tokenizers.Tokenizer`` with the ids the text modules need."""
+
+    tokenizer: object  # tokenizers.Tokenizer
+    pad_id: int
+    bos_id: int
+    eos_id: int
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode(self, texts: Sequence[str], max_length: int) -> dict[str, Tensor]:
+        """``{"input_ids", "attention_mask"}`` ``[N, max_length]``: ``[BOS] tokens [EOS]`` then padding."""
+        if max_length < 3:
+            raise ValueError(f"max_length must be >= 3 ([BOS], a token, [EOS]), got {max_length}")
+        ids = torch.full((len(texts), max_length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(texts), max_length, dtype=torch.long)
+        for i, encoding in enumerate(self.tokenizer.encode_batch(list(texts), add_special_tokens=False)):
+            tokens = [self.bos_id, *encoding.ids[: max_length - 2], self.eos_id]
+            ids[i, : len(tokens)] = torch.tensor(tokens)
+            mask[i, : len(tokens)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def decode(self, ids: Tensor) -> list[str]:
+        """Strings of ``[N, L]`` ids: the tokens after ``[BOS]`` up to the first ``[EOS]`` (or the end)."""
+        out = []
+        for row in ids.tolist():
+            row = row[1:] if row and row[0] == self.bos_id else row
+            row = row[: row.index(self.eos_id)] if self.eos_id in row else row
+            out.append(self.tokenizer.decode([t for t in row if t != self.pad_id], skip_special_tokens=False))
+        return out
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> TextTokenizer:
+    """A word-level tokenizer trained in memory on ``texts`` (lower-cased, split on whitespace and punctuation), for
+    data sets that ship none; deterministic for the same texts."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok.train_from_iterator(sorted(set(texts)), trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS)))
+    ids = {s: tok.token_to_id(s) for s in SPECIALS}
+    return TextTokenizer(tok, ids["[PAD]"], ids["[BOS]"], ids["[EOS]"])
+
+
+def check_local_dir(path: str | Path, what: str) -> Path:
+    """``path`` as a local directory, or one line saying a local path is needed (nothing is downloaded)."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise DiffMVAEError(f"{what} {path!r} is not a local directory; diffmvae never downloads: save the pretrained "
+                            "files (save_pretrained) and pass that folder")
+    return p
+
+
+def load_tokenizer(path: str | Path) -> TextTokenizer:
+    """The tokenizer saved in a local directory (``tokenizer.json``, or a transformers tokenizer such as BERT's
+    ``vocab.txt``): ``[CLS]``/``[SEP]`` (BERT) or ``bos``/``eos`` (GPT-2) serve as begin and end, ``[PAD]`` or the end
+    token as padding."""
+    from transformers import AutoTokenizer
+
+    folder = check_local_dir(path, "tokenizer")
+    try:
+        hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise DiffMVAEError(f"tokenizer {folder} could not be read: {str(err).splitlines()[0]}") from None
+    if not getattr(hf, "is_fast", False):
+        raise DiffMVAEError(f"tokenizer {folder} has no fast (tokenizers) version; save it with a tokenizer.json")
+    bos = hf.cls_token_id if hf.cls_token_id is not None else hf.bos_token_id
+    eos = hf.sep_token_id if hf.sep_token_id is not None else hf.eos_token_id
+    pad = hf.pad_token_id if hf.pad_token_id is not None else eos
+    if bos is None or eos is None:
+        raise DiffMVAEError(f"tokenizer {folder} has neither [CLS]/[SEP] nor bos/eos tokens")
+    return TextTokenizer(hf.backend_tokenizer, pad, bos, eos)
+
+
+def text_null(max_length: int) -> dict[str, Tensor]:
+    """The placeholder of a missing text example."""
+    return {"input_ids": torch.zeros(max_length, dtype=torch.long), "attention_mask": torch.zeros(max_length, dtype=torch.long)}
+
+
+def map_batch(value: Tensor | Mapping[str, Tensor], fn: Callable[[Tensor], Tensor]) -> Tensor | dict[str, Tensor]:
+    """``fn`` applied to a modality's batch: a tensor, or each tensor of a text modality's dict."""
+    return {k: fn(v) for k, v in value.items()} if isinstance(value, Mapping) else fn(value)
+
+
+def cat_batches(values: Sequence[Tensor | Mapping[str, Tensor]]) -> Tensor | dict[str, Tensor]:
+    """Concatenate one modality's batches along the examples (tensors, or text dicts key by key)."""
+    if isinstance(values[0], Mapping):
+        return {k: torch.cat([v[k] for v in values]) for k in values[0]}
+    return torch.cat(list(values))
+
+
+def take_rows(value: Tensor | Mapping[str, Tensor], start: int, stop: int, device: torch.device | str | None = None) -> Tensor | dict[str, Tensor]:
+    """Examples ``start:stop`` of a modality's batch (tensor or text dict), moved to ``device``."""
+    return map_batch(value, lambda v: v[start:stop] if device is None else v[start:stop].to(device))
+
+
+def num_rows(value: Tensor | Mapping[str, Tensor]) -> int:
+    return (next(iter(value.values())) if isinstance(value, Mapping) else value).shape[0]
