@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,7 @@ def grid_figure(samples: Mapping[str, Tensor], specs: Mapping[str, ModalitySpec]
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     width = grid.shape[2] / len(images)
     ax.set_xticks([width * (j + 0.5) for j in range(len(images))])
-    ax.set_xticklabels([f"{m}\n(given)" if m in given else m for m in images], fontsize=8)
+    ax.set_xticklabels([f"{m}\n(given)" if m in given else textwrap.fill(m.replace("_", " "), 10) for m in images], fontsize=7)
     ax.set_yticks([])
     height = grid.shape[1] / rows
     for j, (m, strings) in enumerate(texts.items()):

@@ -102,9 +102,16 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
     return TextTokenizer(hf.backend_tokenizer, pad, bos, eos)
 
 
-def text_null(max_length: int) -> dict[str, Tensor]:
-    """The placeholder of a missing text example."""
-    return {"input_ids": torch.zeros(max_length, dtype=torch.long), "attention_mask": torch.zeros(max_length, dtype=torch.long)}
+def encode_texts(texts: Sequence[str], tokenizer: TextTokenizer, max_length: int,
+                 encoder_tokenizer: TextTokenizer | None = None) -> dict[str, Tensor]:
+    """A text modality's tensors: ``input_ids`` / ``attention_mask`` by ``tokenizer`` (what the decoder models), and
+    with a second ``encoder_tokenizer`` (Optimus: BERT's vocabulary for the encoder, GPT-2's for the decoder) also
+    ``encoder_input_ids`` / ``encoder_attention_mask``, which :class:`~encoders.TextEncoder` reads when present."""
+    out = tokenizer.encode(texts, max_length)
+    if encoder_tokenizer is not None:
+        enc = encoder_tokenizer.encode(texts, max_length)
+        out.update(encoder_input_ids=enc["input_ids"], encoder_attention_mask=enc["attention_mask"])
+    return out
 
 
 def map_batch(value: Tensor | Mapping[str, Tensor], fn: Callable[[Tensor], Tensor]) -> Tensor | dict[str, Tensor]:

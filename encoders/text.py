@@ -54,8 +54,11 @@ class TextEncoder(Encoder):
         self.vocab_size = bert.config.vocab_size
 
     def features(self, x: Mapping[str, Tensor]) -> Tensor:
-        mask = x["attention_mask"]
-        states = self.bert(input_ids=x["input_ids"], attention_mask=mask).last_hidden_state
+        """Pooled states of the text's ``encoder_input_ids`` when the data has a separate encoder tokenization (BERT's
+        vocabulary beside GPT-2's), else of its ``input_ids``; padded positions are masked out."""
+        prefix = "encoder_" if "encoder_input_ids" in x else ""
+        ids, mask = x[f"{prefix}input_ids"], x[f"{prefix}attention_mask"]
+        states = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
         if self.pooling == "cls":
             return states[:, 0]
         weights = mask.to(states.dtype)[..., None]

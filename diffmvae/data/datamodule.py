@@ -18,6 +18,7 @@ from diffmvae.data.order import EpochSampler
 from diffmvae.data.polydigits import BACKGROUND_SCALE, TEXTURE_CONTRAST, TEXTURE_MEANS, VERSION, PolyDigits, Split
 from diffmvae.data.polymnist import PolyMNIST
 from diffmvae.data.spec import ModalitySpec, image_spec
+from diffmvae.text import encode_texts
 
 # Settings of how data is loaded, not of what the data is: left out of cache keys.
 LOADER_SETTINGS = ("batch_size", "num_workers", "missing_rate")
@@ -150,6 +151,8 @@ class PolyDigitsDataModule(MultimodalDataModule):
             background (:mod:`diffmvae.data.captions`).
         tokenizer: a local tokenizer directory for the captions; default: a word-level tokenizer trained in memory
             on the training captions (``vocab_size`` at most).
+        encoder_tokenizer: a second local tokenizer directory for the text encoder (Optimus: BERT's vocabulary for
+            the encoder, GPT-2's for the decoder); default: the encoder reads ``tokenizer``'s ids.
         max_length: caption tokens, ``[BOS]`` and ``[EOS]`` included.
         keep: train on these image modalities only (e.g. ``[m1, m2]``, names as for ``M = num_modalities``): each
             keeps its own texture and the same examples, so models trained on different subsets can be united at
@@ -174,6 +177,7 @@ class PolyDigitsDataModule(MultimodalDataModule):
         keep: Sequence[str] = (),
         captions: bool = False,
         tokenizer: str | None = None,
+        encoder_tokenizer: str | None = None,
         vocab_size: int = 1000,
         max_length: int = 20,
         num_workers: int = 0,
@@ -198,8 +202,13 @@ class PolyDigitsDataModule(MultimodalDataModule):
             self.specs["label"] = ModalitySpec("label", (), num_classes=10, judge="value")
         self.captions, self.max_length, self._tokenizer_source, self.vocab_size = captions, max_length, tokenizer, vocab_size
         self._tokenizer = None
+        self.encoder_tokenizer = None
         if captions:
-            self.specs["text"] = ModalitySpec("text", (max_length,), num_classes=self.tokenizer.vocab_size)
+            from diffmvae.text import load_tokenizer
+
+            self.encoder_tokenizer = load_tokenizer(encoder_tokenizer) if encoder_tokenizer else None
+            keys = ("input_ids", "attention_mask", *(("encoder_input_ids", "encoder_attention_mask") if encoder_tokenizer else ()))
+            self.specs["text"] = ModalitySpec("text", (max_length,), num_classes=self.tokenizer.vocab_size, text_keys=keys)
 
     def cache_key(self) -> dict[str, Any]:
         """As for every data module; ``keep`` only when it drops modalities and the caption settings only with
@@ -209,7 +218,7 @@ class PolyDigitsDataModule(MultimodalDataModule):
         if not self.dropped:
             key["settings"].pop("keep", None)
         if not self.captions:
-            for name in ("captions", "tokenizer", "vocab_size", "max_length"):
+            for name in ("captions", "tokenizer", "encoder_tokenizer", "vocab_size", "max_length"):
                 key["settings"].pop(name, None)
         return key
 
@@ -242,7 +251,7 @@ class PolyDigitsDataModule(MultimodalDataModule):
         ds = self.polydigits(split)
         if self.captions:
             texts = captions_for(ds, self.seed)
-            ds = Captioned(ds, texts, self.tokenizer.encode(texts, self.max_length))
+            ds = Captioned(ds, texts, encode_texts(texts, self.tokenizer, self.max_length, self.encoder_tokenizer))
         ds = DropKeys(ds, self.dropped) if self.dropped else ds
         return MaskedCopies(ds, self.masked, self.mask_patch, self.mask_ratio, self.seed) if self.masked else ds
 

@@ -24,16 +24,18 @@ class ModalitySpec:
             (a 0/1 vector ``[A]``), ``vector`` (float ``[D]``) or ``text`` (``{"input_ids", "attention_mask"}``, each
             ``[L]`` long: :mod:`diffmvae.text`).
         shape: the shape of one example.
-        num_classes: the classes of a ``label`` modality.
+        num_classes: the classes of a ``label`` modality; the tokenizer's vocabulary size of a ``text`` one.
         judge: how evaluation reads a generated sample against the example's label: ``classifier`` (a classifier
             trained on the real modality, the coherence protocol of DESIGN §3), ``value`` (the modality is itself
             the label) or ``none`` (not judged).
+        text_keys: the tensors of a ``text`` example (``encoder_*`` too when the encoder has its own tokenizer).
     """
 
     kind: Kind
     shape: tuple[int, ...]
     num_classes: int | None = None
     judge: Judge = "classifier"
+    text_keys: tuple[str, ...] = ("input_ids", "attention_mask")
 
     def __post_init__(self) -> None:
         if self.kind == "image" and len(self.shape) != 3:
@@ -57,8 +59,7 @@ class ModalitySpec:
         """The placeholder of one missing example (zeros of the modality's shape and dtype); models never read it,
         since every term and expert of a missing modality is masked out."""
         if self.is_text:
-            zeros = torch.zeros(self.shape, dtype=torch.long)
-            return {"input_ids": zeros, "attention_mask": zeros.clone()}
+            return {key: torch.zeros(self.shape, dtype=torch.long) for key in self.text_keys}
         return torch.zeros(self.shape, dtype=self.dtype)
 
 

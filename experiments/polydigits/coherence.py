@@ -4,7 +4,7 @@ coherence of the generated modalities and their Fréchet distance to the real te
     python experiments/polydigits/coherence.py --samples OUT/samples.npz [--classifiers runs/classifiers/....pt]
 
 Prints the fraction of generated images (the modalities not in `given`) classified as the example's true
-label, and the Fréchet distance of each generated modality to all real test images of that modality, in the
+label (and, for generated captions, the fraction naming the true digit, read by the caption parser), and the Fréchet distance of each generated modality to all real test images of that modality, in the
 classifier's penultimate-layer features. Without --classifiers it uses (and trains once, when missing) the classifier set of the quickstart's
 data: PolyDigits with M taken from the samples, seed 0, 6000 training examples.
 """
@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from diffmvae.data import PolyDigits
+from diffmvae.data.captions import parse_digit
 from diffmvae.evaluation import FeatureExtractor, conditional_coherence, frechet_distance
 from diffmvae.evaluation.classifier import collate_split, load_classifier_set
 from diffmvae.evaluation.command import CLASSIFIER_DIR, data_key, fit_classifiers
@@ -31,7 +33,8 @@ def main() -> None:
     args = p.parse_args()
     data = np.load(args.samples)
     given = [str(g) for g in data["given"]]
-    names = sorted((k for k in data.files if k.startswith("m")), key=lambda k: int(k[1:]))
+    names = sorted((k for k in data.files if re.fullmatch(r"m\d+", k)), key=lambda k: int(k[1:]))
+    texts = [k for k in data.files if "/" not in k and data[k].dtype.kind == "U" and data[k].ndim == 1 and k not in ("given",)]
     path = Path(args.classifiers) if args.classifiers else None
     if path is None:
         config = {"class_path": "diffmvae.data.PolyDigitsDataModule", "init_args": {"num_modalities": len(names), "seed": 0, "train_length": 6000}}
@@ -44,7 +47,10 @@ def main() -> None:
     mean = float(np.mean(list(scores.values())))
     real = collate_split(PolyDigits("test", len(names), seed=0))
     fd = {m: frechet_distance(real[m], samples[m], FeatureExtractor(classifiers[m])) for m in scores}
+    labels = data["label"].tolist()
+    captions = {m: float(np.mean([parse_digit(str(t)) == y for t, y in zip(data[m], labels)])) for m in texts if m not in given}
     print(json.dumps({"given": given, "per_modality": scores, "coherence": round(mean, 4), "n": len(data["label"]),
+                      "caption_coherence_parser": captions,
                       "fd_mean": round(float(np.mean(list(fd.values()))), 2), "fd": {m: round(v, 2) for m, v in fd.items()},
                       "classifier_accuracy": accuracy}))
 

@@ -204,3 +204,47 @@ def test_captions_config_end_to_end(tmp_path):
     assert set(summary["text_nll_per_token"]) == {"text"} and summary["text_nll_per_token"]["text"] > 0
     rows = (tmp_path / "e" / "metrics.csv").read_text()
     assert "text@parser" in rows and ",text," in rows
+
+
+def test_the_cub_text_config_builds_from_local_pretrained_folders(tmp_path):
+    """experiments/cub/text_model.yaml (BERT / GPT-2 from local folders, latent 768), with tiny saved models in place of
+    the pretrained ones: both text modules load and map a caption to a 768-d expert and back to a likelihood."""
+    from pathlib import Path
+
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+
+    from diffmvae.checkpoint import instantiate
+
+    BertModel(BertConfig(**BERT)).save_pretrained(tmp_path / "bert")
+    GPT2LMHeadModel(GPT2Config(**GPT2, bos_token_id=3, eos_token_id=3)).save_pretrained(tmp_path / "gpt2")
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "experiments/cub/text_model.yaml").read_text())
+    args = cfg["model"]["init_args"]["model"]["init_args"]
+    assert args["latent_dim"] == 768 and cfg["model"]["init_args"]["modality_weights"] == {"image": 1e-5}
+    enc_cfg, dec_cfg = args["encoders"]["text"], args["decoders"]["text"]
+    enc_cfg["init_args"]["pretrained"], dec_cfg["init_args"]["pretrained"] = str(tmp_path / "bert"), str(tmp_path / "gpt2")
+    dec_cfg["init_args"].update(bos_id=2, eos_id=3, pad_id=0, max_length=12)
+    encoder, decoder = instantiate(enc_cfg), instantiate(dec_cfg).bind("text")
+    batch = train_tokenizer(TEXTS, vocab_size=40).encode(TEXTS, 12)
+    mu, _ = encoder(batch)
+    assert mu.shape == (3, 768) and decoder.nll(mu, batch).shape == (3,)
+
+
+def test_a_separate_encoder_tokenizer_feeds_the_encoder(tmp_path, tokenizer):
+    """Optimus tokenizes a caption twice (BERT's vocabulary for the encoder, GPT-2's for the decoder): the data carries
+    both and the encoder reads its own ids."""
+    from transformers import BertTokenizerFast, PreTrainedTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted({w for c in captions_for(PolyDigitsDataModule(num_modalities=1).polydigits("train"), 0)
+                                                                     for w in c.split()})]
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(tmp_path / "bert")
+    data = PolyDigitsDataModule(num_modalities=1, captions=True, encoder_tokenizer=str(tmp_path / "bert"), max_length=20)
+    item = data.dataset("test")[0]["text"]
+    assert set(item) == {"input_ids", "attention_mask", "encoder_input_ids", "encoder_attention_mask"}
+    assert item["encoder_input_ids"][0] == 2 and not torch.equal(item["encoder_input_ids"], item["input_ids"])
+    assert set(data.specs["text"].null()) == set(item)
+    torch.manual_seed(0)
+    enc = TextEncoder(4, config={**BERT, "vocab_size": len(words), "max_position_embeddings": 32}).eval()
+    batch = {k: v[None] for k, v in item.items()}
+    mu = enc(batch)[0]
+    torch.testing.assert_close(enc({**batch, "input_ids": torch.zeros_like(batch["input_ids"])})[0], mu)  # decoder ids unused
+    assert not torch.allclose(enc({**batch, "encoder_input_ids": batch["encoder_input_ids"].flip(1)})[0], mu)
