@@ -50,6 +50,7 @@ def add_composition_arguments(p: argparse.ArgumentParser) -> None:
                         "or a YAML file with sources / weights / poe_weight (needs decoders trained with cond_dropout)")
     p.add_argument("--weights", default=None, help="composition weights: one for every source, or one per listed subset (default 1)")
     p.add_argument("--poe-weight", type=float, default=None, help="weight of the PoE source of 'each+poe' (default: --weights)")
+    p.add_argument("--draws", type=int, default=1, help="latents drawn per source, each a source with the source's weight (default 1)")
 
 
 def composition_from(args: argparse.Namespace) -> Any:
@@ -58,8 +59,8 @@ def composition_from(args: argparse.Namespace) -> Any:
     from diffmvae.unite import Composition
 
     if args.compose is None:
-        if args.weights is not None or args.poe_weight is not None:
-            raise DiffMVAEError("--weights and --poe-weight need --compose")
+        if args.weights is not None or args.poe_weight is not None or args.draws != 1:
+            raise DiffMVAEError("--weights, --poe-weight and --draws need --compose")
         return None
     if args.compose.endswith((".yaml", ".yml")):
         import yaml
@@ -68,11 +69,11 @@ def composition_from(args: argparse.Namespace) -> Any:
         if not path.is_file():
             raise DiffMVAEError(f"composition file {path} does not exist")
         spec = yaml.safe_load(path.read_text()) or {}
-        unknown = sorted(set(spec) - {"sources", "weights", "poe_weight"}) if isinstance(spec, dict) else ["(not a mapping)"]
+        unknown = sorted(set(spec) - {"sources", "weights", "poe_weight", "draws"}) if isinstance(spec, dict) else ["(not a mapping)"]
         if unknown:
-            raise DiffMVAEError(f"composition file {path}: unknown key {unknown[0]!r} (expected sources, weights, poe_weight)")
+            raise DiffMVAEError(f"composition file {path}: unknown key {unknown[0]!r} (expected sources, weights, poe_weight, draws)")
         return Composition.coerce(spec)
-    return Composition.parse(args.compose, args.weights if args.weights is not None else 1.0, args.poe_weight)
+    return Composition.parse(args.compose, args.weights if args.weights is not None else 1.0, args.poe_weight, args.draws)
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -62,13 +62,19 @@ class Composition:
             ``m0;m2;m0+m2``).
         weights: ``beta`` per source: one number for every source, or one per explicit source.
         poe_weight: ``beta`` of the PoE source of ``each+poe`` (default: the same as the others).
+        draws: latents drawn per source (``z_s^1..z_s^n ~ q(z | x_s)``), each its own source with the source's weight:
+            ``n`` draws of weight ``1 / n`` average the predictions over the posterior; weight 1 each multiplies them
+            (what the draws share, the digit, is kept; what they disagree on is not).
     """
 
     sources: str | tuple[tuple[str, ...], ...] = "each"
     weights: tuple[float, ...] = (1.0,)
     poe_weight: float | None = None
+    draws: int = 1
 
     def __post_init__(self) -> None:
+        if not isinstance(self.draws, int) or self.draws < 1:
+            raise DiffMVAEError(f"composition draws must be an integer >= 1, got {self.draws!r}")
         if isinstance(self.sources, str):
             if self.sources not in SOURCE_RULES:
                 raise DiffMVAEError(f"unknown composition sources {self.sources!r}; use {', '.join(SOURCE_RULES)} or subsets like m0;m2;m0+m2")
@@ -81,12 +87,12 @@ class Composition:
                 raise DiffMVAEError(f"{len(self.sources)} composition sources need 1 or {len(self.sources)} weights, got {list(self.weights)}")
 
     @classmethod
-    def parse(cls, sources: str, weights: str | float | Sequence[float] = 1.0, poe_weight: float | None = None) -> Composition:
+    def parse(cls, sources: str, weights: str | float | Sequence[float] = 1.0, poe_weight: float | None = None, draws: int = 1) -> Composition:
         """From the command line: ``sources`` a rule or ``m0;m2;m0+m2``, ``weights`` ``"1.5"`` or ``"1,1,0.5"``."""
         text = sources.strip()
         rule: str | tuple[tuple[str, ...], ...] = text if text in SOURCE_RULES else tuple(
             tuple(m.strip() for m in part.split("+")) for part in text.split(";"))
-        return cls(rule, parse_floats(weights, "--weights"), poe_weight)
+        return cls(rule, parse_floats(weights, "--weights"), poe_weight, draws)
 
     @classmethod
     def coerce(cls, value: Composition | Mapping[str, Any] | None) -> Composition | None:
@@ -94,10 +100,11 @@ class Composition:
             return value
         sources = value.get("sources", "each")
         sources = sources if isinstance(sources, str) else tuple(tuple(s) for s in sources)
-        return cls(sources, parse_floats(value.get("weights", 1.0), "weights"), value.get("poe_weight"))
+        return cls(sources, parse_floats(value.get("weights", 1.0), "weights"), value.get("poe_weight"), value.get("draws", 1))
 
     def resolve(self, given: Sequence[str]) -> list[tuple[tuple[str, ...], float]]:
-        """``[(subset, beta), ...]`` for the observed modalities ``given`` (duplicates of one subset kept once)."""
+        """``[(subset, beta), ...]`` for the observed modalities ``given`` (duplicates of one subset kept once; each
+        source ``draws`` times)."""
         given = tuple(given)
         if not given:
             raise DiffMVAEError("a composition needs observed modalities (--given)")
@@ -122,11 +129,11 @@ class Composition:
         seen: dict[tuple[str, ...], float] = {}
         for subset, beta in out:
             seen.setdefault(subset, beta)
-        return list(seen.items())
+        return [item for item in seen.items() for _ in range(self.draws)]
 
     def record(self) -> dict[str, Any]:
         sources = self.sources if isinstance(self.sources, str) else ["+".join(s) for s in self.sources]
-        return {"sources": sources, "weights": list(self.weights), "poe_weight": self.poe_weight}
+        return {"sources": sources, "weights": list(self.weights), "poe_weight": self.poe_weight, "draws": self.draws}
 
 
 def composable(decoder: Any) -> bool:

@@ -35,6 +35,7 @@ def test_composition_rules_resolve_against_the_observed_modalities():
     assert Composition("each+poe", (1.0,), poe_weight=0.5).resolve(["m0", "m2"]) == [(("m0",), 1.0), (("m2",), 1.0), (("m0", "m2"), 0.5)]
     assert Composition("each+poe", (2.0,)).resolve(["m1"]) == [(("m1",), 2.0)]  # one modality: the PoE is that source
     assert Composition("poe", (3.0,)).resolve(["m0", "m1"]) == [(("m0", "m1"), 3.0)]
+    assert Composition("poe", (0.25,), draws=4).resolve(["m0", "m1"]) == [(("m0", "m1"), 0.25)] * 4
     parsed = Composition.parse("m0;m2+m0", "1,0.5")
     assert parsed.sources == (("m0",), ("m2", "m0")) and parsed.resolve(["m0", "m2"]) == [(("m0",), 1.0), (("m0", "m2"), 0.5)]
     assert Composition.coerce({"sources": [["m1"]], "weights": 2}).resolve(["m1"]) == [(("m1",), 2.0)]
@@ -45,6 +46,7 @@ def test_composition_rules_resolve_against_the_observed_modalities():
         (lambda: Composition.parse("each", "1,x"), "--weights must be numbers"),
         (lambda: Composition.parse("m0;m3").resolve(["m0", "m1"]), "names 'm3', which is not observed"),
         (lambda: Composition().resolve([]), "needs observed modalities"),
+        (lambda: Composition(draws=0), "draws must be an integer >= 1"),
     ]:
         with pytest.raises(DiffMVAEError, match=message):
             make()
@@ -149,14 +151,14 @@ def test_sample_and_evaluate_compose_and_record_it(runs, classifier_file, tmp_pa
     with np.load(out / "samples.npz") as f:
         record = json.loads(str(f["sampling"]))
         assert f["m1"].shape == (4, 3, 28, 28)
-    assert record["composition"] == {"sources": "each", "weights": [1.5], "poe_weight": None}
+    assert record["composition"] == {"sources": "each", "weights": [1.5], "poe_weight": None, "draws": 1}
     spec = tmp_path / "compose.yaml"
     spec.write_text(yaml.safe_dump({"sources": "each+poe", "weights": 1.0, "poe_weight": 0.5}))
     ev = tmp_path / "e"
     assert main(["evaluate", "--ckpt", str(runs["full"]), "--out", str(ev), "--n-samples", "6", "--classifiers", str(classifier_file),
                  "--probe-train", "16", "--prior", "gaussian", "--compose", str(spec)]) == 0
     summary = json.loads((ev / "metrics.json").read_text())
-    assert summary["sampling"]["composition"] == {"sources": "each+poe", "weights": [1.0], "poe_weight": 0.5}
+    assert summary["sampling"]["composition"] == {"sources": "each+poe", "weights": [1.0], "poe_weight": 0.5, "draws": 1}
     assert set(summary["coherence"]["conditional"]) == {"1", "2"}
 
 
@@ -207,4 +209,4 @@ def test_unite_refuses_feed_forward_targets_and_decoders_without_dropout(runs, t
     assert main([*base, "--ckpt", str(runs["a"]), "--ckpt", str(runs["b_plain"]), "--target", "m1", "--given", "m0", "--given", "m2"]) == 2
     assert "'m1' decoder was trained without condition dropout" in capsys.readouterr().err
     assert main(["sample", "--ckpt", str(runs["full"]), "--given", "m0", "--out", str(tmp_path / "y"), "--weights", "2"]) == 2
-    assert "--weights and --poe-weight need --compose" in capsys.readouterr().err
+    assert "--weights, --poe-weight and --draws need --compose" in capsys.readouterr().err
