@@ -206,9 +206,11 @@ def bits_per_dim(model: MultimodalVAE, test: Mapping[str, Tensor], *, seed: int,
     return {m: v / n for m, v in sums.items()}
 
 
-def text_nll_per_token(model: MultimodalVAE, test: Mapping[str, Any], *, seed: int, batch_size: int = 256) -> dict[str, float]:
+def text_nll_per_token(model: MultimodalVAE, test: Mapping[str, Any], *, seed: int, batch_size: int = 256,
+                       given: Sequence[str] | None = None) -> dict[str, float]:
     """``{text modality: nats per token}``: ``-log p(text | z)`` of the text decoders (:class:`~decoders.text.TextDecoder`)
-    summed over the test set's predicted tokens (``[EOS]`` included), over their number, ``z ~ q(z | X)``."""
+    summed over the test set's predicted tokens (``[EOS]`` included), over their number, ``z ~ q(z | X)`` (or
+    ``q(z | x_given)``: the text's likelihood given other modalities only)."""
     texts = [(m, dec) for dec in model.decoders.values() if hasattr(dec, "nll") and hasattr(dec, "max_length") for m in dec.modalities]
     if not texts or not hasattr(model, "sample_latent"):
         return {}
@@ -220,7 +222,7 @@ def text_nll_per_token(model: MultimodalVAE, test: Mapping[str, Any], *, seed: i
     with torch.no_grad():
         for i in range(0, n, batch_size):
             x = {m: take_rows(test[m], i, i + batch_size, device) for m in model.modalities}
-            z = model.sample_latent(x, generator=generator)
+            z = model.sample_latent({m: v for m, v in x.items() if given is None or m in given}, generator=generator)
             for m, dec in texts:
                 nats[m] += dec.nll(z, x[m]).sum().item()
                 tokens[m] += x[m]["attention_mask"][:, 1:].sum().item()

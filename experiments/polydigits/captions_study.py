@@ -68,6 +68,7 @@ def main() -> None:
             table = "| digit | real caption | generated from the image |\n|---|---|---|\n" + "\n".join(rows) + "\n"
             atomic_write(out / "captions.md", lambda f, t=table: f.write_text(t))
     result["text_nll_per_token"] = text_nll_per_token(model, test, seed=args.seed)
+    result[f"text_nll_per_token_given_{images[0]}"] = text_nll_per_token(model, test, seed=args.seed, given=[images[0]])
     atomic_write(out / "study.json", lambda f: f.write_text(json.dumps(result, indent=2)))
     print(json.dumps(result, indent=2))
 
