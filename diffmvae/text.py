@@ -72,22 +72,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> TextTokeniz
     return TextTokenizer(tok, ids["[PAD]"], ids["[BOS]"], ids["[EOS]"])
 
 
-def check_local_dir(path: str | Path, what: str) -> Path:
-    """``path`` as a local directory, or one line saying a local path is needed (nothing is downloaded)."""
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        raise DiffMVAEError(f"{what} {path!r} is not a local directory; diffmvae never downloads: save the pretrained "
-                            "files (save_pretrained) and pass that folder")
-    return p
-
-
 def load_tokenizer(path: str | Path) -> TextTokenizer:
     """The tokenizer saved in a local directory (``tokenizer.json``, or a transformers tokenizer such as BERT's
     ``vocab.txt``): ``[CLS]``/``[SEP]`` (BERT) or ``bos``/``eos`` (GPT-2) serve as begin and end, ``[PAD]`` or the end
     token as padding."""
     from transformers import AutoTokenizer
 
-    folder = check_local_dir(path, "tokenizer")
+    from encoders.text import check_local_dir
+
+    try:
+        folder = check_local_dir(path, "tokenizer")
+    except ValueError as err:
+        raise DiffMVAEError(str(err)) from None
     try:
         hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as err:

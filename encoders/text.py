@@ -5,6 +5,7 @@ YAML: ``config: {hidden_size: 64, num_hidden_layers: 2, ...}``); never downloade
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from torch import Tensor
@@ -14,10 +15,17 @@ from encoders.base import Encoder
 Pooling = Literal["cls", "mean"]
 
 
+def check_local_dir(path: str | Path, what: str) -> Path:
+    """``path`` as a local directory, or one line saying a local path is needed (nothing is downloaded)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is not a local directory; diffmvae never downloads: save the pretrained "
+                         "files (save_pretrained) and pass that folder")
+    return folder
+
+
 def build_transformer(kind: str, pretrained: str | None, config: Mapping[str, Any] | None, what: str) -> Any:
     """A transformers model of ``kind`` (``bert`` / ``gpt2``) from a local directory, or built from ``config``."""
-    from diffmvae.text import check_local_dir
-
     if (pretrained is None) == (config is None):
         raise ValueError(f"{what} needs exactly one of pretrained (a local directory) or config (its sizes)")
     if kind == "bert":

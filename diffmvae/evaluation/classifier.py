@@ -100,9 +100,7 @@ def fit_text_classifier(texts: dict[str, Tensor], labels: Tensor, vocab_size: in
                         lr: float = 1e-2, seed: int = 0) -> TextClassifier:
     """Train a :class:`TextClassifier` on real token ids and labels; returns it in eval mode on the CPU."""
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():  # initialise from the seed without touching the caller's global stream
-        torch.manual_seed(seed)
-        clf = TextClassifier(vocab_size, int(labels.max()) + 1)
+    clf = TextClassifier(vocab_size, int(labels.max()) + 1)  # initialised from the global stream, as every judge (the CLI seeds it)
     opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=1e-4)
     clf.train()
     for _ in range(epochs):
