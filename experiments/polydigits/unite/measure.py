@@ -55,7 +55,7 @@ def main() -> None:
     p.add_argument("--max-subsets", type=int, default=2, help="subsets per k (seeded sample, the same for every variant)")
     p.add_argument("--n-samples", type=int, default=None, help="test examples (default: all)")
     p.add_argument("--guidance", default="1.5,2,3", help="weights w of the guidance sweep on the PoE source")
-    p.add_argument("--only", default=None, help="comma-separated variant names to run")
+    p.add_argument("--only", default=None, help="comma-separated variant names to run, in that order")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -74,10 +74,14 @@ def main() -> None:
     rows_path = out / "rows.json"
     rows = json.loads(rows_path.read_text()) if rows_path.is_file() else []
     done = {(r["variant"], r["k"]) for r in rows}
-    only = set(args.only.split(",")) if args.only else None
-    for name, composition, ks in variants([float(w) for w in args.guidance.split(",")]):
-        if only and name not in only:
-            continue
+    todo = variants([float(w) for w in args.guidance.split(",")])
+    if args.only:  # these variants, in this order
+        by_name = {v[0]: v for v in todo}
+        unknown = [n for n in args.only.split(",") if n not in by_name]
+        if unknown:
+            raise SystemExit(f"unknown variant {unknown[0]!r}; choose from {', '.join(by_name)}")
+        todo = [by_name[n] for n in args.only.split(",")]
+    for name, composition, ks in todo:
         for k in ks:
             if (name, k) in done:
                 continue
