@@ -44,6 +44,9 @@ def variants(guidance: list[float]) -> list[tuple[str, Composition | None, list[
     # Several posterior draws of the one observed modality: averaged (weights 1/n, no null) or multiplied (weights 1).
     out += [("poe 4 draws w=0.25", Composition("poe", (0.25,), draws=4), [1]), ("poe 2 draws w=1", Composition("poe", (1.0,), draws=2), [1]),
             ("poe 4 draws w=1", Composition("poe", (1.0,), draws=4), [1])]
+    # The total weight split over the k sources (sum 1.5, the best single-source guidance), one variant per k.
+    out += [("each sum=1.5", {k: Composition("each", (1.5 / k,)) for k in (2, 3, 4)}, [2, 3, 4]),
+            ("each+poe sum=1.5", {k: Composition("each+poe", (0.75 / k,), poe_weight=0.75) for k in (2, 3, 4)}, [2, 3, 4])]
     return out
 
 
@@ -81,11 +84,12 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"unknown variant {unknown[0]!r}; choose from {', '.join(by_name)}")
         todo = [by_name[n] for n in args.only.split(",")]
-    for name, composition, ks in todo:
+    for name, variant, ks in todo:
         for k in ks:
             if (name, k) in done:
                 continue
             start = time.perf_counter()
+            composition = variant[k] if isinstance(variant, dict) else variant
             if composition is not None:
                 model.check_composition(composition, subsets[k][0], sampling)
             new = conditional_metrics(model, test, labels, {k: subsets[k]}, clfs, extractors, seed=args.seed, sampling=sampling,
