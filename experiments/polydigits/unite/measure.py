@@ -40,7 +40,7 @@ def variants(guidance: list[float]) -> list[tuple[str, Composition | None, list[
         ("each", Composition("each", (1.0,)), [2, 3, 4]),
         ("each+poe", Composition("each+poe", (1.0,)), [2, 3, 4]),
     ]
-    out += [(f"poe w={w:g}", Composition("poe", (w,)), [1]) for w in guidance]
+    out += [(f"poe w={w:g}", Composition("poe", (w,)), [1, 2, 3, 4] if w == 1.5 else [1]) for w in guidance]
     # Several posterior draws of the one observed modality: averaged (weights 1/n, no null) or multiplied (weights 1).
     out += [("poe 4 draws w=0.25", Composition("poe", (0.25,), draws=4), [1]), ("poe 2 draws w=1", Composition("poe", (1.0,), draws=2), [1]),
             ("poe 4 draws w=1", Composition("poe", (1.0,), draws=4), [1])]
