@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -176,9 +175,3 @@ def sample_composed(
         e.process.check_sampler(sampler)
     return process.sample(composed_denoiser(experts, clip), shape, sampler=sampler, generator=generator, device=device,
                           anchor=composed_anchor(experts), dtype=dtype)
-
-
-def describe(experts: Sequence[Expert], sampling: SamplingSettings) -> dict[str, Any]:
-    """What a composition did, for ``samples.npz`` and evaluation records."""
-    return {**sampling.sampler_for(experts[0].process.sampler).describe(), "exact": True,
-            "experts": [{"name": e.name, "reliability": e.reliability, "weights": [float(w) for w in e.weights]} for e in experts]}

@@ -52,3 +52,18 @@ def trained(tmp_path_factory):
     cfg, run = write_config(tmp, TINY)
     assert main(["fit", "--config", str(cfg)]) == 0
     return cfg, run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def classifier_file(tmp_path_factory):
+    """Judge classifiers of the tiny run's data (one epoch), written by `diffmvae classifiers fit`."""
+    import yaml
+    from tiny_run import TINY
+
+    from diffmvae.cli import main
+
+    tmp = tmp_path_factory.mktemp("clf")
+    cfg = tmp / "classifiers.yaml"
+    cfg.write_text(yaml.safe_dump({"data": TINY["data"], "epochs": 1, "batch_size": 16}))
+    assert main(["classifiers", "fit", "--config", str(cfg), "--out", str(tmp / "clf.pt")]) == 0
+    return tmp / "clf.pt"

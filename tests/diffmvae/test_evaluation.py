@@ -108,15 +108,6 @@ def test_unconditional_coherence_counts_agreement():
     assert out == {"all": 0.0, "at_least_2": 1.0, "at_least_3": 0.0}
 
 
-@pytest.fixture(scope="module")
-def classifier_file(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("clf")
-    cfg = tmp / "classifiers.yaml"
-    cfg.write_text(yaml.safe_dump({"data": TINY["data"], "epochs": 1, "batch_size": 16}))
-    assert main(["classifiers", "fit", "--config", str(cfg), "--out", str(tmp / "clf.pt")]) == 0
-    return tmp / "clf.pt"
-
-
 def test_evaluate_writes_json_csv_md_and_plot(trained, classifier_file, tmp_path):
     _, ckpt = trained
     out = tmp_path / "eval"

@@ -133,17 +133,6 @@ def runs(tmp_path_factory):
             "b_plain": fit(tmp, "plain", ["m1", "m2"], cond_dropout=0.0)}
 
 
-@pytest.fixture(scope="module")
-def classifier_file(tmp_path_factory):
-    from tiny_run import TINY
-
-    tmp = tmp_path_factory.mktemp("clf")
-    cfg = tmp / "classifiers.yaml"
-    cfg.write_text(yaml.safe_dump({"data": TINY["data"], "epochs": 1, "batch_size": 16}))
-    assert main(["classifiers", "fit", "--config", str(cfg), "--out", str(tmp / "clf.pt")]) == 0
-    return tmp / "clf.pt"
-
-
 def test_sample_and_evaluate_compose_and_record_it(runs, classifier_file, tmp_path):
     out = tmp_path / "s"
     assert main(["sample", "--ckpt", str(runs["full"]), "--given", "m0,m2", "--n", "4", "--out", str(out), "--compose", "each",
