@@ -80,10 +80,16 @@ class Expert:
         object.__setattr__(self, "null_cond", self.null if self.null is not None else null_condition(self.conds[0]))
 
 
+def null_weights(reliabilities: Sequence[float], weights: Sequence[float]) -> list[float]:
+    """``a_j (1 - sum_i beta_i)`` for every model ``j``: the coefficient of its null prediction, from the reliabilities
+    and all sources' weights (what :func:`check_experts` and the command-line checks both need)."""
+    total = sum(weights)
+    return [a * (1.0 - total) for a in reliabilities]
+
+
 def null_coefficients(experts: Sequence[Expert]) -> list[float]:
-    """``a_j (1 - sum_i beta_i)``: the coefficient of each expert's null prediction in the composition."""
-    total = sum(w for e in experts for w in e.weights)
-    return [e.reliability * (1.0 - total) for e in experts]
+    """The coefficient of each expert's null prediction in the composition (:func:`null_weights`)."""
+    return null_weights([e.reliability for e in experts], [w for e in experts for w in e.weights])
 
 
 def check_experts(experts: Sequence[Expert]) -> None:

@@ -28,7 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from decoders import SamplingSettings
-from decoders.composition import RELIABILITY_TOLERANCE, Expert, sample_composed
+from decoders.composition import RELIABILITY_TOLERANCE, Expert, null_weights, sample_composed
 from diffmvae.io import DiffMVAEError
 from diffmvae.posterior import reparameterize
 
@@ -268,14 +268,14 @@ def unite_batch(spec: UniteSpec, models: Sequence[Any], inputs: Sequence[Mapping
     shape = models[0].decoders[models[0].decoder_of[spec.target]].shape
     batch = next(iter(inputs[0].values())).shape[0]
     x = sample_composed(experts, (batch, *shape), sampling=sampling, generator=generator, device=models[0].device_of(),
-                        dtype=torch.float32)
+                        dtype=zs[0].dtype)
     return x.add(1).div(2).clamp(0, 1)
 
 
 def null_needed(spec: UniteSpec) -> list[bool]:
     """Per member, whether the rule uses its null prediction (its coefficient ``a_j (1 - sum beta)`` is not 0)."""
-    total = sum(w for m in spec.members for _, w in m.sources)
-    return [m.reliability * (1.0 - total) != 0.0 for m in spec.members]
+    weights = null_weights([m.reliability for m in spec.members], [w for m in spec.members for _, w in m.sources])
+    return [c != 0.0 for c in weights]
 
 
 def run_unite(
