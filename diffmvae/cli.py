@@ -248,7 +248,7 @@ def _prior(argv: list[str]) -> int:
 
 def _evaluate(argv: list[str]) -> int:
     from diffmvae.evaluation.command import evaluate_checkpoints
-    from diffmvae.evaluation.suite import EvalSettings
+    from diffmvae.evaluation.suite import PARTS, EvalSettings
 
     p = argparse.ArgumentParser(prog="diffmvae evaluate", description="Coherence, Fréchet distances, latent probes and ELBO of trained models.")
     p.add_argument("--ckpt", action="append", required=True, help="checkpoint to evaluate; repeat for several models")
@@ -260,6 +260,7 @@ def _evaluate(argv: list[str]) -> int:
     p.add_argument("--probe-train", type=int, default=2000, help="training examples of the latent linear probes")
     p.add_argument("--classifiers", default=None, help="classifier file (default: runs/classifiers/<data key>.pt, trained if missing)")
     p.add_argument("--prior", default="auto", choices=("auto", "score", "gaussian"), help="prior of unconditional samples")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"what to measure, comma separated: {', '.join(PARTS)} (default: all)")
     add_sampling_arguments(p)
     add_composition_arguments(p)
     p.add_argument("--inception-weights", default=None,
@@ -271,7 +272,7 @@ def _evaluate(argv: list[str]) -> int:
     seed_torch(args.seed)
     start = time.perf_counter()
     settings = EvalSettings(n_samples=args.n_samples, seed=args.seed, max_subsets=args.max_subsets, probe_train=args.probe_train,
-                            inception_weights=args.inception_weights)
+                            inception_weights=args.inception_weights, parts=tuple(p for p in args.parts.split(",") if p))
     names = args.names.split(",") if args.names else None
     paths = evaluate_checkpoints(args.ckpt, args.out, settings=settings, names=names, classifiers=args.classifiers, prior=args.prior,
                                  sampling=sampling_overrides(args), device=device, precision=args.precision, composition=composition)
@@ -327,6 +328,38 @@ def _classifiers(argv: list[str]) -> int:
     return 0
 
 
+def _pipeline(argv: list[str]) -> int:
+    import yaml
+
+    from diffmvae.io import DiffMVAEError
+    from diffmvae.pipeline import load_pipeline, run_pipeline
+
+    p = argparse.ArgumentParser(prog="diffmvae pipeline", description="A data set's experiment pipeline: fit, prior fit, evaluate, "
+                                "table and plots; finished stages are skipped, so running it again resumes.")
+    p.add_argument("--config", required=True, help="pipeline YAML, e.g. experiments/polydigits/pipeline.yaml")
+    p.add_argument("--out", default=None, help="output folder (default: the YAML's 'out')")
+    p.add_argument("--only", action="append", default=[], help="run only this run's stages (repeatable); the report covers all")
+    p.add_argument("--dry-run", action="store_true", help="list the stages still to run and their commands, run nothing")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set KEY (a.b.c, or **.name at any depth) in every derived fit config; VALUE is YAML (repeatable)")
+    p.add_argument("--fit-arg", action="append", default=[], help="an argument appended to every fit, e.g. --fit-arg=--data.init_args.root=DIR")
+    p.add_argument("--prior-arg", action="append", default=[], help="an argument appended to every prior fit, e.g. --prior-arg=--fit.steps=10")
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    spec = load_pipeline(args.config, args.out)
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise DiffMVAEError(f"--set takes KEY=VALUE, got {item!r}")
+        spec.overrides[key] = yaml.safe_load(value)
+    spec.fit_args += tuple(args.fit_arg)
+    spec.prior_args = tuple(args.prior_arg)
+    files = run_pipeline(spec, only=args.only, dry_run=args.dry_run)
+    if files:
+        log.info("pipeline done in %.0fs: %s", time.perf_counter() - start, ", ".join(map(str, files)))
+    return 0
+
+
 def seed_torch(seed: int) -> None:
     """Seed the global RNG at a command's entry: module initialisation (PyTorch's initialisers take no generator)
     and dropout draw from it. The library itself never seeds it; its draws come from generators it is passed."""
@@ -344,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     commands = {
         "sample": _sample, "prior": _prior, "evaluate": _evaluate, "classifiers": _classifiers, "export": _export, "unite": unite_command,
+        "pipeline": _pipeline,
         **{c: _lightning for c in LIGHTNING_SUBCOMMANDS},
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:

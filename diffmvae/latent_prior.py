@@ -25,6 +25,7 @@ from diffmvae.checkpoint import instantiate
 from diffmvae.io import DiffMVAEError, atomic_write, file_sha256, load_tensors, read_safetensors
 from diffmvae.model import MultimodalVAE
 from diffmvae.posterior import product_of_experts, reparameterize
+from diffmvae.text import map_batch
 from diffmvae.training import split_batch
 from priors import ScorePrior
 
@@ -60,7 +61,7 @@ class AggregatePosterior:
         mus, logvars, presents = [], [], []
         for batch in tqdm(DataLoader(dataset, batch_size=batch_size), desc="encoding", disable=not progress, leave=False):
             x, present = split_batch(batch, model.modalities)
-            mu, logvar, present = model.experts({m: v.to(device) for m, v in x.items()}, present)
+            mu, logvar, present = model.experts({m: map_batch(v, lambda t: t.to(device)) for m, v in x.items()}, present)
             mus.append(mu.transpose(0, 1).cpu())
             logvars.append(logvar.transpose(0, 1).cpu())
             presents.append(present.cpu())

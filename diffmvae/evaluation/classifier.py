@@ -59,6 +59,16 @@ class ValueJudge(nn.Module):
         return F.one_hot(x.long(), self.num_classes).float()
 
 
+class AttributeJudge(nn.Module):
+    """The judge of an ``attributes`` modality (0/1 vector, spec ``judge: value``): it is itself the label, so its
+    "logits" are ``x - 1/2`` and :func:`predict` thresholds a generated probability at one half (as SBM-AE does)."""
+
+    multilabel = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x - 0.5
+
+
 class TextClassifier(nn.Module):
     """The judge of a text modality: a bag of token embeddings (masked mean) and an MLP, ``{input_ids,
     attention_mask} [B, L] -> logits [B, num_classes]``, trained on the real captions."""
@@ -79,19 +89,20 @@ class TextClassifier(nn.Module):
 
 
 class ParserJudge(nn.Module):
-    """The rule-based judge of a caption: the digit it names (:func:`diffmvae.data.captions.parse_digit` on the decoded
-    string); a caption naming none gets the extra class ``num_classes`` (never a label)."""
+    """The rule-based judge of a caption: the class ``parse`` reads from the decoded string (PolyDigits:
+    :func:`diffmvae.data.captions.parse_digit`, the digit it names); a caption naming none gets the extra class
+    ``num_classes`` (never a label)."""
 
     multilabel = False
 
-    def __init__(self, decode: Any, num_classes: int = 10) -> None:
+    def __init__(self, decode: Any, parse: Any = None, num_classes: int = 10) -> None:
         super().__init__()
-        self.decode, self.num_classes = decode, num_classes
+        if parse is None:
+            from diffmvae.data.captions import parse_digit as parse
+        self.decode, self.parse, self.num_classes = decode, parse, num_classes
 
     def forward(self, x: dict[str, Tensor]) -> Tensor:
-        from diffmvae.data.captions import parse_digit
-
-        digits = [parse_digit(t) for t in self.decode(x["input_ids"])]
+        digits = [self.parse(t) for t in self.decode(x["input_ids"])]
         index = torch.tensor([d if 0 <= d < self.num_classes else self.num_classes for d in digits])
         return F.one_hot(index, self.num_classes + 1).float()
 
@@ -191,11 +202,13 @@ def collate_split(dataset: Dataset, limit: int | None = None, batch_size: int = 
 
 
 def fit_classifier_set(
-    datamodule: Any, *, label_key: str = "label", epochs: int = 15, batch_size: int = 128, lr: float = 2e-3, seed: int = 0, progress: bool = True,
+    datamodule: Any, *, label_key: str | None = None, epochs: int = 15, batch_size: int = 128, lr: float = 2e-3, seed: int = 0, progress: bool = True,
     device: torch.device | str = "cpu",
 ) -> tuple[dict[str, ImageClassifier], dict[str, float]]:
     """One classifier per image modality judged by a classifier (its spec's ``judge``) on the train split of
-    ``datamodule``; returns them with their test accuracy ``{modality: acc}``."""
+    ``datamodule`` (labels: its ``label_key`` field, a class or a 0/1 attribute vector); returns them with their test
+    accuracy ``{modality: acc}`` (per attribute for attribute labels)."""
+    label_key = label_key or getattr(datamodule, "label_key", "label")
     train, test = collate_split(datamodule.dataset("train")), collate_split(datamodule.dataset("test"))
     if label_key not in train:
         raise DiffMVAEError(f"the data has no {label_key!r} field to train classifiers on")

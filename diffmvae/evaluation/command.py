@@ -13,6 +13,7 @@ import torch
 
 from diffmvae.checkpoint import LoadedRun, instantiate, load_run
 from diffmvae.evaluation.classifier import (
+    AttributeJudge,
     ParserJudge,
     ValueJudge,
     fit_classifier_set,
@@ -29,10 +30,19 @@ log = logging.getLogger(__name__)
 CLASSIFIER_DIR = Path("runs/classifiers")
 
 
+def judged_data(data_config: dict[str, Any]) -> dict[str, Any]:
+    """The data a classifier set is trained on: ``data_config`` with every modality (a ``keep`` list of PolyDigits
+    dropped, since each modality's images are the same with or without the others), so that models trained on subsets
+    of modalities (seed 003 Fig. 7, Unite-and-Conquer) are judged by the same classifiers as the full model."""
+    init = {k: v for k, v in (data_config.get("init_args") or {}).items() if k != "keep"}
+    return {**data_config, "init_args": init}
+
+
 def data_key(data_config: dict[str, Any]) -> str:
     """A file-name key for the real data a classifier set is trained on: the data module's class, recipe version and
-    every data setting, defaults included (:meth:`~diffmvae.data.MultimodalDataModule.cache_key`)."""
-    key = instantiate(data_config).cache_key()
+    every data setting, defaults included (:meth:`~diffmvae.data.MultimodalDataModule.cache_key`), of
+    :func:`judged_data`."""
+    key = instantiate(judged_data(data_config)).cache_key()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{key['class']}{'-v' + str(key['version']) if key['version'] is not None else ''}-{digest}"
 
@@ -42,8 +52,8 @@ def fit_classifiers(data_config: dict[str, Any], out: str | Path | None = None, 
     path = Path(out) if out else CLASSIFIER_DIR / f"{data_key(data_config)}.pt"
     if path.exists() and not overwrite:
         raise DiffMVAEError(f"{path} already exists; pass --overwrite true or choose --out (nothing was overwritten)")
-    classifiers, accuracy = fit_classifier_set(instantiate(data_config), progress=progress, **settings)
-    return save_classifier_set(path, classifiers, accuracy, data_config)
+    classifiers, accuracy = fit_classifier_set(instantiate(judged_data(data_config)), progress=progress, **settings)
+    return save_classifier_set(path, classifiers, accuracy, judged_data(data_config))
 
 
 def classifiers_for_run(run: LoadedRun, path: str | Path | None, progress: bool = True) -> tuple[dict, dict[str, float], Path]:
@@ -58,10 +68,12 @@ def classifiers_for_run(run: LoadedRun, path: str | Path | None, progress: bool 
     missing = [m for m in run.module.model.modalities if specs[m].judge == "classifier" and m not in classifiers]
     if missing:
         raise DiffMVAEError(f"classifier file {path} has no classifier for modality {missing[0]!r}")
-    classifiers.update({m: ValueJudge(spec.num_classes) for m, spec in specs.items() if spec.judge == "value" and m in run.module.model.modalities})
-    # Captions are also read by rule (the digit they name): a second judge, reported as "<m>@parser".
-    classifiers.update({f"{m}@parser": ParserJudge(lambda ids, m=m: run.datamodule.decode_text(m, ids)) for m, spec in specs.items()
-                        if spec.is_text and m in run.module.model.modalities})
+    classifiers.update({m: AttributeJudge() if spec.kind == "attributes" else ValueJudge(spec.num_classes) for m, spec in specs.items()
+                        if spec.judge == "value" and m in run.module.model.modalities})
+    # Captions a rule can read (PolyDigits': the digit they name) get a second judge, reported as "<m>@parser".
+    if hasattr(run.datamodule, "parse_label"):
+        classifiers.update({f"{m}@parser": ParserJudge(lambda ids, m=m: run.datamodule.decode_text(m, ids), run.datamodule.parse_label)
+                            for m, spec in specs.items() if spec.is_text and m in run.module.model.modalities})
     return classifiers, accuracy, Path(path)
 
 

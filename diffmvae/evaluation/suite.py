@@ -25,6 +25,7 @@ from decoders import SamplingSettings
 from diffmvae.evaluation.classifier import collate_split, predict
 from diffmvae.evaluation.coherence import unconditional_coherence
 from diffmvae.evaluation.frechet import FeatureExtractor, InceptionExtractor, frechet_distance
+from diffmvae.evaluation.match import f1_samples, match_rows
 from diffmvae.io import DiffMVAEError
 from diffmvae.model import LatentPrior, MultimodalModel, MultimodalVAE
 from diffmvae.sampling import generate_from_subset
@@ -32,6 +33,8 @@ from diffmvae.text import num_rows, take_rows
 from diffmvae.unite import Composition
 
 log = logging.getLogger(__name__)
+
+PARTS = ("conditional", "unconditional", "probes", "elbo")
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,12 @@ class EvalSettings:
     probe_train: int = 2000
     label_key: str = "label"
     inception_weights: str | None = None
+    parts: tuple[str, ...] = PARTS
 
     def __post_init__(self) -> None:
+        unknown = [p for p in self.parts if p not in PARTS]
+        if unknown or not self.parts:
+            raise DiffMVAEError(f"--parts must name some of {', '.join(PARTS)}, got {unknown[0] if unknown else 'none'!r}")
         if self.n_samples is not None and self.n_samples < 1:
             raise DiffMVAEError(f"--n-samples must be >= 1, got {self.n_samples}")
         if self.max_subsets < 1 or self.probe_train < 2:
@@ -77,14 +84,17 @@ def conditional_metrics(
     sampling: SamplingSettings = SamplingSettings(),
     progress: bool = True,
     composition: Composition | None = None,
+    matched: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """Rows ``{metric, k, target, value}`` of conditional coherence and FD, per target and averaged (``mean``);
-    with a ``composition``, the diffusion-decoded targets compose its sources of each subset."""
+    """Rows ``{metric, k, target, value}`` of conditional coherence and FD, per target and averaged (``mean``); with
+    attribute labels also ``f1`` (per-example F1 of the judged attributes); for the ``matched`` modalities (binary
+    masks) ``mask_f1`` / ``mask_iou`` against the example's own. With a ``composition``, the diffusion-decoded targets
+    compose its sources of each subset."""
     n = labels.shape[0]
     rows: list[dict[str, Any]] = []
     todo = [(k, s) for k, ss in subsets.items() for s in ss if model.can_generate(s)]
     pools: dict[tuple[int, str], list[Tensor]] = {}
-    hits: dict[tuple[int, str], list[float]] = {}
+    scores: dict[tuple[str, int, str], list[float]] = {}
     for i, (k, subset) in enumerate(tqdm(todo, desc="conditional generation", disable=not progress, leave=False)):
         generator = torch.Generator().manual_seed(seed * 7919 + i)
         samples = generate_from_subset(model, test, subset, n, generator=generator, sampling=sampling, progress=False,
@@ -93,14 +103,22 @@ def conditional_metrics(
             if target in subset:
                 continue
             for judge in judges_of(target, classifiers):  # the modality's classifier, and e.g. "text@parser"
-                hits.setdefault((k, judge), []).append((predict(classifiers[judge], samples[target]) == labels).float().mean().item())
+                predicted = predict(classifiers[judge], samples[target])
+                scores.setdefault(("coherence", k, judge), []).append((predicted == labels).float().mean().item())
+                if getattr(classifiers[judge], "multilabel", False):
+                    scores.setdefault(("f1", k, judge), []).append(f1_samples(labels, predicted))
+            if target in matched:
+                for row in match_rows(k, target, test[target], samples[target]):
+                    scores.setdefault((row["metric"], k, target), []).append(row["value"])
             if target in extractors:
                 pools.setdefault((k, target), []).append(samples[target])
     for k in subsets:
-        judged = [j for j in classifiers if (k, j) in hits]
-        coh = {j: float(np.mean(hits[(k, j)])) for j in judged}
         fd = {t: frechet_distance(test[t], torch.cat(pools[(k, t)]), extractors[t]) for t in model.modalities if (k, t) in pools}
-        for metric, values in (("coherence", coh), ("fd", fd)):
+        per_metric: dict[str, dict[str, float]] = {"coherence": {}, "fd": fd}
+        for (metric, kk, target), values in scores.items():
+            if kk == k:
+                per_metric.setdefault(metric, {})[target] = float(np.mean(values))
+        for metric, values in per_metric.items():
             rows += [{"metric": metric, "k": k, "target": t, "value": v} for t, v in values.items()]
             main = [v for t, v in values.items() if "@" not in t]  # second judges of a modality stay out of the mean
             if main:
@@ -245,9 +263,12 @@ def evaluate_model(
     """Every metric of the protocol for one model: ``(summary in the metrics.json layout, table rows)``."""
     start = time.perf_counter()
     test = collate_split(datamodule.dataset("test"), settings.n_samples)
-    if settings.label_key not in test:
-        raise DiffMVAEError(f"the test data has no {settings.label_key!r} field; coherence needs labels")
-    labels = test[settings.label_key]
+    label_key = getattr(datamodule, "label_key", settings.label_key)
+    if label_key not in test:
+        raise DiffMVAEError(f"the test data has no {label_key!r} field; coherence needs labels")
+    labels = test[label_key]
+    specs = getattr(datamodule, "specs", {})
+    matched = [m for m in model.modalities if m in specs and specs[m].judge == "match"]
     test = {m: test[m] for m in model.modalities}
     n = labels.shape[0]
     if settings.inception_weights:
@@ -256,14 +277,17 @@ def evaluate_model(
     else:
         extractors = {m: FeatureExtractor(c) for m, c in classifiers.items() if hasattr(c, "features")}
     subsets = subsets_by_size(model.modalities, settings.max_subsets, settings.seed)
-    rows = conditional_metrics(model, test, labels, subsets, classifiers, extractors, seed=settings.seed, sampling=sampling, progress=progress,
-                               composition=composition)
-    if model.can_generate(()):
+    parts = settings.parts
+    rows = []
+    if "conditional" in parts:
+        rows += conditional_metrics(model, test, labels, subsets, classifiers, extractors, seed=settings.seed, sampling=sampling, progress=progress,
+                                    composition=composition, matched=matched)
+    if "unconditional" in parts and model.can_generate(()):
         rows += unconditional_metrics(model, test, prior, n, classifiers, extractors, seed=settings.seed, sampling=sampling)
-    train = collate_split(datamodule.dataset("train"), settings.probe_train)
-    if hasattr(model, "posterior"):  # models with a latent: linear probes on posterior means
-        rows += latent_probe_rows(model, train, {**test, settings.label_key: labels}, settings.label_key, subsets, progress)
-    elbo = elbo_on_split(model, test, seed=settings.seed)
+    if "probes" in parts and hasattr(model, "posterior") and labels.dim() == 1:  # linear probes on posterior means (class labels)
+        train = collate_split(datamodule.dataset("train"), settings.probe_train)
+        rows += latent_probe_rows(model, train, {**test, label_key: labels}, label_key, subsets, progress)
+    elbo = elbo_on_split(model, test, seed=settings.seed) if "elbo" in parts else {}
     rows += [{"metric": key if key in ("elbo", "objective") else f"term/{key}", "k": len(model.modalities), "target": "all", "value": v}
              for key, v in elbo.items()]
     for row in rows:
@@ -279,11 +303,13 @@ def evaluate_model(
                       "unconditional_at_least": {k: v for k, v in uncond.items() if k != "all"}},
         "fd": {"conditional": pick("fd"), "unconditional": pick("fd_unconditional").get("0")},
         "latent_probe": pick("latent_probe"),
+        "f1": pick("f1") or None,
+        "mask": {"f1": pick("mask_f1"), "iou": pick("mask_iou")} if matched else None,
         "elbo": elbo.get("elbo"),
-        "objective": elbo["objective"],
+        "objective": elbo.get("objective"),
         "terms": {k: v for k, v in elbo.items() if k not in ("elbo", "objective")},
-        "bits_per_dim": bits_per_dim(model, test, seed=settings.seed) or None,
-        "text_nll_per_token": text_nll_per_token(model, test, seed=settings.seed) or None,
+        "bits_per_dim": (bits_per_dim(model, test, seed=settings.seed) or None) if "elbo" in parts else None,
+        "text_nll_per_token": (text_nll_per_token(model, test, seed=settings.seed) or None) if "elbo" in parts else None,
         "fd_features": "inception" if settings.inception_weights else "classifier",
         "n_samples": n,
         "seed": settings.seed,

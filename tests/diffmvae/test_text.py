@@ -207,7 +207,7 @@ def test_captions_config_end_to_end(tmp_path):
 
 
 def test_the_cub_text_config_builds_from_local_pretrained_folders(tmp_path):
-    """experiments/cub/text_model.yaml (BERT / GPT-2 from local folders, latent 768), with tiny saved models in place of
+    """experiments/cub/diffmvae_star.yaml (BERT / GPT-2 from local folders, latent 768), with tiny saved models in place of
     the pretrained ones: both text modules load and map a caption to a 768-d expert and back to a likelihood."""
     from pathlib import Path
 
@@ -217,9 +217,9 @@ def test_the_cub_text_config_builds_from_local_pretrained_folders(tmp_path):
 
     BertModel(BertConfig(**BERT)).save_pretrained(tmp_path / "bert")
     GPT2LMHeadModel(GPT2Config(**GPT2, bos_token_id=3, eos_token_id=3)).save_pretrained(tmp_path / "gpt2")
-    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "experiments/cub/text_model.yaml").read_text())
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "experiments/cub/diffmvae_star.yaml").read_text())
     args = cfg["model"]["init_args"]["model"]["init_args"]
-    assert args["latent_dim"] == 768 and cfg["model"]["init_args"]["modality_weights"] == {"image": 1e-5}
+    assert args["latent_dim"] == 768 and cfg["model"]["init_args"]["term_weights"] == {"image/diffusion": 1e-5}  # lambda
     enc_cfg, dec_cfg = args["encoders"]["text"], args["decoders"]["text"]
     enc_cfg["init_args"]["pretrained"], dec_cfg["init_args"]["pretrained"] = str(tmp_path / "bert"), str(tmp_path / "gpt2")
     dec_cfg["init_args"].update(bos_id=2, eos_id=3, pad_id=0, max_length=12)

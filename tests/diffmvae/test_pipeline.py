@@ -1,0 +1,170 @@
+"""Experiment pipelines (diffmvae.pipeline): config surgery, resumable stages, the report, and each data set's own
+pipeline run end to end at a tiny size on tiny files in its release layout."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from release_layouts import make_celebamask, make_cub
+
+from diffmvae.cli import main
+from diffmvae.io import DiffMVAEError
+from diffmvae.pipeline import (
+    keep_modalities,
+    load_pipeline,
+    relocate,
+    run_pipeline,
+    set_key,
+    stage_marker,
+    stages,
+    warm_started,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Every model of a paper-scale config shrunk to a few thousand parameters (keys set anywhere in the fit configs).
+TINY = {
+    "**.latent_dim": 4, "**.image_size": 16, "**.channels": [4, 4], "**.hidden_dim": 8, "**.hidden": [8], "**.unet_channels": [8, 8],
+    "**.emb_dim": 8, "**.attention_levels": [], "**.mean_channels": [4, 4], "**.mean_hidden": 8, "**.steps": 2, "**.num_workers": 0,
+    "**.batch_size": 2, "trainer.max_steps": 4, "trainer.max_epochs": None, "trainer.precision": "32-true", "trainer.accelerator": "cpu",
+    "trainer.log_every_n_steps": 1, "trainer.enable_progress_bar": False, "trainer.check_val_every_n_epoch": 1,
+}
+TINY_PRIOR = ["--prior.channels=[8,8]", "--prior.emb_dim=8", "--prior.attention=false", "--prior.sample_steps=2", "--fit.steps=3",
+              "--fit.batch_size=4", "--fit.warmup_steps=1"]
+
+
+def in_process(calls=None, fail_at=None):
+    """A launcher running `diffmvae ARGV` in this process (the CLI's subprocess costs seconds of imports per stage)."""
+    def launch(argv):
+        if calls is not None:
+            calls.append(list(argv))
+        if fail_at is not None and fail_at(argv):
+            return 1
+        return main(list(argv))
+    return launch
+
+
+def tiny(spec, **sets):
+    spec.overrides.update({**TINY, **sets})
+    spec.prior_args = tuple(TINY_PRIOR)
+    spec.evaluate["args"] = (*spec.evaluate["args"], "--probe-train", "8")
+    return spec
+
+
+def test_set_key_dotted_and_anywhere():
+    cfg = {"a": {"b": {"c": 1}}, "enc": [{"latent_dim": 3}, {"x": {"latent_dim": 5}}]}
+    assert set_key(cfg, "a.b.c", 2) == 1 and cfg["a"]["b"]["c"] == 2
+    assert set_key(cfg, "a.zz.c", 2) == 0
+    assert set_key(cfg, "**.latent_dim", 8) == 2 and cfg["enc"][0]["latent_dim"] == cfg["enc"][1]["x"]["latent_dim"] == 8
+
+
+def test_config_surgery_keep_warm_start_relocate(tmp_path):
+    cfg = yaml.safe_load((ROOT / "experiments/polydigits/diffmvae_star.yaml").read_text())
+    kept = keep_modalities(cfg, ["m0", "m2"])
+    vae = kept["model"]["init_args"]["model"]["init_args"]
+    assert list(vae["encoders"]) == ["m0", "m2"] and vae["decoders"]["images"]["init_args"]["modalities"] == ["m0", "m2"]
+    assert kept["data"]["init_args"]["keep"] == ["m0", "m2"] and len(cfg["model"]["init_args"]["model"]["init_args"]["encoders"]) == 5
+    warm = warm_started(cfg, tmp_path / "a.ckpt")
+    callbacks = warm["trainer"]["callbacks"]
+    assert callbacks[0] == {"class_path": "diffmvae.callbacks.WarmStart", "init_args": {"ckpt": str(tmp_path / "a.ckpt")}}
+    warmup = next(c for c in callbacks if c["class_path"].endswith("FeedForwardWarmup"))
+    assert warmup["init_args"] == {"steps": 0, "freeze": ["encoders"]} and warm["trainer"]["max_steps"] == 3200 - 2000
+    moved = relocate(cfg, tmp_path / "out" / "run")
+    assert moved["trainer"]["logger"]["init_args"] == {"save_dir": str(tmp_path / "out"), "name": "run", "version": ""}
+    assert next(c for c in moved["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint"))["init_args"]["dirpath"] == str(tmp_path / "out/run/checkpoints")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("out: x\nmodels: {a: {config: nowhere.yaml}}\n", "models.a.config: .*nowhere.yaml does not exist"),
+    ("out: x\nmodels: {a: {config: experiments/polydigits/quickstart.yaml, warm_start: b}}\n", "warm_start names 'b'"),
+    ("out: x\nmodels: {a: {config: experiments/polydigits/quickstart.yaml}}\nsweep: {name: M}\n", "'sweep' must be"),
+    ("out: x\nmodel: {}\n", "unknown key 'model'"),
+    ("out: x\nmodels: {a: {config: experiments/polydigits/quickstart.yaml}}\npriors: [flat]\n", "priors must be among score, gaussian"),
+])
+def test_bad_pipeline_files(tmp_path, monkeypatch, text, message):
+    monkeypatch.chdir(ROOT)
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(DiffMVAEError, match=message):
+        load_pipeline(path)
+
+
+@pytest.mark.slow
+def test_polydigits_pipeline_resumes_stage_by_stage(tmp_path, monkeypatch):
+    """The PolyDigits pipeline (the Fig. 7 sweep, cut to M = 2, 3): a stage that fails stops the run with one line;
+    running again skips every finished stage; the report has one row per run and prior."""
+    monkeypatch.chdir(ROOT)
+    spec = load_pipeline(ROOT / "experiments/polydigits/pipeline.yaml", out=str(tmp_path / "out"))
+    spec.sweep = {k: v for k, v in spec.sweep.items() if k in (2, 3)}
+    tiny(spec, **{"data.init_args.train_length": 16, "**.image_size": 28, "**.channels": [4, 4]})
+    spec.models["mopoe"] = spec.models["mopoe"].__class__(**{**spec.models["mopoe"].__dict__, "args": ()})
+    spec.models["diffmvae_star"] = spec.models["diffmvae_star"].__class__(**{**spec.models["diffmvae_star"].__dict__, "args": ("--trainer.max_steps=2",)})
+    spec.evaluate.update(n_samples=6)
+    monkeypatch.chdir(tmp_path)  # classifier caches land under tmp_path/runs
+    calls = []
+    with pytest.raises(DiffMVAEError, match="pipeline stage diffmvae_star_M2/prior failed"):
+        run_pipeline(spec, launcher=in_process(calls, fail_at=lambda a: a[0] == "prior" and "diffmvae_star_M2" in a[3]))
+    done = list(calls)
+    assert stage_marker(spec, "mopoe_M2", "unconditional_gaussian").is_file() and not stage_marker(spec, "diffmvae_star_M2", "prior").is_file()
+    again = []
+    files = run_pipeline(spec, launcher=in_process(again))
+    assert again[0][:2] == ["prior", "fit"] and "diffmvae_star_M2" in again[0][3]  # resumed at the failed stage
+    assert len(done) + len(again) - 1 == len(stages(spec))
+    # The derived Diff-MVAE* config starts from mopoe's weights and has its encoders fixed from step 0.
+    derived = yaml.safe_load((tmp_path / "out/configs/diffmvae_star_M3.yaml").read_text())
+    assert derived["trainer"]["callbacks"][0]["init_args"]["ckpt"].endswith("mopoe_M3/checkpoints/last.ckpt")
+    assert derived["data"]["init_args"]["keep"] == ["m0", "m1", "m2"]
+    table = pd.read_csv(files[0])
+    assert len(table) == 8 and set(table["prior"]) == {"score", "gaussian"} and set(table["M"]) == {2, 3}
+    assert table[table["prior"] == "score"]["coherence_k1"].notna().all() and table["fd_unconditional"].notna().all()
+    assert (files[2]).stat().st_size > 10_000  # plots.png
+    assert run_pipeline(spec, launcher=in_process(fail_at=lambda a: True)) == files  # nothing left to run
+
+
+@pytest.mark.slow
+def test_celebamask_pipeline_end_to_end(tmp_path, monkeypatch):
+    data = tmp_path / "CelebAMask-HQ"
+    make_celebamask(data, n=12)
+    monkeypatch.chdir(ROOT)
+    spec = tiny(load_pipeline(ROOT / "experiments/celebamask/pipeline.yaml", out=str(tmp_path / "out")))
+    spec.fit_args = (f"--data.init_args.root={data}",)
+    monkeypatch.chdir(tmp_path)
+    files = run_pipeline(spec, launcher=in_process())
+    table = pd.read_csv(files[0])
+    assert set(table["model"]) == {"mopoe", "diffmvae", "diffmvae_star"} and len(table) == 6
+    scored = table[table["prior"] == "score"]
+    for column in ("f1_k1", "f1_k2", "mask_f1_k1", "mask_iou_k1", "fd_k1", "coherence_unconditional"):
+        assert scored[column].between(0, 1e6).all(), column
+    assert scored[["f1_k1", "mask_f1_k1", "mask_iou_k1"]].le(1).all().all()
+    summary = json.loads((tmp_path / "out/diffmvae_star/evaluate/metrics.json").read_text())
+    assert summary["latent_probe"] == {} and set(summary["mask"]) == {"f1", "iou"}
+    assert max(p.name for p in (tmp_path / "out/mopoe/samples").iterdir()).startswith("epoch_")  # grids of image and mask
+
+
+@pytest.mark.slow
+def test_cub_pipeline_end_to_end(tmp_path, monkeypatch):
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+
+    data = tmp_path / "CUB_200_2011"
+    make_cub(data, classes=3, per_class=4)
+    BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                         max_position_embeddings=40)).save_pretrained(tmp_path / "bert")
+    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=40)).save_pretrained(tmp_path / "gpt2")
+    monkeypatch.chdir(ROOT)
+    vae = "model.init_args.model.init_args"
+    spec = tiny(load_pipeline(ROOT / "experiments/cub/pipeline.yaml", out=str(tmp_path / "out")), **{
+        "data.init_args.tokenizer": None, "data.init_args.encoder_tokenizer": None, "data.init_args.vocab_size": 64,
+        "data.init_args.val_fraction": 0.34, f"{vae}.encoders.text.init_args.pretrained": str(tmp_path / "bert"),
+        f"{vae}.decoders.text.init_args.pretrained": str(tmp_path / "gpt2"),
+        f"{vae}.decoders.text.init_args.bos_id": 2, f"{vae}.decoders.text.init_args.eos_id": 3, f"{vae}.decoders.text.init_args.pad_id": 0})
+    spec.fit_args = (f"--data.init_args.root={data}",)
+    monkeypatch.chdir(tmp_path)
+    files = run_pipeline(spec, launcher=in_process())
+    table = pd.read_csv(files[0])
+    assert set(table["model"]) == {"mopoe", "diffmvae", "diffmvae_star"} and len(table) == 6
+    scored = table[table["prior"] == "score"]
+    assert scored["coherence_k1"].between(0, 1).all() and scored["probe_k2"].between(0, 1).all() and scored["fd_k1"].notna().all()
+    summary = json.loads((tmp_path / "out/diffmvae_star/evaluate/metrics.json").read_text())
+    assert set(summary["text_nll_per_token"]) == {"text"} and "text" in summary["classifier_accuracy"]
