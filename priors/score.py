@@ -92,14 +92,21 @@ class ScorePrior(nn.Module):
         device: torch.device | str | None = None,
         steps: int | None = None,
         eta: float | None = None,
+        start: float = 1.0,
+        anchor: Tensor | None = None,
     ) -> Tensor:
-        """``[n, latent_dim]`` latents in the model's units: DDIM (``sample_steps`` steps by default)."""
+        """``[n, latent_dim]`` latents in the model's units: DDIM (``sample_steps`` steps by default). With ``start < 1``
+        the reverse process begins at that time from ``anchor`` (``[n, latent_dim]`` latents) noised to it: a draw near
+        ``anchor`` under the prior (what :func:`diffmvae.traversal.prior_walk` chains)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        if (start < 1.0) != (anchor is not None):
+            raise ValueError("a start below 1 needs an anchor (the latents to noise), and an anchor a start below 1")
         device = self.mean.device if device is None else device
         marginal = self.forward_process.given()
         denoise = make_denoiser(self.net, marginal, self.diffusion_loss.prediction, clip=(self.low, self.high))
         sampler = DDIM(steps=steps or self.sample_steps, eta=self.eta if eta is None else eta)
+        scaled = None if anchor is None else ((anchor.to(device, self.mean.dtype) - self.mean) / self.std)
         u = sampler(denoise, marginal, (n, self.latent_dim), timesteps=self.diffusion_loss.timesteps, generator=generator, device=device,
-                    dtype=self.mean.dtype)
+                    dtype=self.mean.dtype, start=start, anchor=scaled)
         return u * self.std + self.mean

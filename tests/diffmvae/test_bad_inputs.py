@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from release_layouts import make_celebamask, make_cub
 from tiny_run import copy_config, make_polymnist, vae_args, write_config
 
 from diffmvae.cli import main
@@ -55,6 +56,16 @@ def ws(tmp_path_factory):
     index, digit, _ = first.name.split(".")
     first.rename(first.with_name(f"{index}.{(int(digit) + 1) % 10}.png"))
     (root / "config_bad_yaml.yaml").write_text("model: [unclosed")
+    rows = make_cub(root / "cub")
+    (root / "cub" / "text" / rows[2][0]).with_suffix(".txt").write_text("one caption\n" * 9)
+    make_celebamask(root / "celeba")
+    attributes = root / "celeba" / "CelebAMask-HQ-attribute-anno.txt"
+    attributes.write_text(attributes.read_text().replace("Smiling", "Smile"))
+    for name, data in (("cub", "CUBDataModule"), ("celeba", "CelebAMaskHQDataModule")):
+        (root / f"classifiers_{name}.yaml").write_text(yaml.safe_dump({"data": {"class_path": f"diffmvae.data.{data}", "init_args": {
+            "root": str(root / name), "image_size": 16}}, "epochs": 1}))
+    (root / "pipeline_bad_key.yaml").write_text("out: x\nmodel: {}\n")
+    (root / "pipeline_missing_config.yaml").write_text("out: x\nmodels: {a: {config: nowhere/fit.yaml}}\n")
     return {"root": root, "cfg": cfg_path, "ckpt": ckpt, "other": other / "checkpoints" / "last.ckpt", "run": run}
 
 
@@ -149,6 +160,13 @@ ROWS = [
                                        "--given", "m2", "--reliabilities", "0.5,0.6", "--out", str(w["root"] / "out")], "reliabilities must sum to 1"),
     ("unite-feed-forward-target", lambda w: ["unite", "--ckpt", str(w["ckpt"]), "--target", "m1", "--given", "m0", "--out", str(w["root"] / "out")],
      "generates 'm1' with a ConvImageDecoder, not a diffusion decoder"),
+    ("data-cub-too-few-captions", lambda w: ["classifiers", "fit", "--config", str(w["root"] / "classifiers_cub.yaml"), "--out", str(w["root"] / "c.pt")],
+     "has 9 captions, expected 10 (captions_per_image)"),
+    ("data-celebamask-missing-attribute", lambda w: ["classifiers", "fit", "--config", str(w["root"] / "classifiers_celeba.yaml"),
+                                                     "--out", str(w["root"] / "c.pt")], "has no attribute 'Smiling' in its header"),
+    ("pipeline-unknown-key", lambda w: ["pipeline", "--config", str(w["root"] / "pipeline_bad_key.yaml")], "unknown key 'model'"),
+    ("pipeline-missing-fit-config", lambda w: ["pipeline", "--config", str(w["root"] / "pipeline_missing_config.yaml")],
+     "models.a.config: "),
     ("command-unknown-subcommand", lambda w: ["prior", "train"], "the only prior command is `fit`"),
 ]
 
