@@ -9,7 +9,15 @@ from conftest import LATENT, image_batch, tiny_image_vae
 from decoders import DiffusionDecoder
 from decoders.diffusion import DDIM, DDPMProcess
 from diffmvae.model import MultimodalVAE
-from diffmvae.traversal import decode_frames, dimension_sweep, frames_figure, interpolate, kl_per_dimension, posterior_loop, prior_walk
+from diffmvae.traversal import (
+    decode_frames,
+    dimension_sweep,
+    frames_figure,
+    interpolate,
+    kl_per_dimension,
+    posterior_loop,
+    prior_walk,
+)
 from encoders import ConvImageEncoder
 from priors import ScorePrior
 
