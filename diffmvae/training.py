@@ -16,7 +16,7 @@ from typing import Any, get_args
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from decoders import SamplingSettings
 from decoders.optim import LRSchedule, lr_factor
@@ -95,6 +95,9 @@ class TrainingModule(L.LightningModule):
         self.run_config: dict[str, Any] | None = None  # set by the CLI; stored in checkpoints to rebuild the run
         self._noise: torch.Generator | None = None
         self._noise_state: Tensor | None = None
+        self._idle: list[nn.Parameter] = []
+
+    touch_idle: bool | None = None  # touch idle parameters (_touch_idle_parameters): None = under DDP only
 
     def add_lr_restart(self, step: int) -> None:
         """Restart the learning-rate schedule at ``step`` (called by callbacks in ``setup``, before the optimizer)."""
@@ -145,7 +148,29 @@ class TrainingModule(L.LightningModule):
         return loss
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        return self._step(batch, "train", self.noise_generator("train"))
+        loss = self._step(batch, "train", self.noise_generator("train"))
+        touch = self.touch_idle if self.touch_idle is not None else self.trainer.world_size > 1
+        return self._touch_idle_parameters(loss) if touch else loss
+
+    def _touch_idle_parameters(self, loss: Tensor) -> Tensor:
+        """Plain DDP needs a gradient for every trainable parameter in every step, but some are idle by design in
+        some steps: the UNet during a feed-forward warm-up, ``null_z`` without condition dropout, the decoder of a
+        modality a batch lacks. The loss gains a zero-weighted touch of each idle parameter (found by walking the
+        autograd graph), so DDP's reduction sees them all; after the reduction, :meth:`on_before_optimizer_step`
+        drops the gradient of each one that was idle on every rank (its reduced gradient is exactly zero), so AdamW
+        skips it as it does in a one-process run: the optimizer's steps are those of ``find_unused_parameters``
+        without its cost, and the same as without DDP."""
+        reached = parameters_in_graph(loss)
+        self._idle = [p for p in self.model.parameters() if p.requires_grad and id(p) not in reached]
+        if not self._idle:
+            return loss
+        return loss + sum(p.reshape(-1)[0] * 0.0 for p in self._idle)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        for p in self._idle:
+            if p.grad is not None and not p.grad.any():
+                p.grad = None
+        self._idle = []
 
     def on_validation_epoch_start(self) -> None:
         self._val_noise = self.noise_generator("val")
@@ -171,3 +196,20 @@ class TrainingModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.run_config = checkpoint.get("diffmvae_config")
         self._noise_state = checkpoint.get("noise_generator")
+
+
+def parameters_in_graph(loss: Tensor) -> set[int]:
+    """The ids of the leaf tensors (parameters) ``loss``'s autograd graph accumulates gradients into."""
+    found: set[int] = set()
+    seen: set[Any] = set()
+    stack = [loss.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        variable = getattr(fn, "variable", None)
+        if variable is not None:
+            found.add(id(variable))
+        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return found

@@ -180,3 +180,38 @@ def test_default_sampling_of_a_run_is_its_config_value(tmp_path):
     a, b = (json.loads(str(np.load(tmp_path / d / "samples.npz")["sampling"])) for d in ("a", "b"))
     assert a["settings"]["start"] == 0.5 and a["decoders"]["m1"]["exact"] is False and a["decoders"]["m1"]["steps"] == 2
     assert b["settings"]["start"] == 1.0 and b["decoders"]["m1"]["exact"] is True
+
+
+def test_touching_idle_parameters_changes_no_step(tmp_path, monkeypatch):
+    """What makes plain DDP work with parameters idle by design (TrainingModule._touch_idle_parameters), forced on in
+    one process: the UNet idle during the warm-up. The zero-weighted touch gives them zero
+    gradients, which are dropped before the optimizer step, so AdamW leaves them (and their moments) exactly as without
+    the touch: the same losses and the same weights, bit for bit."""
+    from diffmvae.training import TrainingModule, parameters_in_graph
+
+    idle_counts = []
+    touch_fn = TrainingModule._touch_idle_parameters
+
+    def spy(self, loss):
+        out = touch_fn(self, loss)
+        idle_counts.append(len(self._idle))
+        return out
+
+    monkeypatch.setattr(TrainingModule, "_touch_idle_parameters", spy)
+    runs = {}
+    for touch in (False, True):
+        monkeypatch.setattr(TrainingModule, "touch_idle", touch)
+        path, run = write_config(tmp_path / str(touch), diffusion_config(), callbacks=[WARMUP])
+        assert main(["fit", "--config", str(path)]) == 0
+        runs[touch] = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+        runs[touch]["losses"] = (run / "metrics.csv").read_text()
+    for key, value in runs[False]["state_dict"].items():
+        assert torch.equal(value, runs[True]["state_dict"][key]), key
+    assert runs[False]["losses"] == runs[True]["losses"]
+    # It did touch: the whole UNet in the 3 warm-up steps, nothing after them.
+    assert len(idle_counts) == 6 and min(idle_counts[:3]) > 10 and idle_counts[3:] == [0, 0, 0]
+    assert runs[False]["optimizer_states"][0]["state"].keys() == runs[True]["optimizer_states"][0]["state"].keys()
+    # The graph walk finds exactly the parameters a loss reaches.
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    reached = parameters_in_graph(a(torch.ones(1, 2)).sum())
+    assert reached == {id(a.weight), id(a.bias)} and id(b.weight) not in reached
