@@ -111,7 +111,11 @@ class TrainingModule(L.LightningModule):
         """On a restart in the middle of an epoch, the data order skips the batches that epoch already trained on
         (Lightning does not, for a loader without state). Lightning calls this before the resumed epoch draws a batch."""
         loop = self.trainer.fit_loop
-        done = loop.epoch_loop.batch_progress.current.completed
+        # Batches of this process done in the epoch (of its shard under DDP). A checkpoint written in
+        # on_train_batch_end (ModelCheckpoint's every_n_train_steps) has counted its last batch as processed, not yet
+        # completed; one written on SIGTERM has both.
+        current = loop.epoch_loop.batch_progress.current
+        done = max(current.completed, current.processed)
         if loop.epoch_loop.restarting and 0 < done < self.trainer.num_training_batches:
             loader = self.trainer.train_dataloader
             sampler = getattr(loader, "sampler", None)
@@ -189,13 +193,26 @@ class TrainingModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The run config and the training-noise generator of every process (each rank draws from its own; under DDP
+        every rank joins the checkpoint, so their states are gathered here and rank 0 writes them all)."""
         checkpoint["diffmvae_config"] = self.run_config
         if self._noise is not None:
-            checkpoint["noise_generator"] = self._noise.get_state()
+            state = self._noise.get_state()
+            checkpoint["noise_generator"] = state
+            trainer = self._trainer
+            if trainer is not None and trainer.world_size > 1:
+                gathered = self.all_gather(state.to(self.device)).cpu()  # [world, L]
+                checkpoint["noise_generators"] = [t.to(torch.uint8).clone() for t in gathered.unbind(0)]  # own storage each
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.run_config = checkpoint.get("diffmvae_config")
-        self._noise_state = checkpoint.get("noise_generator")
+        states = checkpoint.get("noise_generators")
+        trainer = self._trainer
+        rank = trainer.global_rank if trainer is not None else 0
+        if states is not None and trainer is not None and len(states) == trainer.world_size:
+            self._noise_state = states[rank].to(torch.uint8).contiguous().clone()
+        else:  # a one-process checkpoint, or a different number of processes: every rank restarts from rank 0's state
+            self._noise_state = checkpoint.get("noise_generator")
 
 
 def parameters_in_graph(loss: Tensor) -> set[int]:

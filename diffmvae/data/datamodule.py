@@ -118,7 +118,9 @@ class MultimodalDataModule(L.LightningDataModule):
         batches as an uninterrupted one."""
         data = self.dataset(split)
         views = getattr(data, "views_per_epoch", False)  # a data set that shows each example differently per epoch (CUB's captions)
-        sampler = EpochSampler(len(data), torch.initial_seed() % 2**31, offset_epochs=views) if shuffle else None
+        trainer = getattr(self, "trainer", None)
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochSampler(len(data), torch.initial_seed() % 2**31, offset_epochs=views, num_replicas=replicas, rank=rank) if shuffle else None
         return DataLoader(
             data,
             batch_size=self.batch_size,
