@@ -136,7 +136,7 @@ def frames_figure(frames: Mapping[str, Tensor], rows: int, *, row_labels: Sequen
     if n % rows:
         raise ValueError(f"{n} frames do not fill {rows} rows")
     cols = n // rows
-    fig = Figure(figsize=(min(2.0 + 0.55 * cols * len(names), 24), 0.55 * rows + 1.0), dpi=100)
+    fig = Figure(figsize=(min(2.0 + 0.55 * cols * len(names), 24), 0.55 * rows + 1.0), dpi=80)
     axes = fig.subplots(1, len(names), squeeze=False)[0]
     for ax, m in zip(axes, names):
         x = frames[m].reshape(rows, cols, *frames[m].shape[1:])
@@ -188,4 +188,5 @@ def open_run(default: str, *, n_test: int = 256, env: str = "DIFFMVAE_CKPT") -> 
     model = run.module.model.eval()
     prior = choose_prior("score", None, ckpt, model)[0] if default_prior_path(ckpt).is_file() else None
     test = collate_split(run.datamodule.dataset("test"), n_test)
-    return NotebookRun(model, test, run.module.sampling, prior, ckpt, dict(run.datamodule.specs))
+    shown = ckpt.relative_to(root) if ckpt.is_relative_to(root) else ckpt
+    return NotebookRun(model, test, run.module.sampling, prior, shown, dict(run.datamodule.specs))
