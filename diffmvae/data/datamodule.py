@@ -281,6 +281,8 @@ class PolyMNISTDataModule(MultimodalDataModule):
         batch_size, num_workers: loader settings.
         val_fraction, seed: the seeded part of train held out for validation.
         missing_rate: probability of dropping each modality of a training example.
+        keep: train on these modalities only (names as for ``num_modalities``), as PolyDigits' ``keep``: the same
+            examples, so models trained on subsets compare (seed 003 Fig. 7) and unite.
     """
 
     def __init__(
@@ -291,6 +293,7 @@ class PolyMNISTDataModule(MultimodalDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         missing_rate: float = 0.0,
+        keep: Sequence[str] = (),
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers, missing_rate, seed)
@@ -299,9 +302,12 @@ class PolyMNISTDataModule(MultimodalDataModule):
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.root, self.num_modalities, self.val_fraction = root, num_modalities, val_fraction
         self.specs = {f"m{k}": image_spec(3, 28) for k in range(num_modalities)}
+        if any(m not in self.specs for m in keep) or len(set(keep)) != len(keep):
+            raise ValueError(f"keep must name distinct modalities of {', '.join(self.specs)}; got {list(keep)}")
+        self.specs = {m: spec for m, spec in self.specs.items() if not keep or m in keep}
 
     def make_dataset(self, split: Split) -> Dataset:
-        return PolyMNIST(self.root, split, self.num_modalities, self.val_fraction, self.seed)
+        return PolyMNIST(self.root, split, self.num_modalities, self.val_fraction, self.seed, modalities=tuple(self.specs))
 
 
 class TokenizedCaptions(Dataset):

@@ -57,13 +57,15 @@ class PolyMNIST(Dataset):
         root: the folder holding ``train/`` and ``test/``.
         split: ``train``, ``val`` (a seeded ``val_fraction`` of train) or ``test``.
         num_modalities: how many of ``m0..`` to use.
+        modalities: read only these folders (e.g. ``("m0", "m2")``) instead.
     """
 
-    def __init__(self, root: str | Path, split: Split = "train", num_modalities: int = 5, val_fraction: float = 0.1, seed: int = 0) -> None:
+    def __init__(self, root: str | Path, split: Split = "train", num_modalities: int = 5, val_fraction: float = 0.1, seed: int = 0,
+                 modalities: tuple[str, ...] | None = None) -> None:
         if split not in ("train", "val", "test"):
             raise ValueError(f"unknown split {split!r}; choose train, val or test")
         self.root, self.split = Path(root), split
-        self.modalities = tuple(f"m{k}" for k in range(num_modalities))
+        self.modalities = tuple(modalities) if modalities else tuple(f"m{k}" for k in range(num_modalities))
         folders = [_index_folder(self.root / ("test" if split == "test" else "train") / m) for m in self.modalities]
         indices = sorted(set(folders[0]).intersection(*folders[1:]))
         for m, folder in zip(self.modalities, folders):

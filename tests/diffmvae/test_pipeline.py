@@ -168,3 +168,23 @@ def test_cub_pipeline_end_to_end(tmp_path, monkeypatch):
     assert scored["coherence_k1"].between(0, 1).all() and scored["probe_k2"].between(0, 1).all() and scored["fd_k1"].notna().all()
     summary = json.loads((tmp_path / "out/diffmvae_star/evaluate/metrics.json").read_text())
     assert set(summary["text_nll_per_token"]) == {"text"} and "text" in summary["classifier_accuracy"]
+
+
+@pytest.mark.slow
+def test_polymnist_pipeline_end_to_end(tmp_path, monkeypatch):
+    """The PolyMNIST pipeline (PolyDigits' configs on the published folder layout), its Fig. 7 sweep cut to M = 2, 3."""
+    from tiny_run import make_polymnist
+
+    make_polymnist(tmp_path / "PolyMNIST", n_train=24, n_test=6, num_modalities=3)
+    monkeypatch.chdir(ROOT)
+    spec = load_pipeline(ROOT / "experiments/polymnist/pipeline.yaml", out=str(tmp_path / "out"))
+    spec.sweep = {k: v for k, v in spec.sweep.items() if k in (2, 3)}
+    tiny(spec, **{"data.init_args.root": str(tmp_path / "PolyMNIST"), "data.init_args.num_modalities": 3, "**.image_size": 28})
+    for name, model in spec.models.items():
+        spec.models[name] = model.__class__(**{**model.__dict__, "args": ()})
+    spec.evaluate.update(n_samples=6)
+    monkeypatch.chdir(tmp_path)
+    table = pd.read_csv(run_pipeline(spec, launcher=in_process())[0])
+    assert len(table) == 8 and set(table["M"]) == {2, 3} and table["fd_unconditional"].notna().all()
+    derived = yaml.safe_load((tmp_path / "out/configs/mopoe_M2.yaml").read_text())
+    assert derived["data"]["class_path"] == "diffmvae.data.PolyMNISTDataModule" and derived["data"]["init_args"]["keep"] == ["m0", "m1"]
