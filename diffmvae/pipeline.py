@@ -481,6 +481,8 @@ def _plot(table: Any, x: str | None, path: Path) -> None:
         ax.grid(alpha=0.3)
     if conditional.any():
         axes[2].legend(fontsize=6)
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in axes[: 0 if x is not None else 2]:
         ax.set_visible(False)
     fig.tight_layout()
