@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import shlex
 import subprocess
@@ -387,103 +386,6 @@ def run_pipeline(spec: PipelineSpec, *, only: Sequence[str] = (), dry_run: bool 
         log.info("[%s] %s done in %.0fs", stage.run, stage.name, seconds)
     if dry_run:
         return []
+    from diffmvae.pipeline_report import write_pipeline_report
+
     return write_pipeline_report(spec)
-
-
-# ------------------------------------------------------------------------------------------------------------ report
-def collect(spec: PipelineSpec) -> list[dict[str, Any]]:
-    """One row per (run, prior): the sweep value, the model, the conditional metrics per k (``evaluate``) and the
-    unconditional ones under that prior, from each finished evaluation's ``metrics.json``."""
-    rows = []
-    for run in spec.runs():
-        folder = spec.out / run.name
-        for stage in sorted(folder.glob("*.done.json")) if folder.is_dir() else []:
-            name = stage.name.removesuffix(".done.json")
-            metrics = folder / name / "metrics.json"
-            if not (name == "evaluate" or name.startswith("unconditional_")) or not metrics.is_file():
-                continue
-            summary = json.loads(metrics.read_text())
-            row = {"run": run.name, "model": run.model.name, spec.sweep_name or "sweep": run.sweep_value, "prior": summary["prior"],
-                   "coherence_unconditional": summary["coherence"]["unconditional"], "fd_unconditional": summary["fd"]["unconditional"]}
-            if name == "evaluate":
-                row.update({f"coherence_k{k}": v for k, v in summary["coherence"]["conditional"].items()})
-                row.update({f"fd_k{k}": v for k, v in summary["fd"]["conditional"].items()})
-                row.update({f"probe_k{k}": v for k, v in (summary.get("latent_probe") or {}).items()})
-                row.update({f"f1_k{k}": v for k, v in (summary.get("f1") or {}).items()})
-                row.update({f"nll_per_token_{m}": v for m, v in (summary.get("text_nll_per_token") or {}).items()})
-                for key, values in (summary.get("mask") or {}).items():
-                    row.update({f"mask_{key}_k{k}": v for k, v in values.items()})
-            rows.append(row)
-    return rows
-
-
-def write_pipeline_report(spec: PipelineSpec) -> list[Path]:
-    """``OUT/table.csv``, ``OUT/table.md`` (one row per run and prior) and ``OUT/plots.png``: with a sweep,
-    unconditional coherence and FD against the sweep value, one line per (model, prior) (seed 003 Fig. 7a);
-    conditional coherence and FD against the number of observed modalities, one line per run (Fig. 7b/c)."""
-    import pandas as pd
-
-    rows = collect(spec)
-    if not rows:
-        raise DiffMVAEError(f"no finished evaluation under {spec.out}; nothing to report")
-    table = pd.DataFrame(rows)
-    x = spec.sweep_name or "sweep"
-    if table[x].isna().all():
-        table = table.drop(columns=[x])
-    csv, md, png = spec.out / "table.csv", spec.out / "table.md", spec.out / "plots.png"
-    atomic_write(csv, lambda tmp: table.to_csv(tmp, index=False))
-    atomic_write(md, lambda tmp: tmp.write_text(_markdown(table)))
-    atomic_write(png, lambda tmp: _plot(table, x if x in table else None, tmp))
-    log.info("wrote %s, %s, %s", csv, md, png)
-    return [csv, md, png]
-
-
-def _markdown(table: Any) -> str:
-    cols = [c for c in table.columns if c != "run"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in table.iterrows():
-        cells = []
-        for c in cols:
-            v = row[c]
-            cells.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}" if isinstance(v, float) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _plot(table: Any, x: str | None, path: Path) -> None:
-    import pandas as pd
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(12, 3.8), dpi=110)
-    axes = fig.subplots(1, 4)
-    if x is not None:
-        for i, ((model, prior), group) in enumerate(table.groupby(["model", "prior"], sort=False)):
-            group = group.sort_values(x)
-            style = "o-" if prior == "score" else "s--"
-            for ax, metric in zip(axes[:2], ("coherence_unconditional", "fd_unconditional")):
-                ax.plot(group[x].astype(float), group[metric].astype(float), style, color=f"C{list(table['model'].unique()).index(model)}",
-                        label=f"{model} ({prior} prior)")
-        axes[0].set_title("unconditional coherence", fontsize=10)
-        axes[1].set_title("unconditional Fréchet distance", fontsize=10)
-        for ax in axes[:2]:
-            ax.set_xlabel(x)
-            ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=7)
-    conditional = table[[c for c in table.columns if c.startswith("coherence_k")]].notna().any(axis=1)
-    for i, (_, row) in enumerate(table[conditional].iterrows()):
-        for ax, prefix in zip(axes[2:], ("coherence_k", "fd_k")):
-            ks = sorted(int(c.removeprefix(prefix)) for c in table.columns if c.startswith(prefix) and not pd.isna(row[c]))
-            ax.plot(ks, [row[f"{prefix}{k}"] for k in ks], "o-", label=row["run"], color=f"C{i % 10}")
-    axes[2].set_title("conditional coherence", fontsize=10)
-    axes[3].set_title("conditional Fréchet distance", fontsize=10)
-    for ax in axes[2:]:
-        ax.set_xlabel("observed modalities k")
-        ax.grid(alpha=0.3)
-    if conditional.any():
-        axes[2].legend(fontsize=6)
-    for ax in axes:
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    for ax in axes[: 0 if x is not None else 2]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path, format="png")

@@ -16,7 +16,7 @@ one fixed caption per example. ``val`` is a seeded part of the official training
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,8 +24,11 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from diffmvae.data.datamodule import MultimodalDataModule
 from diffmvae.data.files import need_dir, need_file, open_image, read_table, to_array, val_split
+from diffmvae.data.spec import ModalitySpec, image_spec
 from diffmvae.io import DiffMVAEError
+from diffmvae.text import encode_texts
 
 Split = Literal["train", "val", "test"]
 
@@ -123,3 +126,99 @@ def _flag(value: str) -> bool:
     if value not in ("0", "1"):
         raise ValueError(f"is_training_image must be 0 or 1, got {value!r}")
     return value == "1"
+
+
+class TokenizedCaptions(Dataset):
+    """Wraps a data set whose items name one of their example's captions (``caption``: an index into
+    ``base.captions[example]``): the item's ``text`` becomes that caption's token ids (all captions are tokenized once)."""
+
+    def __init__(self, base: Dataset, encoded: dict[str, torch.Tensor], name: str = "text") -> None:
+        self.base, self.encoded, self.name = base, encoded, name  # encoded: [N, captions per example, L] each
+        self.views_per_epoch = getattr(base, "views_per_epoch", False)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.base[i])
+        example, caption = i % len(self.base), item.pop("caption")
+        item[self.name] = {k: v[example, caption] for k, v in self.encoded.items()}
+        return item
+
+
+class CUBDataModule(MultimodalDataModule):
+    """CUB-200-2011 image–captions read from ``root`` (layout: :mod:`diffmvae.data.cub`): modalities ``image``
+    (``[3, image_size, image_size]``, cropped to the bird's bounding box) and ``text`` (one of the image's captions,
+    drawn afresh each epoch), and the class ``label`` (0..199) for probes and the judges of coherence.
+
+    Args:
+        root: the CUB folder (``images.txt``, ``images/``, ``text/``, ...).
+        image_size: 64 in seed 003.
+        captions_per_image: captions each ``text/<name>.txt`` must hold (10 in Reed et al.'s release).
+        tokenizer: a local tokenizer folder (GPT-2's for the decoder, as Optimus); default: a word-level tokenizer
+            trained in memory on the training captions (``vocab_size`` at most).
+        encoder_tokenizer: a second local tokenizer folder for the text encoder (BERT's).
+        max_length: caption tokens, ``[BOS]`` and ``[EOS]`` included.
+        val_fraction, seed: the seeded part of the official training split held out for validation.
+        text_dir: the caption folder under ``root``.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 64,
+        captions_per_image: int = 10,
+        tokenizer: str | None = None,
+        encoder_tokenizer: str | None = None,
+        vocab_size: int = 2000,
+        max_length: int = 32,
+        batch_size: int = 64,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        text_dir: str = "text",
+        missing_rate: float = 0.0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers, missing_rate, seed)
+        self.save_hyperparameters()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.root, self.image_size, self.captions_per_image, self.val_fraction, self.text_dir = root, image_size, captions_per_image, val_fraction, text_dir
+        self.max_length, self.vocab_size, self._tokenizer_source, self._tokenizer = max_length, vocab_size, tokenizer, None
+        from diffmvae.text import load_tokenizer
+
+        self.encoder_tokenizer = load_tokenizer(encoder_tokenizer) if encoder_tokenizer else None
+        keys = ("input_ids", "attention_mask", *(("encoder_input_ids", "encoder_attention_mask") if encoder_tokenizer else ()))
+        self.specs = {"image": image_spec(3, image_size),
+                      "text": ModalitySpec("text", (max_length,), num_classes=self.tokenizer.vocab_size, text_keys=keys)}
+
+    def cub(self, split: Split) -> CUB:
+        return CUB(self.root, split, self.image_size, self.captions_per_image, self.val_fraction, self.seed, self.text_dir)
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from diffmvae.text import load_tokenizer, train_tokenizer
+
+            if self._tokenizer_source:
+                self._tokenizer = load_tokenizer(self._tokenizer_source)
+            else:
+                self._tokenizer = train_tokenizer([c for cs in self.raw_split("train").captions for c in cs], self.vocab_size)
+        return self._tokenizer
+
+    def raw_split(self, split: Split) -> CUB:
+        if not hasattr(self, "_cub"):
+            self._cub: dict[str, CUB] = {}
+        if split not in self._cub:
+            self._cub[split] = self.cub(split)
+        return self._cub[split]
+
+    def decode_text(self, name: str, ids: Any) -> list[str]:
+        return self.tokenizer.decode(ids)
+
+    def make_dataset(self, split: Split) -> Dataset:
+        base = self.raw_split(split)
+        flat = [c for cs in base.captions for c in cs]
+        encoded = encode_texts(flat, self.tokenizer, self.max_length, self.encoder_tokenizer)
+        encoded = {k: v.view(len(base), self.captions_per_image, -1) for k, v in encoded.items()}
+        return TokenizedCaptions(base, encoded)
