@@ -35,6 +35,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
+def read_yaml(path: str | os.PathLike, what: str) -> Any:
+    """The content of a YAML file (``yaml.safe_load``), with one-line errors naming ``what`` and the file when it is
+    missing or not valid YAML."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise DiffMVAEError(f"{what} {path} does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise DiffMVAEError(f"{what} {path} is not valid YAML ({' '.join(str(err).split())[:160]})") from None
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     import hashlib
 

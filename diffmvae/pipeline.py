@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from diffmvae.io import DiffMVAEError, atomic_write
+from diffmvae.io import DiffMVAEError, atomic_write, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +108,7 @@ def load_pipeline(path: str | os.PathLike, out: str | None = None) -> PipelineSp
     """Read and check a pipeline YAML (one-line errors naming the file and key); relative config paths are taken
     from the working directory, as on the ``diffmvae fit`` command line."""
     path = Path(path)
-    if not path.is_file():
-        raise DiffMVAEError(f"pipeline file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise DiffMVAEError(f"pipeline file {path} is not valid YAML ({' '.join(str(e).split())[:160]})") from None
+    raw = read_yaml(path, "pipeline file")
     if not isinstance(raw, dict):
         raise DiffMVAEError(f"pipeline file {path} must hold a mapping with keys out, models, ...")
     unknown = sorted(set(raw) - TOP_KEYS)
@@ -269,10 +264,7 @@ def stage_marker(spec: PipelineSpec, run_name: str, stage: str) -> Path:
 
 
 def derived_config(spec: PipelineSpec, run: Run) -> dict:
-    try:
-        config = yaml.safe_load(run.model.config.read_text())
-    except yaml.YAMLError as e:
-        raise DiffMVAEError(f"fit config {run.model.config} is not valid YAML ({' '.join(str(e).split())[:160]})") from None
+    config = read_yaml(run.model.config, "fit config")
     config = relocate(config, spec.out / run.name)
     for key, value in spec.overrides.items():
         if not set_key(config, key, value):

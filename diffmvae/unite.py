@@ -210,16 +210,9 @@ class UniteSpec:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> UniteSpec:
-        import yaml
+        from diffmvae.io import read_yaml
 
-        path = Path(path)
-        if not path.is_file():
-            raise DiffMVAEError(f"unite config {path} does not exist")
-        try:
-            spec = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise DiffMVAEError(f"unite config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-        return cls.from_mapping(spec, str(path))
+        return cls.from_mapping(read_yaml(path, "unite config"), str(path))
 
     def alone(self, member: Member) -> UniteSpec:
         """The same target from ``member`` alone (reliability 1): the baseline a composition is compared with."""

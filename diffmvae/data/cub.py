@@ -24,7 +24,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from diffmvae.data.datamodule import MultimodalDataModule
+from diffmvae.data.datamodule import MultimodalDataModule, check_fraction
 from diffmvae.data.files import need_dir, need_file, open_image, read_table, to_array, val_split
 from diffmvae.data.spec import ModalitySpec, image_spec
 from diffmvae.io import DiffMVAEError
@@ -181,9 +181,8 @@ class CUBDataModule(MultimodalDataModule):
     ) -> None:
         super().__init__(batch_size, num_workers, missing_rate, seed)
         self.save_hyperparameters()
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        self.root, self.image_size, self.captions_per_image, self.val_fraction, self.text_dir = root, image_size, captions_per_image, val_fraction, text_dir
+        self.root, self.image_size, self.captions_per_image, self.text_dir = root, image_size, captions_per_image, text_dir
+        self.val_fraction = check_fraction("val_fraction", val_fraction)
         self.max_length, self.vocab_size, self._tokenizer_source, self._tokenizer = max_length, vocab_size, tokenizer, None
         from diffmvae.text import load_tokenizer
 

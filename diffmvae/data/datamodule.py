@@ -67,6 +67,13 @@ class DropKeys(Dataset):
         return {k: v for k, v in self.base[i].items() if k not in self.names}
 
 
+def check_fraction(name: str, value: float) -> float:
+    """``value`` when it is in [0, 1), else a one-line error naming ``name``."""
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return value
+
+
 class MultimodalDataModule(L.LightningDataModule):
     """Shared loader plumbing. Subclasses call ``save_hyperparameters()``, set ``specs``, and implement
     :meth:`make_dataset`; :meth:`dataset` caches and adds missing modalities (``missing_rate``)."""
@@ -78,9 +85,7 @@ class MultimodalDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0.0 <= missing_rate < 1.0:
-            raise ValueError(f"missing_rate must be in [0, 1), got {missing_rate}")
-        self.batch_size, self.num_workers, self.missing_rate, self.seed = batch_size, num_workers, missing_rate, seed
+        self.batch_size, self.num_workers, self.missing_rate, self.seed = batch_size, num_workers, check_fraction("missing_rate", missing_rate), seed
         self._sets: dict[str, Dataset] = {}
 
     @property
@@ -296,9 +301,7 @@ class PolyMNISTDataModule(MultimodalDataModule):
     ) -> None:
         super().__init__(batch_size, num_workers, missing_rate, seed)
         self.save_hyperparameters()
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        self.root, self.num_modalities, self.val_fraction = root, num_modalities, val_fraction
+        self.root, self.num_modalities, self.val_fraction = root, num_modalities, check_fraction("val_fraction", val_fraction)
         self.specs = {f"m{k}": image_spec(3, 28) for k in range(num_modalities)}
         if any(m not in self.specs for m in keep) or len(set(keep)) != len(keep):
             raise ValueError(f"keep must name distinct modalities of {', '.join(self.specs)}; got {list(keep)}")
