@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -108,6 +109,37 @@ def encode_texts(texts: Sequence[str], tokenizer: TextTokenizer, max_length: int
         enc = encoder_tokenizer.encode(texts, max_length)
         out.update(encoder_input_ids=enc["input_ids"], encoder_attention_mask=enc["attention_mask"])
     return out
+
+
+class TextModality:
+    """A data set's text modality: its tokenizer (a local folder, or a word-level one trained in memory on
+    ``training_texts()`` the first time it is needed, ``vocab_size`` at most), an optional second tokenizer for the
+    encoder (Optimus: BERT's vocabulary for the encoder, GPT-2's for the decoder), its spec, encoding and decoding."""
+
+    def __init__(self, max_length: int, training_texts: Callable[[], Sequence[str]], tokenizer: str | None = None,
+                 encoder_tokenizer: str | None = None, vocab_size: int = 1000) -> None:
+        self.max_length, self.vocab_size, self._source, self._training_texts = max_length, vocab_size, tokenizer, training_texts
+        self._tokenizer: TextTokenizer | None = None
+        self.encoder_tokenizer = load_tokenizer(encoder_tokenizer) if encoder_tokenizer else None
+
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self._source) if self._source else train_tokenizer(self._training_texts(), self.vocab_size)
+        return self._tokenizer
+
+    def spec(self) -> Any:
+        """The modality's :class:`~diffmvae.data.spec.ModalitySpec` (``encoder_*`` tensors too with an encoder tokenizer)."""
+        from diffmvae.data.spec import ModalitySpec
+
+        keys = ("input_ids", "attention_mask", *(("encoder_input_ids", "encoder_attention_mask") if self.encoder_tokenizer else ()))
+        return ModalitySpec("text", (self.max_length,), num_classes=self.tokenizer.vocab_size, text_keys=keys)
+
+    def encode(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        return encode_texts(texts, self.tokenizer, self.max_length, self.encoder_tokenizer)
+
+    def decode(self, ids: Tensor) -> list[str]:
+        return self.tokenizer.decode(ids)
 
 
 def map_batch(value: Tensor | Mapping[str, Tensor], fn: Callable[[Tensor], Tensor]) -> Tensor | dict[str, Tensor]:

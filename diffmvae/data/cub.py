@@ -26,9 +26,9 @@ from torch.utils.data import Dataset
 
 from diffmvae.data.datamodule import MultimodalDataModule, check_fraction
 from diffmvae.data.files import need_dir, need_file, open_image, read_table, to_array, val_split
-from diffmvae.data.spec import ModalitySpec, image_spec
+from diffmvae.data.spec import image_spec
 from diffmvae.io import DiffMVAEError
-from diffmvae.text import encode_texts
+from diffmvae.text import TextModality
 
 Split = Literal["train", "val", "test"]
 
@@ -183,31 +183,19 @@ class CUBDataModule(MultimodalDataModule):
         self.save_hyperparameters()
         self.root, self.image_size, self.captions_per_image, self.text_dir = root, image_size, captions_per_image, text_dir
         self.val_fraction = check_fraction("val_fraction", val_fraction)
-        self.max_length, self.vocab_size, self._tokenizer_source, self._tokenizer = max_length, vocab_size, tokenizer, None
-        from diffmvae.text import load_tokenizer
-
-        self.encoder_tokenizer = load_tokenizer(encoder_tokenizer) if encoder_tokenizer else None
-        keys = ("input_ids", "attention_mask", *(("encoder_input_ids", "encoder_attention_mask") if encoder_tokenizer else ()))
-        self.specs = {"image": image_spec(3, image_size),
-                      "text": ModalitySpec("text", (max_length,), num_classes=self.tokenizer.vocab_size, text_keys=keys)}
+        self._cub: dict[str, CUB] = {}  # the loaded splits (the tokenizer trains on the train split's captions)
+        self.text = TextModality(max_length, lambda: [c for cs in self.raw_split("train").captions for c in cs], tokenizer, encoder_tokenizer,
+                                 vocab_size)
+        self.specs = {"image": image_spec(3, image_size), "text": self.text.spec()}
 
     def cub(self, split: Split) -> CUB:
         return CUB(self.root, split, self.image_size, self.captions_per_image, self.val_fraction, self.seed, self.text_dir)
 
     @property
     def tokenizer(self) -> Any:
-        if self._tokenizer is None:
-            from diffmvae.text import load_tokenizer, train_tokenizer
-
-            if self._tokenizer_source:
-                self._tokenizer = load_tokenizer(self._tokenizer_source)
-            else:
-                self._tokenizer = train_tokenizer([c for cs in self.raw_split("train").captions for c in cs], self.vocab_size)
-        return self._tokenizer
+        return self.text.tokenizer
 
     def raw_split(self, split: Split) -> CUB:
-        if not hasattr(self, "_cub"):
-            self._cub: dict[str, CUB] = {}
         if split not in self._cub:
             self._cub[split] = self.cub(split)
         return self._cub[split]
@@ -218,6 +206,6 @@ class CUBDataModule(MultimodalDataModule):
     def make_dataset(self, split: Split) -> Dataset:
         base = self.raw_split(split)
         flat = [c for cs in base.captions for c in cs]
-        encoded = encode_texts(flat, self.tokenizer, self.max_length, self.encoder_tokenizer)
+        encoded = self.text.encode(flat)
         encoded = {k: v.view(len(base), self.captions_per_image, -1) for k, v in encoded.items()}
         return TokenizedCaptions(base, encoded)

@@ -18,7 +18,7 @@ from diffmvae.data.order import EpochSampler
 from diffmvae.data.polydigits import BACKGROUND_SCALE, TEXTURE_CONTRAST, TEXTURE_MEANS, VERSION, PolyDigits, Split
 from diffmvae.data.polymnist import PolyMNIST
 from diffmvae.data.spec import ModalitySpec, image_spec
-from diffmvae.text import encode_texts
+from diffmvae.text import TextModality
 
 # Settings of how data is loaded, not of what the data is: left out of cache keys.
 LOADER_SETTINGS = ("batch_size", "num_workers", "missing_rate")
@@ -212,15 +212,11 @@ class PolyDigitsDataModule(MultimodalDataModule):
         self.specs.update({f"{m}_masked": image_spec(3, 28) for m in self.masked})
         if label_modality:
             self.specs["label"] = ModalitySpec("label", (), num_classes=10, judge="value")
-        self.captions, self.max_length, self._tokenizer_source, self.vocab_size = captions, max_length, tokenizer, vocab_size
-        self._tokenizer = None
-        self.encoder_tokenizer = None
-        if captions:
-            from diffmvae.text import load_tokenizer
-
-            self.encoder_tokenizer = load_tokenizer(encoder_tokenizer) if encoder_tokenizer else None
-            keys = ("input_ids", "attention_mask", *(("encoder_input_ids", "encoder_attention_mask") if encoder_tokenizer else ()))
-            self.specs["text"] = ModalitySpec("text", (max_length,), num_classes=self.tokenizer.vocab_size, text_keys=keys)
+        self.captions = captions
+        self.text = TextModality(max_length, lambda: captions_for(self.polydigits("train"), self.seed), tokenizer, encoder_tokenizer,
+                                 vocab_size) if captions else None
+        if self.text is not None:
+            self.specs["text"] = self.text.spec()
 
     def cache_key(self) -> dict[str, Any]:
         """As for every data module; ``keep`` only when it drops modalities and the caption settings only with
@@ -246,14 +242,9 @@ class PolyDigitsDataModule(MultimodalDataModule):
     def tokenizer(self) -> Any:
         """The captions' :class:`~diffmvae.text.TextTokenizer` (loaded from ``tokenizer``, or trained on the training
         captions)."""
-        if self._tokenizer is None:
-            from diffmvae.text import load_tokenizer, train_tokenizer
-
-            if self._tokenizer_source:
-                self._tokenizer = load_tokenizer(self._tokenizer_source)
-            else:
-                self._tokenizer = train_tokenizer(captions_for(self.polydigits("train"), self.seed), self.vocab_size)
-        return self._tokenizer
+        if self.text is None:
+            raise ValueError("this PolyDigits data set has no captions (captions: false)")
+        return self.text.tokenizer
 
     def decode_text(self, name: str, ids: Any) -> list[str]:
         """The strings of a text modality's token ids."""
@@ -268,9 +259,9 @@ class PolyDigitsDataModule(MultimodalDataModule):
 
     def make_dataset(self, split: Split) -> Dataset:
         ds = self.polydigits(split)
-        if self.captions:
+        if self.text is not None:
             texts = captions_for(ds, self.seed)
-            ds = Captioned(ds, texts, encode_texts(texts, self.tokenizer, self.max_length, self.encoder_tokenizer))
+            ds = Captioned(ds, texts, self.text.encode(texts))
         ds = DropKeys(ds, self.dropped) if self.dropped else ds
         return MaskedCopies(ds, self.masked, self.mask_patch, self.mask_ratio, self.seed) if self.masked else ds
 

@@ -123,18 +123,23 @@ def test_polydigits_pipeline_resumes_stage_by_stage(tmp_path, monkeypatch):
     assert run_pipeline(spec, launcher=in_process(fail_at=lambda a: True)) == files  # nothing left to run
 
 
+def run_paper_pipeline(dataset, data, tmp_path, monkeypatch, **sets):
+    """Run experiments/<dataset>/pipeline.yaml at a tiny size on the tiny release copy at ``data``: its table has a row
+    per model (MoPoE, Diff-MVAE, Diff-MVAE*) and prior; returns the score-prior rows."""
+    monkeypatch.chdir(ROOT)
+    spec = tiny(load_pipeline(ROOT / f"experiments/{dataset}/pipeline.yaml", out=str(tmp_path / "out")), **sets)
+    spec.fit_args = (f"--data.init_args.root={data}",)
+    monkeypatch.chdir(tmp_path)  # classifier caches land under tmp_path/runs
+    table = pd.read_csv(run_pipeline(spec, launcher=in_process())[0])
+    assert set(table["model"]) == {"mopoe", "diffmvae", "diffmvae_star"} and len(table) == 6
+    return table[table["prior"] == "score"]
+
+
 @pytest.mark.slow
 def test_celebamask_pipeline_end_to_end(tmp_path, monkeypatch):
     data = tmp_path / "CelebAMask-HQ"
     make_celebamask(data, n=12)
-    monkeypatch.chdir(ROOT)
-    spec = tiny(load_pipeline(ROOT / "experiments/celebamask/pipeline.yaml", out=str(tmp_path / "out")))
-    spec.fit_args = (f"--data.init_args.root={data}",)
-    monkeypatch.chdir(tmp_path)
-    files = run_pipeline(spec, launcher=in_process())
-    table = pd.read_csv(files[0])
-    assert set(table["model"]) == {"mopoe", "diffmvae", "diffmvae_star"} and len(table) == 6
-    scored = table[table["prior"] == "score"]
+    scored = run_paper_pipeline("celebamask", data, tmp_path, monkeypatch)
     for column in ("f1_k1", "f1_k2", "mask_f1_k1", "mask_iou_k1", "fd_k1", "coherence_unconditional"):
         assert scored[column].between(0, 1e6).all(), column
     assert scored[["f1_k1", "mask_f1_k1", "mask_iou_k1"]].le(1).all().all()
@@ -152,19 +157,12 @@ def test_cub_pipeline_end_to_end(tmp_path, monkeypatch):
     BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                          max_position_embeddings=40)).save_pretrained(tmp_path / "bert")
     GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=40)).save_pretrained(tmp_path / "gpt2")
-    monkeypatch.chdir(ROOT)
     vae = "model.init_args.model.init_args"
-    spec = tiny(load_pipeline(ROOT / "experiments/cub/pipeline.yaml", out=str(tmp_path / "out")), **{
+    scored = run_paper_pipeline("cub", data, tmp_path, monkeypatch, **{
         "data.init_args.tokenizer": None, "data.init_args.encoder_tokenizer": None, "data.init_args.vocab_size": 64,
         "data.init_args.val_fraction": 0.34, f"{vae}.encoders.text.init_args.pretrained": str(tmp_path / "bert"),
         f"{vae}.decoders.text.init_args.pretrained": str(tmp_path / "gpt2"),
         f"{vae}.decoders.text.init_args.bos_id": 2, f"{vae}.decoders.text.init_args.eos_id": 3, f"{vae}.decoders.text.init_args.pad_id": 0})
-    spec.fit_args = (f"--data.init_args.root={data}",)
-    monkeypatch.chdir(tmp_path)
-    files = run_pipeline(spec, launcher=in_process())
-    table = pd.read_csv(files[0])
-    assert set(table["model"]) == {"mopoe", "diffmvae", "diffmvae_star"} and len(table) == 6
-    scored = table[table["prior"] == "score"]
     assert scored["coherence_k1"].between(0, 1).all() and scored["probe_k2"].between(0, 1).all() and scored["fd_k1"].notna().all()
     summary = json.loads((tmp_path / "out/diffmvae_star/evaluate/metrics.json").read_text())
     assert set(summary["text_nll_per_token"]) == {"text"} and "text" in summary["classifier_accuracy"]
