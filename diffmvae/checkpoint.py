@@ -14,8 +14,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from diffmvae.io import DiffMVAEError, load_tensors
+from diffmvae.io import DiffMVAEError, atomic_write, load_tensors, torch_save
 
 ALLOWED_PACKAGES = ("diffmvae", "encoders", "decoders", "priors")
 
@@ -48,6 +49,35 @@ def build_run(config: dict[str, Any], failure: str) -> tuple[Any, Any]:
         return instantiate(config["model"]), instantiate(config["data"])
     except (TypeError, ValueError) as e:
         raise DiffMVAEError(f"{failure} ({e})") from e
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint reader and writer with this library's file rules, for local paths (remote ones go to
+    Lightning's own). Writing: to a temporary file beside the target, renamed onto it — Lightning's writer builds the
+    file in the system's temporary folder and moves it, which between two file systems is a copy that a full disk
+    cuts short, leaving a truncated ``last.ckpt`` where the good one was; a failed write here is one line and the
+    previous checkpoint stays whole. Reading (``--ckpt_path``): ``weights_only=True``, so a crafted file never runs
+    code, and an unreadable one is one line. :meth:`TrainingModule.setup <diffmvae.TrainingModule.setup>` installs it
+    in place of Lightning's default."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        atomic_write(path, lambda tmp: torch_save(checkpoint, tmp))
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        return read_checkpoint(path)
+
+
+def install_atomic_checkpoints(trainer: L.Trainer) -> None:
+    """Use :class:`AtomicCheckpointIO` when the trainer's strategy has Lightning's default checkpoint writer (a
+    writer the user configured, or a sharded strategy's own, is left alone)."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

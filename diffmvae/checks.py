@@ -3,15 +3,12 @@ other run, and a model whose modalities the data has. Each failure is one line n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from diffmvae.io import DiffMVAEError
-
-
-def one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+from diffmvae.io import DiffMVAEError, one_line
 
 
 def fixed_logger_dirs(loggers: Any) -> list[Path]:
@@ -40,8 +37,9 @@ def keep_metrics_for_resume(loggers: Any) -> tuple[Path, Path] | None:
     return None
 
 
-def merge_resumed_metrics(metrics: Path, kept: Path, last_step: int) -> None:
-    """``metrics.csv`` = the rows of the run before the resume, up to the resumed step, then the rows written since."""
+def merge_resumed_metrics(metrics: Path, kept: Path, last_step: int | None) -> None:
+    """``metrics.csv`` = the rows of the run before the resume, up to the resumed step, then the rows written since
+    (all the rows before the resume when none was written since and ``last_step`` is None: a resume that failed)."""
     import csv
 
     from diffmvae.io import atomic_write
@@ -55,7 +53,7 @@ def merge_resumed_metrics(metrics: Path, kept: Path, last_step: int) -> None:
 
     old_keys, old_rows = rows(kept)
     new_keys, new_rows = rows(metrics)
-    resumed_at = min((int(float(r["step"])) for r in new_rows if r.get("step")), default=last_step + 1)
+    resumed_at = min((int(float(r["step"])) for r in new_rows if r.get("step")), default=math.inf if last_step is None else last_step + 1)
     merged = [r for r in old_rows if r.get("step") and int(float(r["step"])) < resumed_at] + new_rows
     keys = old_keys + [k for k in new_keys if k not in old_keys]
 
@@ -77,6 +75,22 @@ def check_logger_dirs(loggers: Any) -> None:
         if (folder / "metrics.csv").exists():
             raise DiffMVAEError(f"{folder / 'metrics.csv'} already exists (the logger's folder belongs to another run); resume that run "
                                 "with --ckpt_path or give this one another logger name or version (nothing was overwritten)")
+
+
+def check_run_dirs(trainer: Any) -> None:
+    """Before training: the run's folders (``default_root_dir``, the checkpoint folder, each logger's folder) can be
+    written, so a read-only or mistyped path is one line now rather than a traceback at the first checkpoint."""
+    from diffmvae.io import check_writable
+
+    folders = {"--trainer.default_root_dir": trainer.default_root_dir}
+    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
+        folders["the checkpoint folder"] = trainer.checkpoint_callback.dirpath
+    for logger in trainer.loggers:
+        if getattr(logger, "save_dir", None):
+            folders[f"the {type(logger).__name__}'s folder"] = logger.save_dir
+    for what, folder in folders.items():
+        if "://" not in str(folder):
+            check_writable(folder, what)
 
 
 def check_config_files(argv: Sequence[str]) -> None:

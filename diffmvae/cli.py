@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from diffmvae.checks import one_line
 from diffmvae.devices import add_device_arguments, pick_device, precision
+from diffmvae.io import one_line
 from diffmvae.unite_cli import add_composition_arguments, composition_from, unite_command
 
 log = logging.getLogger("diffmvae")
@@ -104,9 +104,12 @@ def _lightning(argv: list[str]) -> int:
     from jsonargparse import ArgumentError
     from lightning.pytorch.cli import LightningCLI
 
+    from diffmvae.checks import (check_config_files, check_data, check_logger_dirs, check_run_dirs, keep_metrics_for_resume,
+                                 merge_resumed_metrics)
+    from diffmvae.checkpoint import read_checkpoint
     from diffmvae.io import DiffMVAEError
 
-    from diffmvae.checks import check_config_files, check_data, check_logger_dirs, keep_metrics_for_resume, merge_resumed_metrics
+    kept_metrics: list = []  # a resumed run's metrics.csv, set aside while Lightning's logger starts a new one
 
     class DiffMVAECLI(LightningCLI):
         def before_instantiate_classes(self) -> None:
@@ -116,11 +119,20 @@ def _lightning(argv: list[str]) -> int:
             if self.config[self.subcommand].get("ckpt_path") is None:
                 check_logger_dirs(loggers)
             else:
-                self._kept_metrics = keep_metrics_for_resume(loggers)
+                kept_metrics[:] = [keep_metrics_for_resume(loggers)]
+
+        def _parse_ckpt_path(self) -> None:
+            # LightningCLI reads a --ckpt_path file (weights_only=True) for hyperparameters: a missing, truncated or
+            # non-Lightning file is one line here, not a traceback there. "last" / "best" / "hpc" are Lightning's names.
+            subcommand = self.config.get("subcommand")
+            path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if path and path not in ("last", "best", "hpc") and "://" not in str(path) and not str(path).startswith("registry"):
+                read_checkpoint(path)
+            super()._parse_ckpt_path()
 
         def after_fit(self) -> None:
-            if getattr(self, "_kept_metrics", None):
-                merge_resumed_metrics(*self._kept_metrics, self.trainer.global_step)
+            if kept_metrics and kept_metrics[0]:
+                merge_resumed_metrics(*kept_metrics.pop(), self.trainer.global_step)
 
         def before_fit(self) -> None:
             cfg = self.config[self.subcommand]
@@ -131,6 +143,7 @@ def _lightning(argv: list[str]) -> int:
                     f"{last} already exists; resume with --ckpt_path {last} or write elsewhere with "
                     f"--trainer.default_root_dir/--trainer.callbacks (nothing was overwritten)"
                 )
+            check_run_dirs(self.trainer)
             check_data(self.model.model, self.datamodule)
             self.model.run_config = {
                 "model": cfg.model.as_dict(),
@@ -155,6 +168,9 @@ def _lightning(argv: list[str]) -> int:
         raise _config_error(e) from e
     except ModuleNotFoundError as e:
         raise DiffMVAEError(f"{one_line(e)} (a logger needs its extra: pip install 'diffmvae[tensorboard]' or 'diffmvae[mlflow]')") from e
+    finally:
+        if kept_metrics and kept_metrics[0]:  # the resume failed: its history goes back into metrics.csv
+            merge_resumed_metrics(*kept_metrics.pop(), None)
     return 0
 
 
@@ -385,10 +401,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
         return commands[argv[0]](argv if argv[0] in LIGHTNING_SUBCOMMANDS else argv[1:])
-    except (DiffMVAEError, ValueError, KeyError, FileNotFoundError) as e:
+    except (DiffMVAEError, ValueError, KeyError, OSError) as e:
         if os.environ.get("DIFFMVAE_DEBUG"):
             raise
-        print(f"diffmvae: error: {one_line(e)}", file=sys.stderr)
+        # An OSError the library did not name (a full disk or a read-only folder met inside Lightning or a logger).
+        message = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else one_line(e)
+        print(f"diffmvae: error: {message}", file=sys.stderr)
         return 2
 
 

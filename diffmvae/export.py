@@ -24,10 +24,9 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import save_file
 
 import diffmvae
-from diffmvae.io import DiffMVAEError, file_sha256
+from diffmvae.io import DiffMVAEError, check_writable, file_sha256, save_safetensors, writing
 
 FOLDER_FORMAT = "diffmvae-model-folder"
 FOLDER_VERSION = 1
@@ -60,6 +59,7 @@ def export_model(ckpt: str | os.PathLike, out: str | os.PathLike, *, prior_ckpt:
         raise DiffMVAEError(f"{out} already exists; pass --overwrite or choose another --out (nothing was overwritten)")
     if is_model_folder(ckpt):
         raise DiffMVAEError(f"{ckpt} is already a model folder; export reads a `diffmvae fit` checkpoint")
+    check_writable(out.parent, "--out's folder")
     run = load_run(ckpt)
     model = run.module.model
     prior_path = Path(prior_ckpt) if prior_ckpt else default_prior_path(ckpt)
@@ -67,26 +67,27 @@ def export_model(ckpt: str | os.PathLike, out: str | os.PathLike, *, prior_ckpt:
     if prior_ckpt and prior is None:
         raise DiffMVAEError(f"--prior-ckpt {prior_ckpt} does not exist")
     table = evaluation_table(evaluation) if evaluation else None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        save_file(tensors_for_safetensors(model.state_dict()), tmp / WEIGHTS,
-                  metadata={"format": FOLDER_FORMAT, "diffmvae_version": diffmvae.__version__})
-        weights_sha = file_sha256(tmp / WEIGHTS)
-        if prior is not None:
-            record = read_prior_file(prior_path)  # its spec and fit record (save_prior leaves the loss curve out)
-            save_prior(tmp / PRIOR, prior, record["prior"], tmp, model, record.get("fit", {}))
-        trained = {"global_step": int(run.checkpoint.get("global_step", 0)), "epoch": int(run.checkpoint.get("epoch", 0)),
-                   "source_checkpoint": Path(ckpt).name}
-        config = {"format": FOLDER_FORMAT, "version": FOLDER_VERSION, "diffmvae_version": diffmvae.__version__,
-                  "model": run.config["model"], "data": run.config["data"], "trained": trained,
-                  "files": {WEIGHTS: {"sha256": weights_sha}, **({PRIOR: {"sha256": file_sha256(tmp / PRIOR)}} if prior is not None else {})}}
-        (tmp / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
-        (tmp / CARD).write_text(model_card(run, config, prior is not None, table, out.name))
-        replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            save_safetensors(tensors_for_safetensors(model.state_dict()), tmp / WEIGHTS,
+                             metadata={"format": FOLDER_FORMAT, "diffmvae_version": diffmvae.__version__})
+            weights_sha = file_sha256(tmp / WEIGHTS)
+            if prior is not None:
+                record = read_prior_file(prior_path)  # its spec and fit record (save_prior leaves the loss curve out)
+                save_prior(tmp / PRIOR, prior, record["prior"], tmp, model, record.get("fit", {}))
+            trained = {"global_step": int(run.checkpoint.get("global_step", 0)), "epoch": int(run.checkpoint.get("epoch", 0)),
+                       "source_checkpoint": Path(ckpt).name}
+            config = {"format": FOLDER_FORMAT, "version": FOLDER_VERSION, "diffmvae_version": diffmvae.__version__,
+                      "model": run.config["model"], "data": run.config["data"], "trained": trained,
+                      "files": {WEIGHTS: {"sha256": weights_sha}, **({PRIOR: {"sha256": file_sha256(tmp / PRIOR)}} if prior is not None else {})}}
+            (tmp / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+            (tmp / CARD).write_text(model_card(run, config, prior is not None, table, out.name))
+            replace_dir(tmp, out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
     return out
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,25 +17,104 @@ from PIL import Image
 from torch import Tensor
 
 
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()  # the permissions open() gives a new file under this process's umask
+
+
 class DiffMVAEError(Exception):
     """A problem with the user's input (a path, a config value, a modality name): the CLI prints its message
     as one line and exits non-zero."""
 
 
+@contextmanager
+def writing(target: str | os.PathLike) -> Iterator[None]:
+    """An ``OSError`` in the block (a full disk, a read-only or unwritable folder, a file-size limit) becomes one line
+    naming ``target``; the writers in this library write to temporary names, so what ``target`` held is kept."""
+    try:
+        yield
+    except OSError as e:
+        raise DiffMVAEError(f"cannot write {target}: {e.strerror or one_line(e)} (nothing there was replaced)") from e
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``: a reader never
-    sees a half-written file and a failed write leaves the old file as it was."""
+    sees a half-written file and a failed write (an error, a full disk, a killed process) leaves the old file as it
+    was; an ``OSError`` is one line naming ``path`` (:func:`writing`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else FILE_MODE)  # mkstemp's 0600 would hide it from others
+        try:
+            write(Path(tmp))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return path
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` into memory, then one write to ``path`` flushed to disk (as Lightning's own checkpoint writer
+    does): a failed write (a full disk) raises ``OSError`` with its reason, where torch's zip writer writing to the
+    file itself reports it as an opaque ``RuntimeError``."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """A safetensors file written through Python (a failed write raises ``OSError``, as in :func:`torch_save`)."""
+    from safetensors.torch import save
+
+    Path(path).write_bytes(save(tensors, metadata=metadata))
+
+
+def write_files(out: str | os.PathLike, writers: dict[str, Callable[[Path], None]]) -> list[Path]:
+    """Write a set of files into the folder ``out``: each ``writers[name](path)`` writes into a temporary folder
+    inside ``out``, and only once all are written is each renamed onto ``out/name``; a failure (a full disk) leaves
+    every earlier file in ``out`` as it was, and is one line naming ``out``."""
+    out = Path(out)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".writing.", dir=out))
+        try:
+            for name, write in writers.items():
+                write(tmp / name)
+            for name in writers:
+                os.replace(tmp / name, out / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return [out / name for name in writers]
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> None:
+    """Before any work: a file can be created in ``folder``, or in its nearest existing ancestor when it does not
+    exist yet (nothing is created); one line naming ``what`` and the folder otherwise."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise DiffMVAEError(f"{what} {folder} cannot be created: {existing} is a file")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DiffMVAEError(f"{what} {folder} is not writable: {e.strerror or one_line(e)}") from e
 
 
 def read_yaml(path: str | os.PathLike, what: str) -> Any:

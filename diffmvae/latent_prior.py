@@ -22,7 +22,16 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from diffmvae.checkpoint import instantiate
-from diffmvae.io import DiffMVAEError, atomic_write, file_sha256, load_tensors, read_safetensors
+from diffmvae.io import (
+    DiffMVAEError,
+    atomic_write,
+    check_writable,
+    file_sha256,
+    load_tensors,
+    read_safetensors,
+    save_safetensors,
+    torch_save,
+)
 from diffmvae.model import MultimodalVAE
 from diffmvae.posterior import product_of_experts, reparameterize
 from diffmvae.text import map_batch
@@ -105,15 +114,13 @@ def save_prior(path: str | Path, prior: ScorePrior, spec: Mapping[str, Any], mod
     meta = {"checkpoint": "model.safetensors" if Path(model_ckpt).is_dir() else str(model_ckpt), "sha256": file_sha256(weights_file(model_ckpt)), "latent_dim": model.latent_dim,
             "modalities": list(model.modalities)}
     if Path(path).suffix == ".safetensors":
-        from safetensors.torch import save_file
-
         from diffmvae.export import tensors_for_safetensors
 
         header = {"format": FORMAT, "version": str(VERSION), "prior": json.dumps(dict(spec)), "model": json.dumps(meta),
                   "fit": json.dumps({k: v for k, v in dict(fit).items() if k != "losses"})}
-        return atomic_write(path, lambda tmp: save_file(tensors_for_safetensors(prior.state_dict()), tmp, metadata=header))
+        return atomic_write(path, lambda tmp: save_safetensors(tensors_for_safetensors(prior.state_dict()), tmp, metadata=header))
     payload = {"format": FORMAT, "version": VERSION, "prior": dict(spec), "state_dict": prior.state_dict(), "model": meta, "fit": dict(fit)}
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return atomic_write(path, lambda tmp: torch_save(payload, tmp))
 
 
 def read_prior_file(path: Path) -> dict[str, Any]:
@@ -177,6 +184,7 @@ def fit_prior_for_checkpoint(
         raise DiffMVAEError(f"--out {out} is the model checkpoint itself; a prior is written beside it, never into it")
     if out.exists() and not overwrite:
         raise DiffMVAEError(f"{out} already exists; pass --overwrite true or choose --out (nothing was overwritten)")
+    check_writable(out.parent, "the prior's folder")
     config = PriorFitConfig(**fit_args)
     run = load_run(model_ckpt)
     model = run.module.model

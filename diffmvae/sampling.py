@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,7 +18,7 @@ from tqdm.auto import tqdm
 
 from decoders import SamplingSettings
 from diffmvae.data.spec import ModalitySpec
-from diffmvae.io import DiffMVAEError, image_grid
+from diffmvae.io import DiffMVAEError, check_writable, image_grid, write_files
 from diffmvae.model import LatentPrior, MultimodalModel
 from diffmvae.text import cat_batches, map_batch, take_rows
 from diffmvae.unite import Composition
@@ -151,6 +149,7 @@ def check_out_dir(out: str | os.PathLike) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DiffMVAEError(f"--out {out} exists and is not a directory")
+    check_writable(out, "--out")
     return out
 
 
@@ -180,17 +179,8 @@ def write_samples(
         arrays["prior"] = np.array(prior)
     record = dict(sampling or {})
     arrays["sampling"] = np.array(json.dumps(record))
-    tmp = Path(tempfile.mkdtemp(prefix=".samples.", dir=out))
-    try:
-        (tmp / "grid.png").write_bytes(grid_figure(samples, specs, given, title=grid_title(given, prior, record), texts=texts))
-        np.savez(tmp / "samples.npz", **arrays)
-        written = []
-        for name in ("grid.png", "samples.npz"):
-            os.replace(tmp / name, out / name)
-            written.append(out / name)
-        return written
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    grid = grid_figure(samples, specs, given, title=grid_title(given, prior, record), texts=texts)
+    return write_files(out, {"grid.png": lambda path: path.write_bytes(grid), "samples.npz": lambda path: np.savez(path, **arrays)})
 
 
 def sampling_record(model: MultimodalModel, sampling: SamplingSettings, composition: Composition | None = None) -> dict[str, Any]:

@@ -123,6 +123,13 @@ class TrainingModule(L.LightningModule):
                 sampler.resume(done * loader.batch_size)
                 log.info("resumed in the middle of epoch %d: the first %d batches of its order are left out", loop.epoch_progress.current.processed, done)
 
+    def setup(self, stage: str) -> None:
+        """Checkpoints are written to a temporary name and renamed, and read with ``weights_only=True``
+        (:class:`~diffmvae.checkpoint.AtomicCheckpointIO`)."""
+        from diffmvae.checkpoint import install_atomic_checkpoints
+
+        install_atomic_checkpoints(self.trainer)
+
     def on_fit_start(self) -> None:
         self._noise = torch.Generator(device=self.device).manual_seed(self.base_seed() + 7919 * self.global_rank)
         if self._noise_state is not None:

@@ -1,7 +1,8 @@
-"""Test-only modules that fail on purpose (importable by configs as ``faulty.<Name>``)."""
+"""Test-only modules that fail on purpose (importable by configs as ``faulty.<Name>``), and a full disk."""
 
 import os
 import signal as signals
+from contextlib import contextmanager
 
 import lightning as L
 import torch
@@ -36,3 +37,17 @@ class SignalAt(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), getattr(signals, self.signal))
+
+
+@contextmanager
+def file_size_limit(nbytes):
+    """Writes past ``nbytes`` fail with EFBIG (Python ignores SIGXFSZ), as writes on a full disk fail with ENOSPC:
+    a full disk for one block of a test, without root or a mount (POSIX)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

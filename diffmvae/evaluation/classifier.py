@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from diffmvae.io import DiffMVAEError, atomic_write, load_tensors
+from diffmvae.io import DiffMVAEError, atomic_write, load_tensors, torch_save
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def save_classifier_set(path: str | Path, classifiers: dict[str, ImageClassifier
         "accuracy": accuracy,
         "classifiers": {m: {"config": c.config, "state_dict": c.state_dict()} for m, c in classifiers.items()},
     }
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return atomic_write(path, lambda tmp: torch_save(payload, tmp))
 
 
 def load_classifier_set(path: str | Path) -> tuple[dict[str, ImageClassifier], dict[str, float], dict[str, Any]]:

@@ -22,7 +22,7 @@ from diffmvae.evaluation.classifier import (
 )
 from diffmvae.evaluation.report import write_report
 from diffmvae.evaluation.suite import EvalSettings, evaluate_model
-from diffmvae.io import DiffMVAEError
+from diffmvae.io import DiffMVAEError, check_writable
 from diffmvae.unite import Composition
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ def fit_classifiers(data_config: dict[str, Any], out: str | Path | None = None, 
     path = Path(out) if out else CLASSIFIER_DIR / f"{data_key(data_config)}.pt"
     if path.exists() and not overwrite:
         raise DiffMVAEError(f"{path} already exists; pass --overwrite true or choose --out (nothing was overwritten)")
+    check_writable(path.parent, "the classifiers' folder")
     classifiers, accuracy = fit_classifier_set(instantiate(judged_data(data_config)), progress=progress, **settings)
     return save_classifier_set(path, classifiers, accuracy, judged_data(data_config))
 
@@ -94,13 +95,14 @@ def evaluate_checkpoints(
     """Evaluate every checkpoint with one classifier set and write ``metrics.{json,csv,md,png}`` into ``out``; with a
     ``composition``, conditional generation composes its sources (Unite-and-Conquer within each model)."""
     from diffmvae.devices import precision as autocast
-    from diffmvae.sampling import choose_prior, sampling_record
+    from diffmvae.sampling import check_out_dir, choose_prior, sampling_record
 
     if not ckpts:
         raise DiffMVAEError("give at least one --ckpt")
     names = list(names) if names else _default_names(ckpts)
     if len(names) != len(ckpts) or len(set(names)) != len(names):
         raise DiffMVAEError(f"--names needs {len(ckpts)} distinct names, got {names}")
+    check_out_dir(out)
     runs = [load_run(c, device=device) for c in ckpts]
     first = runs[0].module.model.modalities
     for ckpt, run in zip(ckpts, runs):

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from diffmvae.io import DiffMVAEError
+from diffmvae.io import DiffMVAEError, write_files
 
 COLUMNS = ["model", "metric", "k", "target", "value"]
 FILES = ("metrics.json", "metrics.csv", "metrics.md", "metrics.png")
@@ -70,20 +68,13 @@ def write_report(out: str | os.PathLike, summaries: Sequence[dict[str, Any]], ro
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DiffMVAEError(f"--out {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
     table = metrics_table(rows)
-    tmp = Path(tempfile.mkdtemp(prefix=".metrics.", dir=out))
-    try:
-        payload = summaries[0] if len(summaries) == 1 else list(summaries)
-        (tmp / "metrics.json").write_text(json.dumps(payload, indent=2))
-        table.to_csv(tmp / "metrics.csv", index=False)
-        meta = ", ".join(f"{s['model']}: n_samples={s['n_samples']}, seed={s['seed']}, prior={s['prior']}" for s in summaries)
-        (tmp / "metrics.md").write_text(f"# Evaluation\n\n{meta}\n\n" + to_markdown(table))
-        plot_metrics(table, tmp / "metrics.png")
-        written = []
-        for name in FILES:
-            os.replace(tmp / name, out / name)
-            written.append(out / name)
-        return written
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    payload = summaries[0] if len(summaries) == 1 else list(summaries)
+    meta = ", ".join(f"{s['model']}: n_samples={s['n_samples']}, seed={s['seed']}, prior={s['prior']}" for s in summaries)
+    writers = {
+        "metrics.json": lambda path: path.write_text(json.dumps(payload, indent=2)),
+        "metrics.csv": lambda path: table.to_csv(path, index=False),
+        "metrics.md": lambda path: path.write_text(f"# Evaluation\n\n{meta}\n\n" + to_markdown(table)),
+        "metrics.png": lambda path: plot_metrics(table, path),
+    }
+    return write_files(out, writers)

@@ -6,11 +6,13 @@ The rows are also checked against README.md, so the table there and these tests 
 
 import hashlib
 import pickle
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from faulty import file_size_limit
 from release_layouts import make_celebamask, make_cub
 from tiny_run import copy_config, make_polymnist, vae_args, write_config
 
@@ -168,6 +170,21 @@ ROWS = [
     ("pipeline-missing-fit-config", lambda w: ["pipeline", "--config", str(w["root"] / "pipeline_missing_config.yaml")],
      "models.a.config: "),
     ("command-unknown-subcommand", lambda w: ["prior", "train"], "the only prior command is `fit`"),
+    ("fit-resume-truncated-checkpoint", lambda w: ["fit", "--config", str(w["cfg"]), "--ckpt_path", str(w["root"] / "truncated.ckpt")],
+     "truncated.ckpt is not a readable checkpoint"),
+    ("fit-resume-malicious-checkpoint", lambda w: ["fit", "--config", str(w["cfg"]), "--ckpt_path", str(w["root"] / "evil.ckpt")],
+     "evil.ckpt is not a readable checkpoint"),
+    ("fit-run-dir-under-a-file", lambda w: ["fit", "--config", tiny_config(w, lambda c: None), "--trainer.default_root_dir",
+                                            str(w["root"] / "text.ckpt" / "run")], "run cannot be created: "),
+    ("sample-out-under-a-file", lambda w: ["sample", "--ckpt", str(w["ckpt"]), "--given", "m0", "--out", str(w["root"] / "text.ckpt" / "s")],
+     "s cannot be created: "),
+    ("prior-fit-out-under-a-file", lambda w: ["prior", "fit", "--ckpt", str(w["ckpt"]), "--out", str(w["root"] / "text.ckpt" / "p.ckpt"),
+                                              *PRIOR_ARGS], "the prior's folder"),
+    # A full disk (a file-size limit of 2 kB: see faulty.file_size_limit) while writing outputs that exist already.
+    ("disk-full-sample", lambda w: ["sample", "--ckpt", str(w["ckpt"]), "--given", "m0", "--n", "2", "--out", str(w["root"] / "samples")],
+     "cannot write ", 2048),
+    ("disk-full-prior", lambda w: ["prior", "fit", "--ckpt", str(w["ckpt"]), "--overwrite", "true", *PRIOR_ARGS],
+     "last.prior.ckpt: File too large (nothing there was replaced)", 2048),
 ]
 
 
@@ -181,13 +198,16 @@ def test_the_table_has_at_least_25_rows():
 
 @pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
 def test_bad_input_is_one_line_and_loses_nothing(ws, capsys, row):
-    name, argv, message = row
+    name, argv, message, *full_disk = row
     argv = argv(ws)
     capsys.readouterr()
     before = snapshot(ws["root"])
-    assert main(argv) == 2, name
+    with file_size_limit(full_disk[0]) if full_disk else nullcontext():
+        assert main(argv) == 2, name
     err = capsys.readouterr().err.strip()
-    assert err.startswith("diffmvae: error: ") and err.count("\n") == 0 and "Traceback" not in err, err
+    assert "\n" not in err and "Traceback" not in err, err
+    err = err.rsplit("\r", 1)[-1]  # what a terminal shows after a progress bar that was under way
+    assert err.startswith("diffmvae: error: "), err
     assert message in err, err
     after = snapshot(ws["root"])
     changed = [p for p, digest in before.items() if after.get(p) != digest]
@@ -199,5 +219,5 @@ def test_bad_input_is_one_line_and_loses_nothing(ws, capsys, row):
 
 def test_the_readme_lists_every_row():
     text = README.read_text()
-    missing = [name for name, _, message in ROWS if f"`{name}`" not in text]
+    missing = [row[0] for row in ROWS if f"`{row[0]}`" not in text]
     assert not missing, f"README's bad-input table lacks {missing}"

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from decoders.optim import lr_factor
 from diffmvae.checkpoint import instantiate
 from diffmvae.evaluation.classifier import collate_split
-from diffmvae.io import atomic_write
+from diffmvae.io import atomic_write, torch_save
 
 
 def logits(decoder, images):
@@ -75,7 +75,7 @@ def main() -> None:
         pred = torch.cat([logits(decoder, x).argmax(-1) for x in test["m0"].split(256)])
     accuracy = float((pred == test["label"]).float().mean())
     out = Path(args.out)
-    atomic_write(out / "classifier.pt", lambda tmp: torch.save({"net": decoder.net.state_dict(), "heads": decoder.head_nets.state_dict()}, tmp))
+    atomic_write(out / "classifier.pt", lambda tmp: torch_save({"net": decoder.net.state_dict(), "heads": decoder.head_nets.state_dict()}, tmp))
     atomic_write(out / "result.json", lambda tmp: tmp.write_text(json.dumps({"test_accuracy": accuracy, "steps": steps, "n_test": len(pred)})))
     print(json.dumps({"plain_classifier_test_accuracy": accuracy}))
 
