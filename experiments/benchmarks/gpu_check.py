@@ -3,6 +3,9 @@ bf16-mixed, then DDIM-50 sampling; prints steps/s, images/s and peak GPU memory.
 
     python experiments/benchmarks/gpu_check.py [--steps 300] [--precision bf16-mixed] [--batch-size 128] [--n 256]
 
+``--accelerator cpu`` runs the same code on the CPU (no memory figures): the test suite does, at a tiny size, so the
+script cannot rot between the runs on a GPU.
+
 The diffusion terms train from the first step (the config's feed-forward warm-up stage is left out, so the UNet is
 exercised); the model, data and sampler are those of ``experiments/polydigits/diffmvae_star.yaml``.
 """
@@ -25,6 +28,11 @@ from diffmvae.evaluation.classifier import collate_split
 CONFIG = Path(__file__).resolve().parents[1] / "polydigits" / "diffmvae_star.yaml"
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 class StepTimer(L.Callback):
     """Wall time of the optimizer steps after ``skip`` warm-up steps (CUDA synchronised)."""
 
@@ -33,14 +41,18 @@ class StepTimer(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.skip:
-            torch.cuda.synchronize()
+            synchronize()
             self.start = time.perf_counter()
         elif trainer.global_step > self.skip:
             self.steps += 1
 
     def steps_per_second(self) -> float:
-        torch.cuda.synchronize()
+        synchronize()
         return self.steps / (time.perf_counter() - self.start)
+
+
+def peak_gib(cuda: bool) -> str:
+    return f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else "n/a (CPU)"
 
 
 def main() -> None:
@@ -49,38 +61,48 @@ def main() -> None:
     p.add_argument("--precision", default="bf16-mixed")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--n", type=int, default=256, help="images generated per modality for the sampling throughput")
+    p.add_argument("--accelerator", default="gpu", choices=("gpu", "cpu"), help="cpu: a smoke run of the same code")
     args = p.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("gpu_check: no CUDA device on this machine")
+    cuda = args.accelerator == "gpu"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("gpu_check: no CUDA device on this machine (--accelerator cpu runs the same code on the CPU)")
+    if args.steps < 2:
+        raise SystemExit(f"gpu_check: --steps must be >= 2, got {args.steps}")
     cfg = yaml.safe_load(CONFIG.read_text())
     cfg["data"]["init_args"]["batch_size"] = args.batch_size
     torch.manual_seed(0)
     module, data = instantiate(cfg["model"]), instantiate(cfg["data"])
-    timer = StepTimer()
-    trainer = L.Trainer(accelerator="gpu", devices=1, precision=args.precision, max_steps=args.steps, limit_val_batches=0,
+    timer = StepTimer(skip=min(20, args.steps // 2))
+    trainer = L.Trainer(accelerator=args.accelerator, devices=1, precision=args.precision, max_steps=args.steps, limit_val_batches=0,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[EMA(0.999), timer])
-    torch.cuda.reset_peak_memory_stats()
+    device = torch.device("cuda" if cuda else "cpu")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     trainer.fit(module, datamodule=data)
     steps_per_s = timer.steps_per_second()
-    train_peak = torch.cuda.max_memory_allocated() / 2**30
-    model = module.model.cuda().eval()
+    train_peak = peak_gib(cuda)
+    model = module.model.to(device).eval()
     test = collate_split(data.dataset("test"), args.n)
-    given = {"m0": test["m0"].cuda()}
+    given = {"m0": test["m0"].to(device)}
     sampling = SamplingSettings(sampler="ddim", steps=50)
-    torch.cuda.reset_peak_memory_stats()
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed"):
-        model.generate(given, sampling=sampling, generator=torch.Generator().manual_seed(0))  # warm-up
-        torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed"):
+        if cuda:
+            model.generate(given, sampling=sampling, generator=torch.Generator().manual_seed(0))  # warm-up
+        synchronize()
         start = time.perf_counter()
         out = model.generate(given, sampling=sampling, generator=torch.Generator().manual_seed(1))
-        torch.cuda.synchronize()
+        synchronize()
         seconds = time.perf_counter() - start
     generated = [m for m in model.modalities if m != "m0"]
     finite = all(torch.isfinite(out[m]).all().item() for m in generated)
-    print(f"device: {torch.cuda.get_device_name()}, precision {args.precision}, batch {args.batch_size}")
-    print(f"training: {steps_per_s:.2f} steps/s, peak memory {train_peak:.2f} GiB")
+    print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}, precision {args.precision}, batch {args.batch_size}")
+    print(f"training: {steps_per_s:.2f} steps/s, peak memory {train_peak}")
     print(f"sampling (DDIM-50, m1..m4 given m0): {args.n * len(generated) / seconds:.1f} images/s, "
-          f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, finite: {finite}")
+          f"peak memory {peak_gib(cuda)}, finite: {finite}")
+    if not finite:
+        raise SystemExit("gpu_check: the samples are not finite")
 
 
 if __name__ == "__main__":
