@@ -89,12 +89,24 @@ def _plot(table: Any, x: str | None, path: Path) -> None:
             for ax, metric in zip(axes[:2], ("coherence_unconditional", "fd_unconditional")):
                 ax.plot(group[x].astype(float), group[metric].astype(float), style, color=f"C{list(table['model'].unique()).index(model)}",
                         label=f"{model} ({prior} prior)")
-        axes[0].set_title("unconditional coherence", fontsize=10)
-        axes[1].set_title("unconditional Fréchet distance", fontsize=10)
         for ax in axes[:2]:
             ax.set_xlabel(x)
-            ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
+    else:  # no sweep: one group of bars per model, a bar per prior
+        models, priors = list(table["model"].unique()), list(table["prior"].unique())
+        width = 0.8 / len(priors)
+        for j, prior in enumerate(priors):
+            rows = table[table["prior"] == prior].set_index("model").reindex(models)
+            for ax, metric in zip(axes[:2], ("coherence_unconditional", "fd_unconditional")):
+                ax.bar([i + (j - (len(priors) - 1) / 2) * width for i in range(len(models))], rows[metric].astype(float), width,
+                       label=f"{prior} prior", color=f"C{j}")
+        for ax in axes[:2]:
+            ax.set_xticks(range(len(models)), models, fontsize=8)
+        axes[0].legend(fontsize=7)
+    axes[0].set_title("unconditional coherence", fontsize=10)
+    axes[1].set_title("unconditional Fréchet distance", fontsize=10)
+    for ax in axes[:2]:
+        ax.grid(alpha=0.3)
     conditional = table[[c for c in table.columns if c.startswith("coherence_k")]].notna().any(axis=1)
     for i, (_, row) in enumerate(table[conditional].iterrows()):
         for ax, prefix in zip(axes[2:], ("coherence_k", "fd_k")):
@@ -107,9 +119,7 @@ def _plot(table: Any, x: str | None, path: Path) -> None:
         ax.grid(alpha=0.3)
     if conditional.any():
         axes[2].legend(fontsize=6)
-    for ax in axes:
+    for ax in axes[2:] if x is None else axes:
         ax.xaxis.get_major_locator().set_params(integer=True)
-    for ax in axes[: 0 if x is not None else 2]:
-        ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(path, format="png")
