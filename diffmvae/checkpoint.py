@@ -70,7 +70,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         if "://" in str(path):
             return super().load_checkpoint(path, map_location, weights_only=True)
-        return read_checkpoint(path)
+        return read_training_checkpoint(path)
+
+
+def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint Lightning can resume from (``--ckpt_path``), read with ``weights_only=True``; one line otherwise."""
+    checkpoint = read_checkpoint(path)
+    if "pytorch-lightning_version" not in checkpoint:
+        raise DiffMVAEError(f"checkpoint {path} is not a training checkpoint (a prior or classifier file?); --ckpt_path resumes a "
+                            "`diffmvae fit` run from its checkpoints/last.ckpt")
+    return checkpoint
 
 
 def install_atomic_checkpoints(trainer: L.Trainer) -> None:

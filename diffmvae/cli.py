@@ -106,7 +106,7 @@ def _lightning(argv: list[str]) -> int:
 
     from diffmvae.checks import (check_config_files, check_data, check_logger_dirs, check_run_dirs, keep_metrics_for_resume,
                                  merge_resumed_metrics)
-    from diffmvae.checkpoint import read_checkpoint
+    from diffmvae.checkpoint import read_training_checkpoint
     from diffmvae.io import DiffMVAEError
 
     kept_metrics: list = []  # a resumed run's metrics.csv, set aside while Lightning's logger starts a new one
@@ -122,13 +122,15 @@ def _lightning(argv: list[str]) -> int:
                 kept_metrics[:] = [keep_metrics_for_resume(loggers)]
 
         def _parse_ckpt_path(self) -> None:
-            # LightningCLI reads a --ckpt_path file (weights_only=True) for hyperparameters: a missing, truncated or
-            # non-Lightning file is one line here, not a traceback there. "last" / "best" / "hpc" are Lightning's names.
+            # LightningCLI reads a --ckpt_path file for the hyperparameters it may hold, before anything is written: read
+            # it here instead (weights_only=True), so a truncated, crafted or wrong file is one line and the run folder
+            # is left as it was. Lightning's names ("last", ...) and remote paths are Lightning's to resolve.
             subcommand = self.config.get("subcommand")
             path = self.config[subcommand].get("ckpt_path") if subcommand else None
-            if path and path not in ("last", "best", "hpc") and "://" not in str(path) and not str(path).startswith("registry"):
-                read_checkpoint(path)
-            super()._parse_ckpt_path()
+            if not path or "://" in str(path) or not Path(path).is_file():
+                return super()._parse_ckpt_path()
+            if read_training_checkpoint(path).get("hyper_parameters"):
+                super()._parse_ckpt_path()  # a module that saved hyperparameters: Lightning merges them into the config
 
         def after_fit(self) -> None:
             if kept_metrics and kept_metrics[0]:
@@ -179,8 +181,8 @@ def _sample(argv: list[str]) -> int:
 
     from diffmvae.checkpoint import load_run
     from diffmvae.io import DiffMVAEError
-    from diffmvae.sampling import (check_out_dir, choose_prior, generate_from_subset, parse_given, sampling_record, select_examples,
-                                   write_samples)
+    from diffmvae.io import check_out_dir
+    from diffmvae.sampling import choose_prior, generate_from_subset, parse_given, sampling_record, select_examples, write_samples
 
     p = argparse.ArgumentParser(prog="diffmvae sample", description="Generate missing modalities from any subset.")
     p.add_argument("--ckpt", required=True, help="checkpoint written by `diffmvae fit`, or a model folder (`diffmvae export`)")

@@ -117,6 +117,15 @@ def check_writable(folder: str | os.PathLike, what: str) -> None:
         raise DiffMVAEError(f"{what} {folder} is not writable: {e.strerror or one_line(e)}") from e
 
 
+def check_out_dir(out: str | os.PathLike) -> Path:
+    """An output folder (``--out``) as a Path, refused before any work when it is a file or cannot be written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DiffMVAEError(f"--out {out} exists and is not a directory")
+    check_writable(out, "--out")
+    return out
+
+
 def read_yaml(path: str | os.PathLike, what: str) -> Any:
     """The content of a YAML file (``yaml.safe_load``), with one-line errors naming ``what`` and the file when it is
     missing or not valid YAML."""

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from decoders import SamplingSettings
 from diffmvae.data.spec import ModalitySpec
-from diffmvae.io import DiffMVAEError, check_writable, image_grid, write_files
+from diffmvae.io import DiffMVAEError, check_out_dir, image_grid, write_files
 from diffmvae.model import LatentPrior, MultimodalModel
 from diffmvae.text import cat_batches, map_batch, take_rows
 from diffmvae.unite import Composition
@@ -142,15 +142,6 @@ def grid_title(given: Sequence[str], prior: str | None, record: Mapping[str, Any
         how += "" if first["exact"] else f", refined from the mean at start {first['start']:g}"
         head += f"\n{how}"
     return head
-
-
-def check_out_dir(out: str | os.PathLike) -> Path:
-    """``out`` as a Path, refused before any work when it exists and is not a directory."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DiffMVAEError(f"--out {out} exists and is not a directory")
-    check_writable(out, "--out")
-    return out
 
 
 def write_samples(

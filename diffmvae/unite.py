@@ -292,7 +292,8 @@ def run_unite(
     ``metrics.json`` / ``metrics.md``. Returns the metrics (empty without ``evaluate``)."""
     from diffmvae.checkpoint import load_run
     from diffmvae.evaluation.classifier import collate_split
-    from diffmvae.sampling import check_out_dir, write_samples
+    from diffmvae.io import check_out_dir
+    from diffmvae.sampling import write_samples
 
     out = check_out_dir(out)
     runs = [load_run(m.ckpt, device=device) for m in spec.members]

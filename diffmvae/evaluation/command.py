@@ -22,7 +22,7 @@ from diffmvae.evaluation.classifier import (
 )
 from diffmvae.evaluation.report import write_report
 from diffmvae.evaluation.suite import EvalSettings, evaluate_model
-from diffmvae.io import DiffMVAEError, check_writable
+from diffmvae.io import DiffMVAEError, check_out_dir, check_writable
 from diffmvae.unite import Composition
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def evaluate_checkpoints(
     """Evaluate every checkpoint with one classifier set and write ``metrics.{json,csv,md,png}`` into ``out``; with a
     ``composition``, conditional generation composes its sources (Unite-and-Conquer within each model)."""
     from diffmvae.devices import precision as autocast
-    from diffmvae.sampling import check_out_dir, choose_prior, sampling_record
+    from diffmvae.sampling import choose_prior, sampling_record
 
     if not ckpts:
         raise DiffMVAEError("give at least one --ckpt")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from diffmvae.io import DiffMVAEError, write_files
+from diffmvae.io import check_out_dir, write_files
 
 COLUMNS = ["model", "metric", "k", "target", "value"]
 FILES = ("metrics.json", "metrics.csv", "metrics.md", "metrics.png")
@@ -65,9 +65,7 @@ def plot_metrics(table: pd.DataFrame, path: Path) -> None:
 def write_report(out: str | os.PathLike, summaries: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> list[Path]:
     """Write the four files into ``out`` via a temporary folder and renames: existing files are replaced whole
     or not at all. ``metrics.json`` holds the summary object for one model, a list for several."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DiffMVAEError(f"--out {out} exists and is not a directory")
+    out = check_out_dir(out)
     table = metrics_table(rows)
     payload = summaries[0] if len(summaries) == 1 else list(summaries)
     meta = ", ".join(f"{s['model']}: n_samples={s['n_samples']}, seed={s['seed']}, prior={s['prior']}" for s in summaries)

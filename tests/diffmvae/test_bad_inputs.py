@@ -174,6 +174,8 @@ ROWS = [
      "truncated.ckpt is not a readable checkpoint"),
     ("fit-resume-malicious-checkpoint", lambda w: ["fit", "--config", str(w["cfg"]), "--ckpt_path", str(w["root"] / "evil.ckpt")],
      "evil.ckpt is not a readable checkpoint"),
+    ("fit-resume-from-a-prior-file", lambda w: ["fit", "--config", str(w["cfg"]), "--ckpt_path", str(w["run"] / "checkpoints" / "last.prior.ckpt")],
+     "last.prior.ckpt is not a training checkpoint (a prior or classifier file?)"),
     ("fit-run-dir-under-a-file", lambda w: ["fit", "--config", tiny_config(w, lambda c: None), "--trainer.default_root_dir",
                                             str(w["root"] / "text.ckpt" / "run")], "run cannot be created: "),
     ("sample-out-under-a-file", lambda w: ["sample", "--ckpt", str(w["ckpt"]), "--given", "m0", "--out", str(w["root"] / "text.ckpt" / "s")],

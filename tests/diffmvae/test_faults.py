@@ -62,11 +62,14 @@ def test_the_checkpoint_writer_is_atomic_and_never_unpickles_code(tmp_path):
     real_replace = os.replace
     try:
         os.replace = lambda src, dst: (seen.append(Path(src).parent), real_replace(src, dst))[1]
-        writer.save_checkpoint({"state_dict": {"w": torch.ones(2)}}, tmp_path / "ck" / "last.ckpt")
+        writer.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "pytorch-lightning_version": L.__version__}, tmp_path / "ck" / "last.ckpt")
     finally:
         os.replace = real_replace
     assert seen == [tmp_path / "ck"]
     assert torch.equal(writer.load_checkpoint(tmp_path / "ck" / "last.ckpt")["state_dict"]["w"], torch.ones(2))
+    torch.save({"state_dict": {"w": torch.ones(2)}}, tmp_path / "prior.ckpt")  # a state dict, but not of a training run
+    with pytest.raises(DiffMVAEError, match="is not a training checkpoint"):
+        writer.load_checkpoint(tmp_path / "prior.ckpt")
 
     class Marker:
         def __reduce__(self):
