@@ -26,13 +26,13 @@ def losses(run):
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
 
 
-def config(tmp_path, name, signal=None):
+def config(tmp_path, name, signal=None, step=6):
     cfg = copy_config()
     cfg["trainer"].update({"max_steps": 10, "limit_val_batches": 1, "log_every_n_steps": 1})
     cfg["data"]["init_args"].update({"train_length": 32, "batch_size": 8})  # 4 batches an epoch: step 6 is mid-epoch
     callbacks = [{"class_path": "diffmvae.callbacks.SaveOnInterrupt"}]
     if signal:
-        callbacks.append({"class_path": "faulty.SignalAt", "init_args": {"step": 6, "signal": signal}})
+        callbacks.append({"class_path": "faulty.SignalAt", "init_args": {"step": step, "signal": signal}})
     return write_config(tmp_path / name, cfg, callbacks=callbacks)
 
 
@@ -54,5 +54,38 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_losses_and_weights(tmp_path
     a = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(last, weights_only=True)
     assert a["global_step"] == b["global_step"] == 10
+    for key in ("state_dict", "ema_state_dict"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_periodic_checkpoint_to_the_same_losses_and_weights(tmp_path):
+    """SIGKILL leaves no chance to save: the run resumes from the last checkpoint ModelCheckpoint wrote (every 3 steps,
+    so step 6, in the middle of an epoch) and ends where the uninterrupted run ends, exactly."""
+    import yaml
+
+    def every_3_steps(path):  # (a checkpoint every n steps is written only then: 12 steps end on one)
+        cfg = yaml.safe_load(path.read_text())
+        cfg["trainer"]["max_steps"] = 12
+        cfg["trainer"]["callbacks"][-1]["init_args"]["every_n_train_steps"] = 3
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    path, run = config(tmp_path, "whole")
+    assert run_fit(every_3_steps(path)).returncode == 0
+    killed_path, killed = config(tmp_path, "killed", "SIGKILL", step=7)
+    first = run_fit(every_3_steps(killed_path))
+    assert first.returncode == -9, first.stderr[-1500:]  # killed after step 7; the last checkpoint is step 6's
+    last = killed / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 6
+    assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]  # no half-written file beside it
+    resumed = run_fit(every_3_steps(config(tmp_path, "killed")[0]), "--ckpt_path", str(last))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    whole, again = losses(run), losses(killed)
+    assert set(range(6, 12)) <= set(again)  # what the killed run's logger had flushed before may come first
+    assert all(again[s] == whole[s] for s in again), {s: (whole[s], again[s]) for s in again if again[s] != whole[s]}
+    a = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(last, weights_only=True)
+    assert a["global_step"] == b["global_step"] == 12
     for key in ("state_dict", "ema_state_dict"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
