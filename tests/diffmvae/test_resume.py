@@ -26,6 +26,14 @@ def losses(run):
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
 
 
+def assert_same_weights(whole, resumed, step):
+    """The uninterrupted run's and the resumed run's last checkpoints: both at ``step``, the same weights and EMA."""
+    a, b = torch.load(whole, weights_only=True), torch.load(resumed, weights_only=True)
+    assert a["global_step"] == b["global_step"] == step
+    for key in ("state_dict", "ema_state_dict"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+
+
 def config(tmp_path, name, signal=None, step=6):
     cfg = copy_config()
     cfg["trainer"].update({"max_steps": 10, "limit_val_batches": 1, "log_every_n_steps": 1})
@@ -51,11 +59,7 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_losses_and_weights(tmp_path
     whole, again = losses(run), losses(stopped)
     assert sorted(again) == sorted(whole) and len(whole) == 10  # the history before the stop is kept
     assert all(again[s] == whole[s] for s in whole), {s: (whole[s], again[s]) for s in whole if again[s] != whole[s]}
-    a = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    b = torch.load(last, weights_only=True)
-    assert a["global_step"] == b["global_step"] == 10
-    for key in ("state_dict", "ema_state_dict"):
-        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    assert_same_weights(run / "checkpoints" / "last.ckpt", last, step=10)
 
 
 @pytest.mark.slow
@@ -84,8 +88,4 @@ def test_a_killed_run_resumes_from_its_last_periodic_checkpoint_to_the_same_loss
     whole, again = losses(run), losses(killed)
     assert set(range(6, 12)) <= set(again)  # what the killed run's logger had flushed before may come first
     assert all(again[s] == whole[s] for s in again), {s: (whole[s], again[s]) for s in again if again[s] != whole[s]}
-    a = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    b = torch.load(last, weights_only=True)
-    assert a["global_step"] == b["global_step"] == 12
-    for key in ("state_dict", "ema_state_dict"):
-        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    assert_same_weights(run / "checkpoints" / "last.ckpt", last, step=12)
