@@ -10,7 +10,16 @@ observed for the example:
   observed modalities ``given`` (the targets are never among them).
 
 Nothing in the model special-cases a decoder class: it binds each decoder to its modalities, routes the example,
-masks each term by the presence of the modality that names it, and leaves weighting to the trainer.
+masks each term by the presence of the modality that names it, and leaves weighting to the trainer. What the
+model, evaluation and Unite-and-Conquer may ask beyond that is declared on :class:`Decoder`, with defaults:
+
+* :attr:`~Decoder.latent_dim`: the size of the ``z`` it reads (0: none, a standalone joint decoder);
+* :attr:`~Decoder.can_compose`, :meth:`~Decoder.expert`, :meth:`~Decoder.generate_composed`, :attr:`~Decoder.shape`:
+  whether its predictions compose (Unite-and-Conquer) and how;
+* :attr:`~Decoder.can_drop_condition`: whether it has an unconditional (null) prediction (guidance, compositions
+  whose weights do not sum to 1);
+* :attr:`~Decoder.is_text` and :meth:`~Decoder.nll`: ``-log p(x | z)`` of one target's batch, for decoders with an
+  exact likelihood (feed-forward and text decoders), always ``nll(z, x)``.
 """
 
 from __future__ import annotations
@@ -74,10 +83,17 @@ class Decoder(nn.Module):
     modality it is keyed by (:meth:`bind`). ``reads`` names the other modalities it conditions on (the model checks
     they exist). Subclasses implement :meth:`loss` and :meth:`generate`."""
 
-    def __init__(self, modalities: Sequence[str] = ()) -> None:
+    #: Whether the targets are token sequences (a text modality's batch: ``input_ids`` and ``attention_mask``).
+    is_text: bool = False
+    #: The shape of one sample of a target, for decoders that compose (:attr:`can_compose`); ``None`` otherwise.
+    shape: tuple[int, ...] | None = None
+
+    def __init__(self, modalities: Sequence[str] = (), latent_dim: int = 0) -> None:
         super().__init__()
         self.modalities: tuple[str, ...] = tuple(modalities)
         self.reads: tuple[str, ...] = ()
+        #: The size of the latent ``z`` the decoder reads; 0 for one that reads none (MT-Diffusion's joint model).
+        self.latent_dim: int = latent_dim
 
     def bind(self, key: str) -> Decoder:
         """Called once by the model with the decoder's key: a decoder without explicit ``modalities`` serves the
@@ -119,6 +135,34 @@ class Decoder(nn.Module):
         """What this decoder does with ``sampling`` (its resolved sampler and settings), for the records; ``None``
         for decoders that have no sampling settings."""
         return None
+
+    def nll(self, z: Tensor, x: Any) -> Tensor:
+        """``-log p(x | z)`` per example ``[B]`` of one target's batch ``x``, for decoders with an exact likelihood;
+        the default raises (a diffusion decoder's loss is a bound or a surrogate, see :meth:`bound_terms`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no exact likelihood")
+
+    # ------------------------------------------------------------------ capabilities: composition and guidance
+    @property
+    def can_compose(self) -> bool:
+        """Whether this decoder's predictions compose (Unite-and-Conquer): :meth:`expert` and
+        :meth:`generate_composed` work. The default: no."""
+        return False
+
+    @property
+    def can_drop_condition(self) -> bool:
+        """Whether the decoder was trained with condition dropout, so it has an unconditional (null) prediction for
+        guidance and for compositions whose weights do not sum to 1. The default: no."""
+        return False
+
+    def expert(self, targets: Sequence[str], zs: Sequence[Tensor], weights: Sequence[float], reliability: float = 1.0,
+               name: str = "model") -> Any:
+        """This decoder as one :class:`~decoders.composition.Expert` of a composition (only when :attr:`can_compose`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not compose predictions")
+
+    def generate_composed(self, zs: Sequence[Tensor], weights: Sequence[float], *, targets: Sequence[str],
+                          sampling: SamplingSettings = SamplingSettings(), generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Samples of ``targets`` composed from one source per latent in ``zs`` (only when :attr:`can_compose`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not compose predictions")
 
     def bits_per_dim(self, z: Tensor, example: Observed, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """``{target: [B]}`` bits per dimension of a bound on the discrete (8-bit) likelihood, for decoders that give

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from decoders.diffusion.forward import ForwardProcess
 from decoders.diffusion.parameterization import Backbone, Denoiser, to_x0
 from decoders.diffusion.processes import DiffusionProcess
 from decoders.guidance import cat_conditions, null_condition
@@ -108,7 +107,7 @@ def check_experts(experts: Sequence[Expert]) -> None:
     grid = torch.linspace(0.0, 1.0, 65, dtype=torch.float64)
     reference = torch.stack(first.process.alpha_sigma(grid))
     for e in experts:
-        if type(e.process.forward_process).offset is not ForwardProcess.offset:
+        if e.process.forward_process.has_offset:
             raise ValueError(f"{e.name}: {type(e.process.forward_process).__name__} has a forward offset; only plain "
                              "variance-preserving processes compose")
         if not torch.allclose(torch.stack(e.process.alpha_sigma(grid)).double(), reference.double(), atol=1e-6):

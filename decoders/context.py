@@ -49,7 +49,7 @@ class ContextImageDecoder(Decoder):
         scale: float = 0.75,
         modalities: Sequence[str] = (),
     ) -> None:
-        super().__init__(modalities)
+        super().__init__(modalities, latent_dim)
         if not 0.0 <= context_dropout < 1.0:
             raise ValueError(f"context_dropout must be in [0, 1), got {context_dropout}")
         self.context, self.context_dropout = context, context_dropout
@@ -79,7 +79,7 @@ class ContextImageDecoder(Decoder):
         if m not in example or skipped("nll", skip):
             return {}
         use = example.mask(self.context) & (rand((z.shape[0],), generator, z.device) >= self.context_dropout)
-        return {f"{m}/nll": self.image.nll(example[m], self.features(z, example, use))}
+        return {f"{m}/nll": self.image.nll(self.features(z, example, use), example[m])}
 
     def generate(self, z: Tensor, given: Observed, *, targets: Sequence[str], sampling: SamplingSettings = SamplingSettings(),
                  generator: torch.Generator | None = None) -> dict[str, Tensor]:

@@ -74,7 +74,7 @@ class DiffusionDecoder(Decoder):
         detach_mean: bool = True,
         modalities: Sequence[str] = (),
     ) -> None:
-        super().__init__(modalities)
+        super().__init__(modalities, latent_dim)
         if conditioning not in ("film", "mean_channels", "residual"):
             raise ValueError(f"unknown conditioning {conditioning!r}; choose film, mean_channels or residual")
         if not 0.0 <= cond_dropout < 1.0:
@@ -128,7 +128,7 @@ class DiffusionDecoder(Decoder):
         """``<m>/mean_nll`` (the mean head's likelihood) and ``<m>/diffusion`` (plus ``<m>/diffusion_recon`` and
         ``<m>/diffusion_prior`` for VDM) for every target in ``example``; all targets share one UNet call."""
         targets = [m for m in self.modalities if m in example]
-        terms = {f"{m}/mean_nll": self.mean_heads[m].nll(example[m], z) for m in targets if m in self.mean_heads and not skipped("mean_nll", skip)}
+        terms = {f"{m}/mean_nll": self.mean_heads[m].nll(z, example[m]) for m in targets if m in self.mean_heads and not skipped("mean_nll", skip)}
         if not targets or skipped("diffusion", skip):
             return terms
         batch = z.shape[0]
@@ -145,7 +145,7 @@ class DiffusionDecoder(Decoder):
         return terms
 
     def bits_per_dim(self, z: Tensor, example: Observed, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        if not isinstance(self.process, VDMProcess):
+        if not self.process.bound:
             return {}
         out = {}
         for m in (m for m in self.modalities if m in example):
@@ -184,6 +184,14 @@ class DiffusionDecoder(Decoder):
         return self.split_samples(targets, x, z.shape[0])
 
     # ------------------------------------------------------------------ Unite-and-Conquer
+    @property
+    def can_compose(self) -> bool:
+        return True
+
+    @property
+    def can_drop_condition(self) -> bool:
+        return self.cond_dropout > 0
+
     def expert(self, targets: Sequence[str], zs: Sequence[Tensor], weights: Sequence[float], reliability: float = 1.0,
                name: str = "model") -> Expert:
         """This decoder as one :class:`~decoders.composition.Expert` of a composition: one source per latent in

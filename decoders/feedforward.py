@@ -29,7 +29,7 @@ class FeedForwardDecoder(Decoder):
     def bound_terms(self) -> frozenset[str]:
         return frozenset({"nll"})
 
-    def nll(self, x: Tensor, z: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def nll(self, z: Tensor, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         """``-log p(x|z)`` per example, ``[B]``."""
         raise NotImplementedError
 
@@ -40,7 +40,7 @@ class FeedForwardDecoder(Decoder):
         (m,) = self.modalities
         if m not in example or skipped("nll", skip):
             return {}
-        return {f"{m}/nll": self.nll(example[m], z)}
+        return {f"{m}/nll": self.nll(z, example[m])}
 
     def generate(self, z: Tensor, given: Observed, *, targets: Sequence[str], sampling: SamplingSettings = SamplingSettings(),
                  generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -76,7 +76,7 @@ class ConvImageDecoder(FeedForwardDecoder):
         norm: bool = True,
         modalities: Sequence[str] = (),
     ) -> None:
-        super().__init__(modalities)
+        super().__init__(modalities, latent_dim)
         check_choice("likelihood", likelihood, get_args(ImageLikelihood))
         start = image_size // 2 ** len(channels)
         if start * 2 ** len(channels) != image_size:
@@ -84,7 +84,7 @@ class ConvImageDecoder(FeedForwardDecoder):
         if scale <= 0:
             raise ValueError(f"scale must be positive, got {scale}")
         self.likelihood, self.scale = likelihood, scale
-        self.shape = (channels[0], start, start)
+        self.start_shape = (channels[0], start, start)
         self.image_shape = (out_channels, image_size, image_size)
         ups: list[nn.Module] = []
         for c_in, c_out in zip(channels, [*channels[1:], channels[-1]]):
@@ -96,13 +96,13 @@ class ConvImageDecoder(FeedForwardDecoder):
 
     def logits(self, z: Tensor) -> Tensor:
         """Pre-sigmoid output ``[B, C, H, W]``."""
-        return self.up(self.dense(z).view(-1, *self.shape))
+        return self.up(self.dense(z).view(-1, *self.start_shape))
 
     def mean(self, z: Tensor) -> Tensor:
         """The likelihood mean ``[B, C, H, W]`` in [0, 1]."""
         return torch.sigmoid(self.logits(z))
 
-    def nll(self, x: Tensor, z: Tensor) -> Tensor:
+    def nll(self, z: Tensor, x: Tensor) -> Tensor:
         out = self.logits(z)
         if self.likelihood != "bernoulli":
             out = torch.sigmoid(out)
@@ -135,7 +135,7 @@ class MLPDecoder(FeedForwardDecoder):
         scale: float = 1.0,
         modalities: Sequence[str] = (),
     ) -> None:
-        super().__init__(modalities)
+        super().__init__(modalities, latent_dim)
         check_choice("likelihood", likelihood, get_args(Likelihood))
         dims = [latent_dim, *hidden]
         layers: list[nn.Module] = []
@@ -144,7 +144,7 @@ class MLPDecoder(FeedForwardDecoder):
         self.net = nn.Sequential(*layers, nn.Linear(dims[-1], output_dim))
         self.likelihood, self.scale = likelihood, scale
 
-    def nll(self, x: Tensor, z: Tensor) -> Tensor:
+    def nll(self, z: Tensor, x: Tensor) -> Tensor:
         return -log_prob(self.likelihood, x, self.net(z), self.scale)
 
     def sample(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:

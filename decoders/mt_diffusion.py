@@ -162,7 +162,7 @@ class MTDiffusionDecoder(Decoder):
     ) -> None:
         self.aggregate = {m: coerce(Aggregate, a) for m, a in (aggregate or {}).items()}
         self.heads_spec = {m: coerce(Head, h) for m, h in (heads or {}).items()}
-        super().__init__(modalities or ((main,) if latent_dim else (main, *self.heads_spec)))
+        super().__init__(modalities or ((main,) if latent_dim else (main, *self.heads_spec)), latent_dim)
         if main in self.aggregate or main in self.heads_spec:
             raise ValueError(f"the main modality {main!r} cannot also be aggregated or predicted by a head")
         unknown = [m for m in inputs if m not in self.aggregate or self.aggregate[m].kind != "identity"]
@@ -177,7 +177,7 @@ class MTDiffusionDecoder(Decoder):
         self.forward_process = AggregatedForward(schedule if schedule is not None else VPSchedule(), timesteps, offsets)
         self.timesteps, self.prediction = timesteps, check_prediction(prediction)
         self.sampler = sampler if sampler is not None else Ancestral(steps=timesteps)
-        self.sampler.check(self)
+        self.sampler.check(self.forward_process)
         generator = torch.Generator().manual_seed(seed)
         for m, a in self.aggregate.items():
             if a.kind == "embedding":
@@ -191,7 +191,6 @@ class MTDiffusionDecoder(Decoder):
             m: LabelHead(width[h.position], h.num_classes) if h.kind == "label" else ImageHead(width[h.position], h.channels)
             for m, h in self.heads_spec.items()
         })
-        self.latent_dim = latent_dim
         # Input preconditioning (EDM's c_in): the offset grows with the weights (thousands for the paper's), so the
         # UNet sees z_t / sqrt(1 + (sum_i atilde_t^(i))^2); a deterministic function of t, it hides nothing.
         self.register_buffer("c_in", (1 + self.forward_process.atilde.sum(0) ** 2).rsqrt().float(), persistent=False)
@@ -294,7 +293,7 @@ class MTDiffusionDecoder(Decoder):
             raise ValueError(f"guidance {sampling.guidance}: an MT-Diffusion decoder has no null condition to guide with")
         if not sampling.exact:
             raise ValueError(f"start {sampling.start} refines a mean image, and an MT-Diffusion decoder has none; use start 1")
-        sampling.sampler_for(self.sampler).check(self)
+        sampling.sampler_for(self.sampler).check(self.forward_process)
 
     def describe_sampling(self, sampling: SamplingSettings) -> dict[str, Any]:
         return {**sampling.sampler_for(self.sampler).describe(), "guidance": 1.0, "start": 1.0, "exact": True}

@@ -75,7 +75,7 @@ class SamplingSettings:
         if self.steps is not None:
             changes["steps"] = self.steps
         if self.eta is not None:
-            if not hasattr(base, "eta"):
+            if not base.has_eta:
                 raise ValueError(f"eta applies to the ddim sampler, not {base.name}")
             changes["eta"] = self.eta
         return dataclasses.replace(base, **changes) if changes else base

@@ -42,6 +42,8 @@ class TextDecoder(Decoder):
         modalities: the text modality it generates (default: the one it is keyed by).
     """
 
+    is_text = True
+
     def __init__(
         self,
         latent_dim: int,
@@ -58,7 +60,7 @@ class TextDecoder(Decoder):
         top_p: float = 1.0,
         modalities: Sequence[str] = (),
     ) -> None:
-        super().__init__(modalities)
+        super().__init__(modalities, latent_dim)
         if inject not in ("embedding", "prefix", "both"):
             raise ValueError(f"unknown inject {inject!r}; choose embedding, prefix or both")
         if strategy not in ("greedy", "sample") or temperature <= 0 or top_k < 0 or not 0 < top_p <= 1 or max_length < 3:

@@ -1,15 +1,13 @@
 """diffmvae: multimodal VAEs with feed-forward and diffusion decoders (Diff-MVAE, MoPoE, MT-Diffusion).
 
 The top-level package composes ``encoders``, ``decoders`` and ``priors`` (imports run one way: those three
-never import ``diffmvae``).
+never import ``diffmvae``). Inside it, the rooms import one way too: ``io`` and ``devices``, then ``data``,
+``model``, ``training``, ``store``, ``generation``, ``evaluation``, ``pipeline`` and ``commands``.
 """
 
-from diffmvae.elbo import ELBORecord
-from diffmvae.joint import JointDiffusion
-from diffmvae.model import MultimodalModel, MultimodalVAE
-from diffmvae.posterior import product_of_experts
-from diffmvae.subsets import subset_mask
+from diffmvae.model import ELBORecord, JointDiffusion, MultimodalModel, MultimodalVAE, product_of_experts, subset_mask
 from diffmvae.training import TrainingModule
+from diffmvae.version import __version__
 
-__all__ = ["JointDiffusion", "ELBORecord", "MultimodalModel", "MultimodalVAE", "TrainingModule", "product_of_experts", "subset_mask"]
-__version__ = "0.2.0"
+__all__ = ["JointDiffusion", "ELBORecord", "MultimodalModel", "MultimodalVAE", "TrainingModule", "__version__", "product_of_experts",
+           "subset_mask"]

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import Tensor
 
 
@@ -79,9 +83,14 @@ def torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 def save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
     """A safetensors file written through Python (a failed write raises ``OSError``, as in :func:`torch_save`)."""
-    from safetensors.torch import save
 
     Path(path).write_bytes(save(tensors, metadata=metadata))
+
+
+def tensors_for_safetensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies: safetensors refuses tensors that share memory (a module shared by two decoders
+    appears under both names in a state dict); loading fills each name from its own copy."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
 def write_files(out: str | os.PathLike, writers: dict[str, Callable[[Path], None]]) -> list[Path]:
@@ -129,7 +138,6 @@ def check_out_dir(out: str | os.PathLike) -> Path:
 def read_yaml(path: str | os.PathLike, what: str) -> Any:
     """The content of a YAML file (``yaml.safe_load``), with one-line errors naming ``what`` and the file when it is
     missing or not valid YAML."""
-    import yaml
 
     path = Path(path)
     if not path.is_file():
@@ -141,7 +149,6 @@ def read_yaml(path: str | os.PathLike, what: str) -> Any:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    import hashlib
 
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -153,7 +160,6 @@ def file_sha256(path: str | os.PathLike) -> str:
 def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, Any], dict[str, str]]:
     """The tensors and the metadata of a safetensors file (no pickle), with one-line errors for a missing,
     truncated or otherwise unreadable file."""
-    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():

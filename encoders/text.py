@@ -29,11 +29,11 @@ def build_transformer(kind: str, pretrained: str | None, config: Mapping[str, An
     if (pretrained is None) == (config is None):
         raise ValueError(f"{what} needs exactly one of pretrained (a local directory) or config (its sizes)")
     if kind == "bert":
-        from transformers import BertConfig as Config
-        from transformers import BertModel as Model
+        from transformers import BertConfig as Config  # heavy: transformers (~2 s to import) only when a text modality is built
+        from transformers import BertModel as Model  # heavy: transformers (~2 s to import) only when a text modality is built
     else:
-        from transformers import GPT2Config as Config
-        from transformers import GPT2LMHeadModel as Model
+        from transformers import GPT2Config as Config  # heavy: transformers (~2 s to import) only when a text modality is built
+        from transformers import GPT2LMHeadModel as Model  # heavy: transformers (~2 s to import) only when a text modality is built
     if pretrained is not None:
         folder = check_local_dir(pretrained, f"{what} pretrained")
         return Model.from_pretrained(str(folder), local_files_only=True)

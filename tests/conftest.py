@@ -7,7 +7,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from decoders import ConvImageDecoder, MLPDecoder  # noqa: E402
-from diffmvae.model import MultimodalVAE  # noqa: E402
+from diffmvae.model.vae import MultimodalVAE
 from encoders import ConvImageEncoder, MLPEncoder  # noqa: E402
 
 LATENT = 4
@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
     """A tiny run trained once through `diffmvae fit`: ``(config path, checkpoints/last.ckpt)``."""
     from tiny_run import TINY, write_config
 
-    from diffmvae.cli import main
+    from diffmvae.commands.main import main
 
     tmp = tmp_path_factory.mktemp("fit")
     cfg, run = write_config(tmp, TINY)
@@ -60,7 +60,7 @@ def classifier_file(tmp_path_factory):
     import yaml
     from tiny_run import TINY
 
-    from diffmvae.cli import main
+    from diffmvae.commands.main import main
 
     tmp = tmp_path_factory.mktemp("clf")
     cfg = tmp / "classifiers.yaml"

@@ -59,8 +59,8 @@ def write_config(tmp_path, cfg, callbacks=()):
         "init_args": {"save_dir": str(tmp_path), "name": "run", "version": ""},
     }
     cfg["trainer"]["callbacks"] = [
-        {"class_path": "diffmvae.callbacks.EMA", "init_args": {"decay": 0.9}},
-        {"class_path": "diffmvae.callbacks.SampleGrid", "init_args": {"rows": 2}},
+        {"class_path": "diffmvae.training.EMA", "init_args": {"decay": 0.9}},
+        {"class_path": "diffmvae.training.SampleGrid", "init_args": {"rows": 2}},
         *callbacks,
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True, "save_top_k": 0}},
     ]

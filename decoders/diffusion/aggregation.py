@@ -86,6 +86,8 @@ class AggregatedForward(ForwardProcess):
     modality. Its forward condition is ``{modality: E_i(x_i) [B, ...]}`` (missing modalities may be left out, or
     zero: they add nothing)."""
 
+    has_offset = True
+
     def __init__(self, schedule: Schedule, timesteps: int, weights: Mapping[str, WeightSchedule]) -> None:
         super().__init__(schedule)
         if timesteps < 1:

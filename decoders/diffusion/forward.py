@@ -17,20 +17,27 @@ Markov in ``y`` (it is for MT-Diffusion's, see ``decoders.diffusion.samplers``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from decoders.diffusion.parameterization import expand
 from decoders.diffusion.schedules import Schedule
 from decoders.random import randn
+
+
+def expand(coef: Tensor, like: Tensor) -> Tensor:
+    """``[B]`` coefficients reshaped to broadcast against ``like [B, ...]``."""
+    return coef.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
 
 
 class ForwardProcess(nn.Module):
     """The variance-preserving forward process of ``schedule`` with no offset: ``x_t = alpha_t x_0 + sigma_t eps``.
 
-    Subclasses override :meth:`offset` (a function of ``t`` and the forward condition ``c``)."""
+    Subclasses override :meth:`offset` (a function of ``t`` and the forward condition ``c``) and set
+    :attr:`has_offset`, which samplers that need the plain VP marginal read."""
+
+    has_offset: ClassVar[bool] = False
 
     def __init__(self, schedule: Schedule) -> None:
         super().__init__()

@@ -127,7 +127,7 @@ class DSMLoss:
         self.prediction = check_prediction(prediction)
         if weighting not in self.WEIGHTINGS:
             raise ValueError(f"unknown DSM weighting {weighting!r}; choose one of {', '.join(self.WEIGHTINGS)}")
-        if weighting == "likelihood" and not hasattr(forward.schedule, "beta"):
+        if weighting == "likelihood" and not forward.schedule.has_beta:
             raise ValueError("the likelihood weighting needs a VP schedule with beta(t)")
         self.forward, self.weighting, self.t_min = forward, weighting, t_min
 

@@ -7,13 +7,12 @@ with an offset, ``y_t = x_t - offset_t``; see :meth:`decoders.diffusion.forward.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from decoders.diffusion.forward import Marginal
+from decoders.diffusion.forward import Marginal, expand
 
 Prediction = Literal["eps", "v", "x0"]
 PREDICTIONS = get_args(Prediction)
@@ -29,11 +28,6 @@ def check_prediction(prediction: str) -> Prediction:
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
     return prediction  # type: ignore[return-value]
-
-
-def expand(coef: Tensor, like: Tensor) -> Tensor:
-    """``[B]`` coefficients reshaped to broadcast against ``like [B, ...]``."""
-    return coef.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
 
 
 def target(prediction: Prediction, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:

@@ -46,7 +46,7 @@ class DiffusionProcess(nn.Module):
         """``sampler`` itself, or a one-line ``ValueError`` when it cannot sample this process."""
         if not isinstance(sampler, Sampler):
             raise ValueError(f"{sampler!r} is not a decoders.diffusion.Sampler")
-        sampler.check(self)
+        sampler.check(self.forward_process)
         return sampler
 
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:

@@ -12,7 +12,7 @@ float64; the denoiser sees and returns ``dtype``. A new sampler is one new subcl
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -20,9 +20,6 @@ from torch import Tensor
 from decoders.diffusion.forward import ForwardProcess, Marginal
 from decoders.diffusion.parameterization import Denoiser, expand
 from decoders.random import randn
-
-if TYPE_CHECKING:
-    from decoders.diffusion.processes import DiffusionProcess
 
 
 def check_start(start: float) -> float:
@@ -54,13 +51,16 @@ class Sampler:
     """Base class. Subclasses are frozen dataclasses with a ``steps`` field, a ``name`` and :meth:`__call__`."""
 
     name: ClassVar[str] = "sampler"
+    #: Whether the sampler has DDIM's ``eta`` (``SamplingSettings.eta`` applies to it).
+    has_eta: ClassVar[bool] = False
     steps: int = 50
 
     def __post_init__(self) -> None:
         check_steps(self.steps)
 
-    def check(self, process: DiffusionProcess) -> None:
-        """Raise ``ValueError`` (one line) when this sampler cannot sample ``process``; checked before sampling."""
+    def check(self, forward: ForwardProcess) -> None:
+        """Raise ``ValueError`` (one line) when this sampler cannot sample the forward process ``forward``; checked
+        before sampling."""
 
     def describe(self) -> dict[str, Any]:
         """The settings, for ``samples.npz`` and evaluation records: ``{"sampler": name, "steps": ..., ...}``."""
@@ -80,6 +80,7 @@ class DDIM(Sampler):
     (:meth:`Marginal.initial`), with the same step size."""
 
     name: ClassVar[str] = "ddim"
+    has_eta: ClassVar[bool] = True
     steps: int = 50
     eta: float = 0.0
 
@@ -145,11 +146,10 @@ class EulerMaruyama(Sampler):
             raise ValueError(f"euler_maruyama needs corrector_steps >= 0, snr > 0 and 0 < t_min < 1, got "
                              f"{self.corrector_steps}, {self.snr}, {self.t_min}")
 
-    def check(self, process: DiffusionProcess) -> None:
-        forward = process.forward_process
-        if not hasattr(forward.schedule, "beta") or type(forward).offset is not ForwardProcess.offset:
+    def check(self, forward: ForwardProcess) -> None:
+        if not forward.schedule.has_beta or forward.has_offset:
             raise ValueError(f"sampler euler_maruyama needs the VP-SDE (a schedule with beta(t), no forward offset); "
-                             f"{type(process).__name__} has {type(forward.schedule).__name__}; use ddim or ancestral")
+                             f"{type(forward).__name__} has {type(forward.schedule).__name__}; use ddim or ancestral")
 
     def __call__(self, denoise, marginal, shape, *, timesteps=None, generator=None, device="cpu", start=1.0, anchor=None, dtype=torch.float32):
         check_start(start)

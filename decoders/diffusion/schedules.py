@@ -9,17 +9,27 @@ Every schedule is defined by its log signal-to-noise ratio ``log_snr(t)`` (VDM's
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 
 class Schedule(nn.Module):
-    """Base class; subclasses implement :meth:`log_snr`. Learned schedules are ordinary ``nn.Module`` s."""
+    """Base class; subclasses implement :meth:`log_snr`. Learned schedules are ordinary ``nn.Module`` s.
+
+    :attr:`has_beta`: whether the schedule is a VP-SDE with a drift coefficient :meth:`beta` (what Euler-Maruyama
+    and the likelihood weighting need)."""
+
+    has_beta: ClassVar[bool] = False
 
     def log_snr(self, t: Tensor) -> Tensor:  # pragma: no cover - abstract
         """``log SNR(t) = log(alpha_t^2 / sigma_t^2)``, same shape as ``t``."""
         raise NotImplementedError
+
+    def beta(self, t: Tensor) -> Tensor:
+        """``beta(t)`` of a VP-SDE schedule (:attr:`has_beta`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no beta(t)")
 
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(alpha_t, sigma_t)``, each shaped like ``t``."""
@@ -40,6 +50,8 @@ class VPSchedule(Schedule):
         if not 0 < beta_min < beta_max:
             raise ValueError(f"VPSchedule needs 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
         self.beta_min, self.beta_max = beta_min, beta_max
+
+    has_beta: ClassVar[bool] = True
 
     def integral_beta(self, t: Tensor) -> Tensor:
         """``B(t) = int_0^t beta(s) ds``."""

@@ -27,8 +27,8 @@ from torch.utils.data import Dataset
 from diffmvae.data.datamodule import MultimodalDataModule, check_fraction
 from diffmvae.data.files import need_dir, need_file, open_image, read_table, to_array, val_split
 from diffmvae.data.spec import image_spec
+from diffmvae.data.text import TextModality
 from diffmvae.io import DiffMVAEError
-from diffmvae.text import TextModality
 
 Split = Literal["train", "val", "test"]
 

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from diffmvae.data.captions import Captioned, captions_for
+from diffmvae.data.captions import Captioned, captions_for, parse_digit
 from diffmvae.data.masking import MaskedCopies, ratio_range
 from diffmvae.data.order import EpochSampler
 from diffmvae.data.polydigits import BACKGROUND_SCALE, TEXTURE_CONTRAST, TEXTURE_MEANS, VERSION, PolyDigits, Split
 from diffmvae.data.polymnist import PolyMNIST
 from diffmvae.data.spec import ModalitySpec, image_spec
-from diffmvae.text import TextModality
+from diffmvae.data.text import TextModality
 
 # Settings of how data is loaded, not of what the data is: left out of cache keys.
 LOADER_SETTINGS = ("batch_size", "num_workers", "missing_rate")
@@ -253,7 +253,6 @@ class PolyDigitsDataModule(MultimodalDataModule):
     @staticmethod
     def parse_label(text: str) -> int:
         """The digit a caption names (-1 for none): the rule-based second judge of generated captions."""
-        from diffmvae.data.captions import parse_digit
 
         return parse_digit(text)
 

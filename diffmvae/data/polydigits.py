@@ -33,7 +33,7 @@ TEXTURE_MEANS = (0.25, 0.75)  # a texture's mean brightness is moved to the near
 
 @lru_cache(maxsize=1)
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # heavy: scikit-learn's data only when PolyDigits is rendered
 
     d = load_digits()
     return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
@@ -41,7 +41,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=1)
 def _photos() -> tuple[np.ndarray, ...]:
-    from sklearn.datasets import load_sample_images
+    from sklearn.datasets import load_sample_images  # heavy: scikit-learn's data only when PolyDigits is rendered
 
     return tuple(np.asarray(img, dtype=np.float32) / 255.0 for img in load_sample_images().images)
 

@@ -10,19 +10,34 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from diffmvae.data.batches import collate_split, map_batch
+from diffmvae.data.captions import parse_digit
 from diffmvae.io import DiffMVAEError, atomic_write, load_tensors, torch_save
 
 log = logging.getLogger(__name__)
 
 
-class ImageClassifier(nn.Module):
+class Judge(nn.Module):
+    """Base class of the judges of ``diffmvae evaluate``: ``forward`` gives logits (or values) whose argmax, or whose
+    sign for :attr:`multilabel` judges, is the label read from a sample. :attr:`has_features`: whether
+    :meth:`features` gives the features a Fréchet distance is measured in."""
+
+    multilabel: bool = False
+    has_features: bool = False
+
+    def features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no features")
+
+
+class ImageClassifier(Judge):
     """A small conv net ``[B, C, H, W] -> logits [B, num_classes]``; ``features`` gives ``[B, feature_dim]``.
 
     ``multilabel``: the outputs are independent binary attributes (CelebA-style) instead of one class.
     """
+
+    has_features = True
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 28, feature_dim: int = 128, multilabel: bool = False) -> None:
         super().__init__()
@@ -45,7 +60,7 @@ class ImageClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-class ValueJudge(nn.Module):
+class ValueJudge(Judge):
     """The judge of a modality that is itself the label (a ``label`` modality, spec ``judge: value``): its "logits"
     are the one-hot value, so :func:`predict` returns the value."""
 
@@ -59,7 +74,7 @@ class ValueJudge(nn.Module):
         return F.one_hot(x.long(), self.num_classes).float()
 
 
-class AttributeJudge(nn.Module):
+class AttributeJudge(Judge):
     """The judge of an ``attributes`` modality (0/1 vector, spec ``judge: value``): it is itself the label, so its
     "logits" are ``x - 1/2`` and :func:`predict` thresholds a generated probability at one half (as SBM-AE does)."""
 
@@ -69,7 +84,7 @@ class AttributeJudge(nn.Module):
         return x - 0.5
 
 
-class TextClassifier(nn.Module):
+class TextClassifier(Judge):
     """The judge of a text modality: a bag of token embeddings (masked mean) and an MLP, ``{input_ids,
     attention_mask} [B, L] -> logits [B, num_classes]``, trained on the real captions."""
 
@@ -88,7 +103,7 @@ class TextClassifier(nn.Module):
         return self.head(bag)
 
 
-class ParserJudge(nn.Module):
+class ParserJudge(Judge):
     """The rule-based judge of a caption: the class ``parse`` reads from the decoded string (PolyDigits:
     :func:`diffmvae.data.captions.parse_digit`, the digit it names); a caption naming none gets the extra class
     ``num_classes`` (never a label)."""
@@ -98,7 +113,7 @@ class ParserJudge(nn.Module):
     def __init__(self, decode: Any, parse: Any = None, num_classes: int = 10) -> None:
         super().__init__()
         if parse is None:
-            from diffmvae.data.captions import parse_digit as parse
+            parse = parse_digit
         self.decode, self.parse, self.num_classes = decode, parse, num_classes
 
     def forward(self, x: dict[str, Tensor]) -> Tensor:
@@ -176,9 +191,8 @@ def fit_classifier(
 def predict(clf: nn.Module, images: Tensor | dict[str, Tensor], batch_size: int = 512) -> Tensor:
     """Predicted classes ``[N]`` for ``images [N, C, H, W]`` (or a text batch), or 0/1 attributes ``[N, A]`` for a
     multi-label classifier; compare with labels by ``==`` either way."""
-    from diffmvae.text import map_batch
 
-    multilabel = getattr(clf, "multilabel", False)
+    multilabel = clf.multilabel
     n = len(next(iter(images.values())) if isinstance(images, dict) else images)
     with torch.no_grad():
         logits = torch.cat([clf(map_batch(images, lambda v, i=i: v[i : i + batch_size])) for i in range(0, n, batch_size)])
@@ -187,18 +201,6 @@ def predict(clf: nn.Module, images: Tensor | dict[str, Tensor], batch_size: int 
 
 # ---------------------------------------------------------------------------------------------- classifier sets
 CLASSIFIERS_FORMAT = "diffmvae-classifiers"
-
-
-def collate_split(dataset: Dataset, limit: int | None = None, batch_size: int = 512) -> dict[str, Tensor]:
-    """A whole dataset (or its first ``limit`` items) as one dict of stacked tensors."""
-    if limit is not None and limit < len(dataset):
-        dataset = Subset(dataset, range(limit))
-    from diffmvae.text import cat_batches
-
-    batches = list(DataLoader(dataset, batch_size=batch_size))
-    if not batches:
-        raise DiffMVAEError("the dataset is empty")
-    return {k: cat_batches([b[k] for b in batches]) for k in batches[0] if isinstance(batches[0][k], (Tensor, dict))}
 
 
 def fit_classifier_set(

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from diffmvae.evaluation.classifier import ImageClassifier
 from diffmvae.io import DiffMVAEError
 
 
@@ -27,7 +28,7 @@ class FeatureExtractor(nn.Module):
 
 
 def model_input_shape(model: nn.Module) -> tuple[int, int, int]:
-    config = getattr(model, "config", None)
+    config = model.config if isinstance(model, ImageClassifier) else None
     if not config:
         raise ValueError(f"{type(model).__name__} has no config with in_channels / image_size")
     return (config["in_channels"], config["image_size"], config["image_size"])
@@ -65,8 +66,8 @@ class InceptionExtractor(nn.Module):
         if not weights.is_file():
             raise DiffMVAEError(f"Inception weights file {weights} does not exist")
         try:
-            from torchmetrics.image.fid import NoTrainInceptionV3
-            from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+            from torchmetrics.image.fid import NoTrainInceptionV3  # heavy: Inception only with --inception-weights
+            from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE  # heavy: as above
         except ImportError as e:  # pragma: no cover - depends on the torchmetrics build
             raise DiffMVAEError(f"Inception FID is unavailable in this torchmetrics ({e})") from e
         if not _TORCH_FIDELITY_AVAILABLE:

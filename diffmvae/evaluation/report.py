@@ -41,7 +41,7 @@ def plot_metrics(table: pd.DataFrame, path: Path) -> None:
     panels = [("coherence", "coherence_unconditional", "all", "conditional coherence"),
               ("fd", "fd_unconditional", "mean", "Fréchet distance (classifier features)"),
               ("latent_probe", None, None, "latent linear probe accuracy")]
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy: matplotlib only when a figure is drawn
 
     fig = Figure(figsize=(13, 3.8), dpi=110)
     axes = fig.subplots(1, 3)

@@ -22,15 +22,16 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from decoders import SamplingSettings
-from diffmvae.evaluation.classifier import collate_split, predict
+from diffmvae.data.batches import collate_split, num_rows, take_rows
+from diffmvae.evaluation.classifier import predict
 from diffmvae.evaluation.coherence import unconditional_coherence
 from diffmvae.evaluation.frechet import FeatureExtractor, InceptionExtractor, frechet_distance
 from diffmvae.evaluation.match import f1_samples, match_rows
+from diffmvae.generation.sampling import generate_from_subset
 from diffmvae.io import DiffMVAEError
-from diffmvae.model import LatentPrior, MultimodalModel, MultimodalVAE
-from diffmvae.sampling import generate_from_subset
-from diffmvae.text import num_rows, take_rows
-from diffmvae.unite import Composition
+from diffmvae.model.base import LatentPrior, MultimodalModel
+from diffmvae.model.composition import Composition
+from diffmvae.model.vae import MultimodalVAE
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def conditional_metrics(
             for judge in judges_of(target, classifiers):  # the modality's classifier, and e.g. "text@parser"
                 predicted = predict(classifiers[judge], samples[target])
                 scores.setdefault(("coherence", k, judge), []).append((predicted == labels).float().mean().item())
-                if getattr(classifiers[judge], "multilabel", False):
+                if classifiers[judge].multilabel:
                     scores.setdefault(("f1", k, judge), []).append(f1_samples(labels, predicted))
             if target in matched:
                 for row in match_rows(k, target, test[target], samples[target]):
@@ -207,7 +208,7 @@ def elbo_on_split(model: MultimodalModel, test: Mapping[str, Tensor], *, seed: i
 def bits_per_dim(model: MultimodalVAE, test: Mapping[str, Tensor], *, seed: int, batch_size: int = 256) -> dict[str, float]:
     """``{modality: bits/dim}`` for every decoder that bounds a discrete likelihood (``Decoder.bits_per_dim``, VDM
     decoders), with ``z ~ q(z|X)`` of all modalities (models with a latent only)."""
-    if not hasattr(model, "sample_latent"):
+    if not model.has_latent:
         return {}
     device = model.device_of()
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -229,8 +230,8 @@ def text_nll_per_token(model: MultimodalVAE, test: Mapping[str, Any], *, seed: i
     """``{text modality: nats per token}``: ``-log p(text | z)`` of the text decoders (:class:`~decoders.text.TextDecoder`)
     summed over the test set's predicted tokens (``[EOS]`` included), over their number, ``z ~ q(z | X)`` (or
     ``q(z | x_given)``: the text's likelihood given other modalities only)."""
-    texts = [(m, dec) for dec in model.decoders.values() if hasattr(dec, "nll") and hasattr(dec, "max_length") for m in dec.modalities]
-    if not texts or not hasattr(model, "sample_latent"):
+    texts = [(m, dec) for dec in model.decoders.values() if dec.is_text for m in dec.modalities]
+    if not texts or not model.has_latent:
         return {}
     device = model.device_of()
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -273,9 +274,9 @@ def evaluate_model(
     n = labels.shape[0]
     if settings.inception_weights:
         inception = InceptionExtractor(settings.inception_weights)
-        extractors: dict[str, nn.Module] = {m: inception for m, c in classifiers.items() if hasattr(c, "features")}
+        extractors: dict[str, nn.Module] = {m: inception for m, c in classifiers.items() if c.has_features}
     else:
-        extractors = {m: FeatureExtractor(c) for m, c in classifiers.items() if hasattr(c, "features")}
+        extractors = {m: FeatureExtractor(c) for m, c in classifiers.items() if c.has_features}
     subsets = subsets_by_size(model.modalities, settings.max_subsets, settings.seed)
     parts = settings.parts
     rows = []
@@ -284,7 +285,7 @@ def evaluate_model(
                                     composition=composition, matched=matched)
     if "unconditional" in parts and model.can_generate(()):
         rows += unconditional_metrics(model, test, prior, n, classifiers, extractors, seed=settings.seed, sampling=sampling)
-    if "probes" in parts and hasattr(model, "posterior") and labels.dim() == 1:  # linear probes on posterior means (class labels)
+    if "probes" in parts and model.has_latent and labels.dim() == 1:  # linear probes on posterior means (class labels)
         train = collate_split(datamodule.dataset("train"), settings.probe_train)
         rows += latent_probe_rows(model, train, {**test, label_key: labels}, label_key, subsets, progress)
     elbo = elbo_on_split(model, test, seed=settings.seed) if "elbo" in parts else {}

@@ -21,9 +21,9 @@ import torch
 import yaml
 
 from decoders import SamplingSettings
-from diffmvae.callbacks import EMA
-from diffmvae.checkpoint import instantiate
-from diffmvae.evaluation.classifier import collate_split
+from diffmvae.data.batches import collate_split
+from diffmvae.store.load import instantiate
+from diffmvae.training.callbacks import EMA
 
 CONFIG = Path(__file__).resolve().parents[1] / "polydigits" / "diffmvae_star.yaml"
 

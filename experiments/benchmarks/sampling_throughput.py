@@ -18,8 +18,8 @@ import time
 import torch
 
 from decoders import SamplingSettings
-from diffmvae.checkpoint import load_run
-from diffmvae.evaluation.classifier import collate_split
+from diffmvae.data.batches import collate_split
+from diffmvae.store.load import load_run
 
 
 def parse_config(text: str) -> tuple[str, int]:

@@ -17,9 +17,9 @@ import time
 import torch
 import yaml
 
-from diffmvae.checkpoint import instantiate
 from diffmvae.data import PolyDigits
-from diffmvae.training import split_batch
+from diffmvae.store.load import instantiate
+from diffmvae.training.module import split_batch
 
 
 def build(config: dict, num_modalities: int) -> torch.nn.Module:

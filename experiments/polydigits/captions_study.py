@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 
-from diffmvae.checkpoint import load_run
+from diffmvae.data.batches import collate_split
 from diffmvae.data.captions import parse_digit
-from diffmvae.evaluation.classifier import collate_split, fit_text_classifier, load_classifier_set, predict
+from diffmvae.evaluation.classifier import fit_text_classifier, load_classifier_set, predict
 from diffmvae.evaluation.suite import text_nll_per_token
+from diffmvae.generation.sampling import generate_from_subset, sampling_record, write_samples
 from diffmvae.io import atomic_write
-from diffmvae.sampling import generate_from_subset, sampling_record, write_samples
+from diffmvae.store.load import load_run
 
 log = logging.getLogger("captions.study")
 

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from diffmvae.data import PolyDigits
+from diffmvae.data.batches import collate_split
 from diffmvae.data.captions import parse_digit
 from diffmvae.evaluation import FeatureExtractor, conditional_coherence, frechet_distance
-from diffmvae.evaluation.classifier import collate_split, load_classifier_set
-from diffmvae.evaluation.command import CLASSIFIER_DIR, data_key, fit_classifiers
+from diffmvae.evaluation.classifier import load_classifier_set
+from diffmvae.evaluation.runs import CLASSIFIER_DIR, data_key, fit_classifiers
 
 
 def main() -> None:

@@ -23,13 +23,13 @@ import torch
 from matplotlib.figure import Figure
 
 from decoders import SamplingSettings
-from diffmvae.checkpoint import load_run
-from diffmvae.cli import add_sampling_arguments, sampling_settings
+from diffmvae.commands.common import add_sampling_arguments, sampling_settings
+from diffmvae.data.batches import collate_split
 from diffmvae.evaluation import FeatureExtractor, conditional_coherence, frechet_distance
-from diffmvae.evaluation.classifier import collate_split
-from diffmvae.evaluation.command import classifiers_for_run
+from diffmvae.evaluation.runs import classifiers_for_run
+from diffmvae.generation.sampling import parse_given
 from diffmvae.io import atomic_write
-from diffmvae.sampling import parse_given
+from diffmvae.store.load import load_run
 
 
 def judge(model, test, given, z, classifiers, extractors, seed, sampling=SamplingSettings()) -> dict:

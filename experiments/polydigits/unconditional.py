@@ -16,12 +16,12 @@ import time
 
 import torch
 
-from diffmvae.checkpoint import load_run
-from diffmvae.cli import add_sampling_arguments, sampling_settings
+from diffmvae.commands.common import add_sampling_arguments, sampling_settings
+from diffmvae.data.batches import collate_split
 from diffmvae.evaluation import FeatureExtractor, frechet_distance, unconditional_coherence
-from diffmvae.evaluation.classifier import collate_split
-from diffmvae.evaluation.command import classifiers_for_run
-from diffmvae.sampling import choose_prior
+from diffmvae.evaluation.runs import classifiers_for_run
+from diffmvae.generation.sampling import choose_prior
+from diffmvae.store.load import load_run
 
 
 def main() -> None:

@@ -7,8 +7,8 @@ import torch
 from tiny_run import DECODER, copy_config, vae_args, write_config
 
 from decoders import ContextImageDecoder, Observed
-from diffmvae.checkpoint import load_run
-from diffmvae.cli import main
+from diffmvae.commands.main import main
+from diffmvae.store.load import load_run
 
 
 def observed(x, n=4):
@@ -31,7 +31,7 @@ def test_context_decoder_reads_the_other_modality_when_it_is_observed():
     x = torch.rand(4, 3, 8, 8)
     terms = dec.loss(z, Observed({"m0": context, "m1": x}, present, ("m0", "m1")))
     feats = dec.features(z, Observed({"m0": context}, present, ("m0", "m1")), present[:, 0])
-    torch.testing.assert_close(terms["m1/nll"], dec.image.nll(x, feats))
+    torch.testing.assert_close(terms["m1/nll"], dec.image.nll(feats, x))
     torch.testing.assert_close(feats[1], dec.features(z, observed({}), torch.zeros(4, dtype=torch.bool))[1])
     with pytest.raises(ValueError, match="cannot read its own target 'm1'"):
         ContextImageDecoder(4, "m1").bind("m1")

@@ -8,8 +8,24 @@ import pytest
 import torch
 
 from decoders.diffusion import (
-    DDIM, PREDICTIONS, Ancestral, CosineSchedule, DDPMLoss, DSMLoss, EulerMaruyama, ForwardProcess, LinearLogSNR, Sampler, VDMLoss,
-    VPSchedule, langevin_step, make_denoiser, target, time_grid, to_eps, to_x0,
+    DDIM,
+    PREDICTIONS,
+    Ancestral,
+    CosineSchedule,
+    DDPMLoss,
+    DSMLoss,
+    EulerMaruyama,
+    ForwardProcess,
+    LinearLogSNR,
+    Sampler,
+    VDMLoss,
+    VPSchedule,
+    langevin_step,
+    make_denoiser,
+    target,
+    time_grid,
+    to_eps,
+    to_x0,
 )
 from decoders.diffusion.parameterization import check_prediction, expand
 
@@ -323,6 +339,8 @@ class Drift(ForwardProcess):
     """A test-only forward process with an offset: x_t = alpha_t x0 + (1 - alpha_t) c + sigma_t eps (the marginal
     drifts from the data to a point c). It is one class; no loss or sampler knows about it."""
 
+    has_offset = True
+
     def offset(self, t, cond):
         alpha, _ = self.alpha_sigma(t)
         return expand(1 - alpha, cond) * cond
@@ -355,7 +373,7 @@ def test_a_new_forward_process_is_one_class_the_losses_and_samplers_follow():
 
         process = DDPMProcess()
         process.forward_process = Drift(VPSchedule())
-        EulerMaruyama().check(process)
+        EulerMaruyama().check(process.forward_process)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,16 @@ import pytest
 import torch
 
 from decoders import DiffusionDecoder, Observed, SamplingSettings
-from decoders.diffusion import DDIM, Ancestral, CosineSchedule, DDPMProcess, EulerMaruyama, LearnedLogSNR, ScoreSDEProcess, VDMProcess
+from decoders.diffusion import (
+    DDIM,
+    Ancestral,
+    CosineSchedule,
+    DDPMProcess,
+    EulerMaruyama,
+    LearnedLogSNR,
+    ScoreSDEProcess,
+    VDMProcess,
+)
 from decoders.diffusion.parameterization import to_x0
 from decoders.unet import Condition, UNet2d
 
@@ -65,7 +74,7 @@ def test_skipping_the_diffusion_terms_runs_no_unet():
     x, z = torch.rand(3, 3, 8, 8), torch.randn(3, 4)
     terms = dec.loss(z, observed({"img": x}), skip=frozenset({"diffusion"}))
     assert set(terms) == {"img/mean_nll"} and not calls
-    torch.testing.assert_close(terms["img/mean_nll"], dec.mean_heads["img"].nll(x, z))
+    torch.testing.assert_close(terms["img/mean_nll"], dec.mean_heads["img"].nll(z, x))
     assert set(tiny(VDMProcess()).loss(z, observed({"img": x}), skip=frozenset({"diffusion"}))) == {"img/mean_nll"}
 
 
@@ -145,7 +154,7 @@ def test_bits_per_dim_only_for_vdm():
 @pytest.mark.parametrize(
     "build, message",
     [
-        (lambda: DDPMProcess(CosineSchedule(), sampler=EulerMaruyama()), "euler_maruyama needs the VP-SDE .* DDPMProcess has CosineSchedule"),
+        (lambda: DDPMProcess(CosineSchedule(), sampler=EulerMaruyama()), "euler_maruyama needs the VP-SDE .* ForwardProcess has CosineSchedule"),
         (lambda: DDPMProcess(prediction="score"), "unknown prediction type 'score'"),
         (lambda: ScoreSDEProcess(weighting="snr"), "unknown DSM weighting 'snr'"),
         (lambda: VDMProcess(sampler=DDIM(steps=0)), "sampler steps must be >= 1"),

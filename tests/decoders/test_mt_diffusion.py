@@ -8,7 +8,7 @@ from decoders import Observed, SamplingSettings
 from decoders.diffusion import DDIM, EulerMaruyama
 from decoders.diffusion.aggregation import ConstantWeight
 from decoders.mt_diffusion import Aggregate, Head, MTDiffusionDecoder
-from diffmvae.joint import JointDiffusion
+from diffmvae.model.joint import JointDiffusion
 
 VARIANTS = {
     "U": dict(aggregate={"label": Aggregate("embedding", 10, ConstantWeight(0.02))}, heads={"label": Head("label", "out", 10)}),

@@ -14,9 +14,9 @@ import torch
 import yaml
 from faulty import file_size_limit
 from release_layouts import make_celebamask, make_cub
-from tiny_run import copy_config, make_polymnist, vae_args, write_config
+from tiny_run import copy_config, make_polymnist, write_config
 
-from diffmvae.cli import main
+from diffmvae.commands.main import main
 
 PRIOR_ARGS = ["--prior.channels", "[8,8]", "--prior.emb_dim", "8", "--fit.steps", "3", "--fit.batch_size", "8",
               "--fit.statistics_samples", "32", "--fit.warmup_steps", "1", "--prior.sample_steps", "3"]

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import torch
-
-from diffmvae.checkpoint import instantiate, load_run
-from diffmvae.cli import main
-from decoders.optim import lr_factor
 from tiny_run import copy_config, vae_args, write_config
+
+from decoders.optim import lr_factor
+from diffmvae.commands.main import main
+from diffmvae.store.load import instantiate, load_run
+
 
 def test_fit_writes_run_directory(trained):
     cfg, ckpt = trained
@@ -109,7 +110,7 @@ def test_existing_output_is_replaced_whole_never_half(trained, tmp_path, monkeyp
     out = tmp_path / "o"
     assert main(["sample", "--ckpt", str(ckpt), "--given", "m0", "--n", "2", "--out", str(out)]) == 0
     before = (out / "samples.npz").read_bytes(), (out / "grid.png").read_bytes()
-    import diffmvae.sampling as sampling
+    import diffmvae.generation.sampling as sampling
 
     def broken(*a, **k):
         raise RuntimeError("disk full")

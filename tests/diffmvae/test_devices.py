@@ -5,7 +5,7 @@ import pytest
 import torch
 from tiny_run import copy_config, write_config
 
-from diffmvae.cli import main
+from diffmvae.commands.main import main
 from diffmvae.devices import parse_index, pick_device
 from diffmvae.io import DiffMVAEError
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from tiny_run import copy_config, vae_args, write_config
 
-from diffmvae.checkpoint import load_run
-from diffmvae.cli import main
+from diffmvae.commands.main import main
+from diffmvae.store.load import load_run
 
 PROCESS = {"class_path": "decoders.diffusion.DDPMProcess", "init_args": {"sampler": {"class_path": "decoders.diffusion.DDIM", "init_args": {"steps": 2}}}}
-WARMUP = {"class_path": "diffmvae.callbacks.FeedForwardWarmup", "init_args": {"steps": 3, "freeze": ["encoders"]}}
+WARMUP = {"class_path": "diffmvae.training.FeedForwardWarmup", "init_args": {"steps": 3, "freeze": ["encoders"]}}
 EVERY_STEP = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
               "init_args": {"every_n_train_steps": 1, "save_top_k": -1, "filename": "{step}"}}
 
@@ -108,8 +108,8 @@ def test_sample_with_sampling_overrides_records_them(diffusion_run, tmp_path, ca
 
 def test_warm_start_copies_feedforward_weights_into_the_mean_head(trained, tmp_path):
     _, ff_ckpt = trained
-    from diffmvae.callbacks import warm_start
-    from diffmvae.checkpoint import instantiate
+    from diffmvae.store.load import instantiate
+    from diffmvae.training.callbacks import warm_start
 
     module = instantiate(diffusion_config(shared=True)["model"])
     copied = warm_start(module.model, ff_ckpt)
@@ -126,9 +126,9 @@ def test_warm_start_callback_in_a_fit(trained, tmp_path, capsys):
     _, ff_ckpt = trained
     cfg = diffusion_config()
     cfg["trainer"]["max_steps"] = 1
-    path, run = write_config(tmp_path, cfg, callbacks=[{"class_path": "diffmvae.callbacks.WarmStart", "init_args": {"ckpt": str(ff_ckpt)}}])
+    path, run = write_config(tmp_path, cfg, callbacks=[{"class_path": "diffmvae.training.WarmStart", "init_args": {"ckpt": str(ff_ckpt)}}])
     assert main(["fit", "--config", str(path)]) == 0
-    path, run = write_config(tmp_path / "bad", cfg, callbacks=[{"class_path": "diffmvae.callbacks.WarmStart", "init_args": {"ckpt": "nope.ckpt"}}])
+    path, run = write_config(tmp_path / "bad", cfg, callbacks=[{"class_path": "diffmvae.training.WarmStart", "init_args": {"ckpt": "nope.ckpt"}}])
     assert main(["fit", "--config", str(path)]) == 2
     assert "warm-start checkpoint nope.ckpt does not exist" in capsys.readouterr().err
 
@@ -187,7 +187,7 @@ def test_touching_idle_parameters_changes_no_step(tmp_path, monkeypatch):
     one process: the UNet idle during the warm-up. The zero-weighted touch gives them zero
     gradients, which are dropped before the optimizer step, so AdamW leaves them (and their moments) exactly as without
     the touch: the same losses and the same weights, bit for bit."""
-    from diffmvae.training import TrainingModule, parameters_in_graph
+    from diffmvae.training.module import TrainingModule, parameters_in_graph
 
     idle_counts = []
     touch_fn = TrainingModule._touch_idle_parameters

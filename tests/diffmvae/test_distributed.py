@@ -20,7 +20,7 @@ def fit(tmp_path, name, devices, batch_size, steps=12, cfg=None, callbacks=()):
     path, run = write_config(tmp_path / name, cfg, callbacks=callbacks)
     extra = ["--trainer.strategy", "ddp", "--trainer.devices", str(devices)] if devices > 1 else []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    done = subprocess.run([sys.executable, "-m", "diffmvae.cli", "fit", "--config", str(path), "--trainer.accelerator", "cpu", *extra],
+    done = subprocess.run([sys.executable, "-m", "diffmvae", "fit", "--config", str(path), "--trainer.accelerator", "cpu", *extra],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = list(csv.DictReader((run / "metrics.csv").open()))
@@ -87,7 +87,7 @@ def test_two_process_run_resumes_mid_epoch_exactly(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     shutil.copy(mid, run / "checkpoints" / "last.ckpt")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    done = subprocess.run([sys.executable, "-m", "diffmvae.cli", "fit", "--config", str(path), "--trainer.accelerator", "cpu",
+    done = subprocess.run([sys.executable, "-m", "diffmvae", "fit", "--config", str(path), "--trainer.accelerator", "cpu",
                            "--trainer.strategy", "ddp", "--trainer.devices", "2", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

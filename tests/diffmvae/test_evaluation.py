@@ -9,10 +9,11 @@ import torch
 import yaml
 from tiny_run import TINY, make_polymnist, vae_args, write_config
 
-from diffmvae.cli import main
+from diffmvae.commands.main import main
 from diffmvae.evaluation import FeatureExtractor, ImageClassifier, frechet_distance, predict, unconditional_coherence
+from diffmvae.evaluation.classifier import Judge
 from diffmvae.evaluation.suite import conditional_metrics, probe_accuracy, subsets_by_size
-from diffmvae.subsets import subset_mask
+from diffmvae.model.subsets import subset_mask
 
 
 def tiny_classifier(seed):
@@ -94,7 +95,7 @@ def test_subsets_by_size_enumerates_or_samples():
 
 
 def test_unconditional_coherence_counts_agreement():
-    class Constant(torch.nn.Module):
+    class Constant(Judge):
         def __init__(self, c):
             super().__init__()
             self.c = c
@@ -200,7 +201,7 @@ def test_elbo_is_reported_only_when_every_decoder_bounds_its_likelihood():
     from decoders import DiffusionDecoder
     from decoders.diffusion import DDIM, DDPMProcess, VDMProcess
     from diffmvae.evaluation.suite import elbo_on_split
-    from diffmvae.model import MultimodalVAE
+    from diffmvae.model.vae import MultimodalVAE
     from encoders import ConvImageEncoder
 
     def model(process):

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from tiny_run import copy_config, write_config
 
-from diffmvae.checkpoint import load_run
-from diffmvae.cli import main
+from diffmvae.commands.main import main
+from diffmvae.store.load import load_run
 
 PRIOR_ARGS = ["--prior.channels", "[8,8]", "--prior.emb_dim", "8", "--fit.steps", "3", "--fit.batch_size", "8",
               "--fit.statistics_samples", "32", "--fit.warmup_steps", "1", "--prior.sample_steps", "3"]

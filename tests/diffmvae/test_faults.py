@@ -14,9 +14,9 @@ import torch
 from faulty import file_size_limit
 from tiny_run import copy_config, write_config
 
-from diffmvae.checkpoint import AtomicCheckpointIO
-from diffmvae.cli import main
+from diffmvae.commands.main import main
 from diffmvae.io import FILE_MODE, DiffMVAEError, atomic_write, check_writable, torch_save
+from diffmvae.training.checkpoint_io import AtomicCheckpointIO
 
 pytest.importorskip("resource")  # POSIX: the file-size limit stands for a full disk
 
@@ -49,7 +49,7 @@ def test_the_checkpoint_writer_is_atomic_and_never_unpickles_code(tmp_path):
     folder, from which Lightning's own writer copies across file systems) and reads with weights_only=True."""
     from conftest import tiny_image_vae
 
-    from diffmvae.training import TrainingModule
+    from diffmvae.training.module import TrainingModule
 
     trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path)

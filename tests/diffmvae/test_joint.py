@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from tiny_run import copy_config, vae_args, write_config
 
-from diffmvae.cli import main
+from diffmvae.commands.main import main
 
 MT = {
     "class_path": "decoders.MTDiffusionDecoder",

@@ -7,9 +7,10 @@ import pytest
 import torch
 from conftest import tiny_image_vae
 
-from diffmvae.cli import main
-from diffmvae.latent_prior import AggregatePosterior, default_prior_path, load_prior
-from diffmvae.posterior import product_of_experts
+from diffmvae.commands.main import main
+from diffmvae.generation.latent_prior import AggregatePosterior
+from diffmvae.model.posterior import product_of_experts
+from diffmvae.store.prior_file import default_prior_path, load_prior
 
 PRIOR_ARGS = ["--prior.channels", "[8,8]", "--prior.emb_dim", "8", "--fit.steps", "3", "--fit.batch_size", "8",
               "--fit.statistics_samples", "32", "--fit.warmup_steps", "1", "--prior.sample_steps", "3"]
@@ -64,7 +65,7 @@ def test_prior_fit_writes_its_own_checkpoint(with_prior):
     raw = torch.load(prior_path, weights_only=True)
     assert raw["model"]["latent_dim"] == 4 and raw["model"]["sha256"] == sha(ckpt)
     assert raw["fit"]["settings"]["steps"] == 3 and raw["prior"]["init_args"]["channels"] == [8, 8]
-    from diffmvae.checkpoint import load_run
+    from diffmvae.store.load import load_run
 
     prior = load_prior(prior_path, load_run(ckpt).module.model, ckpt)
     assert prior.latent_dim == 4 and torch.all(prior.std > 0)

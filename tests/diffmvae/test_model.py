@@ -1,10 +1,10 @@
 import pytest
 import torch
-
 from conftest import LATENT, image_batch, tiny_image_vae
+
 from decoders import ContextImageDecoder, ConvImageDecoder, Decoder, DiffusionDecoder
 from decoders.diffusion import DDIM, DDPMProcess
-from diffmvae.model import MultimodalVAE
+from diffmvae.model.vae import MultimodalVAE
 from encoders import ConvImageEncoder
 from priors import kl_standard_normal
 

@@ -9,18 +9,10 @@ import pytest
 import yaml
 from release_layouts import make_celebamask, make_cub
 
-from diffmvae.cli import main
+from diffmvae.commands.main import main
 from diffmvae.io import DiffMVAEError
-from diffmvae.pipeline import (
-    keep_modalities,
-    load_pipeline,
-    relocate,
-    run_pipeline,
-    set_key,
-    stage_marker,
-    stages,
-    warm_started,
-)
+from diffmvae.pipeline.run import run_pipeline, stages
+from diffmvae.pipeline.spec import keep_modalities, load_pipeline, relocate, set_key, stage_marker, warm_started
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,7 +60,7 @@ def test_config_surgery_keep_warm_start_relocate(tmp_path):
     assert kept["data"]["init_args"]["keep"] == ["m0", "m2"] and len(cfg["model"]["init_args"]["model"]["init_args"]["encoders"]) == 5
     warm = warm_started(cfg, tmp_path / "a.ckpt")
     callbacks = warm["trainer"]["callbacks"]
-    assert callbacks[0] == {"class_path": "diffmvae.callbacks.WarmStart", "init_args": {"ckpt": str(tmp_path / "a.ckpt")}}
+    assert callbacks[0] == {"class_path": "diffmvae.training.WarmStart", "init_args": {"ckpt": str(tmp_path / "a.ckpt")}}
     warmup = next(c for c in callbacks if c["class_path"].endswith("FeedForwardWarmup"))
     assert warmup["init_args"] == {"steps": 0, "freeze": ["encoders"]} and warm["trainer"]["max_steps"] == 3200 - 2000
     moved = relocate(cfg, tmp_path / "out" / "run")

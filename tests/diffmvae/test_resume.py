@@ -17,7 +17,7 @@ TESTS = Path(__file__).resolve().parents[1]
 
 def run_fit(path, *extra):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "diffmvae.cli", "fit", "--config", str(path), *extra], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "diffmvae", "fit", "--config", str(path), *extra], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -38,7 +38,7 @@ def config(tmp_path, name, signal=None, step=6):
     cfg = copy_config()
     cfg["trainer"].update({"max_steps": 10, "limit_val_batches": 1, "log_every_n_steps": 1})
     cfg["data"]["init_args"].update({"train_length": 32, "batch_size": 8})  # 4 batches an epoch: step 6 is mid-epoch
-    callbacks = [{"class_path": "diffmvae.callbacks.SaveOnInterrupt"}]
+    callbacks = [{"class_path": "diffmvae.training.SaveOnInterrupt"}]
     if signal:
         callbacks.append({"class_path": "faulty.SignalAt", "init_args": {"step": step, "signal": signal}})
     return write_config(tmp_path / name, cfg, callbacks=callbacks)

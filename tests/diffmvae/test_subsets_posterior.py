@@ -4,8 +4,8 @@ from itertools import combinations
 import pytest
 import torch
 
-from diffmvae.posterior import mixture_weights, product_of_experts, stratified_subset_choice
-from diffmvae.subsets import subset_mask, subset_names
+from diffmvae.model.posterior import mixture_weights, product_of_experts, stratified_subset_choice
+from diffmvae.model.subsets import subset_mask, subset_names
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 5])

@@ -14,9 +14,9 @@ import yaml
 from decoders import Observed, TextDecoder
 from diffmvae.data import PolyDigitsDataModule
 from diffmvae.data.captions import TEMPLATES, WORDS, captions_for, colour_name, parse_digit
+from diffmvae.data.text import load_tokenizer, train_tokenizer
 from diffmvae.evaluation.classifier import ParserJudge, fit_text_classifier, predict
 from diffmvae.io import DiffMVAEError
-from diffmvae.text import load_tokenizer, train_tokenizer
 from encoders import TextEncoder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -159,7 +159,7 @@ def test_captioned_polydigits_is_deterministic_varied_and_names_the_digit():
 
 def test_text_judges_read_real_captions():
     data = PolyDigitsDataModule(num_modalities=1, captions=True, train_length=600, max_length=20)
-    from diffmvae.evaluation.classifier import collate_split
+    from diffmvae.data.batches import collate_split
 
     train, test = collate_split(data.dataset("train")), collate_split(data.dataset("test"))
     clf = fit_text_classifier(train["text"], train["label"], data.tokenizer.vocab_size, epochs=10)
@@ -174,10 +174,11 @@ def test_text_judges_read_real_captions():
 def test_captions_config_end_to_end(tmp_path):
     """The captions experiment's config, shrunk: fit, sample captions from an image and images from a caption (strings
     in samples.npz, captions in the grid), and evaluate with both text judges and the token NLL."""
+    from pathlib import Path
+
     from tiny_run import write_config
 
-    from diffmvae.cli import main
-    from pathlib import Path
+    from diffmvae.commands.main import main
 
     cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "experiments/polydigits/captions.yaml").read_text())
     cfg["trainer"]["max_steps"] = 4
@@ -213,7 +214,7 @@ def test_the_cub_text_config_builds_from_local_pretrained_folders(tmp_path):
 
     from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
-    from diffmvae.checkpoint import instantiate
+    from diffmvae.store.load import instantiate
 
     BertModel(BertConfig(**BERT)).save_pretrained(tmp_path / "bert")
     GPT2LMHeadModel(GPT2Config(**GPT2, bos_token_id=3, eos_token_id=3)).save_pretrained(tmp_path / "gpt2")
@@ -232,7 +233,7 @@ def test_the_cub_text_config_builds_from_local_pretrained_folders(tmp_path):
 def test_a_separate_encoder_tokenizer_feeds_the_encoder(tmp_path, tokenizer):
     """Optimus tokenizes a caption twice (BERT's vocabulary for the encoder, GPT-2's for the decoder): the data carries
     both and the encoder reads its own ids."""
-    from transformers import BertTokenizerFast, PreTrainedTokenizerFast
+    from transformers import BertTokenizerFast
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted({w for c in captions_for(PolyDigitsDataModule(num_modalities=1).polydigits("train"), 0)
                                                                      for w in c.split()})]

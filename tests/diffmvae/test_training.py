@@ -1,8 +1,8 @@
 import pytest
-
 from conftest import tiny_image_vae
+
 from decoders.optim import lr_factor
-from diffmvae.training import TrainingModule, staged_lr_factor
+from diffmvae.training.module import TrainingModule, staged_lr_factor
 
 
 def test_lr_factor_warmup_then_cosine_to_zero():
@@ -50,7 +50,7 @@ def test_a_non_finite_loss_stops_the_run_in_one_line_and_keeps_the_last_good_che
     import torch
     from tiny_run import DECODER, copy_config, vae_args, write_config
 
-    from diffmvae.cli import main
+    from diffmvae.commands.main import main
 
     cfg = copy_config()
     cfg["trainer"].update({"max_steps": 8, "limit_val_batches": 0})

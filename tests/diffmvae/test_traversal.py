@@ -8,8 +8,7 @@ from conftest import LATENT, image_batch, tiny_image_vae
 
 from decoders import DiffusionDecoder
 from decoders.diffusion import DDIM, DDPMProcess
-from diffmvae.model import MultimodalVAE
-from diffmvae.traversal import (
+from diffmvae.generation.traversal import (
     decode_frames,
     dimension_sweep,
     frames_figure,
@@ -18,6 +17,7 @@ from diffmvae.traversal import (
     posterior_loop,
     prior_walk,
 )
+from diffmvae.model.vae import MultimodalVAE
 from encoders import ConvImageEncoder
 from priors import ScorePrior
 

@@ -12,9 +12,10 @@ from tiny_run import copy_config, vae_args, write_config
 from decoders import ConvImageDecoder, DiffusionDecoder, SamplingSettings
 from decoders.diffusion import DDIM, DDPMProcess
 from diffmvae import MultimodalVAE
-from diffmvae.cli import main
+from diffmvae.commands.main import main
+from diffmvae.generation.unite import UniteSpec
 from diffmvae.io import DiffMVAEError
-from diffmvae.unite import Composition, UniteSpec
+from diffmvae.model.composition import Composition
 from encoders import ConvImageEncoder
 
 pytestmark = pytest.mark.slow

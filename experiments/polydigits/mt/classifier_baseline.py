@@ -22,9 +22,9 @@ from torch_ema import ExponentialMovingAverage
 from tqdm.auto import tqdm
 
 from decoders.optim import lr_factor
-from diffmvae.checkpoint import instantiate
-from diffmvae.evaluation.classifier import collate_split
+from diffmvae.data.batches import collate_split
 from diffmvae.io import atomic_write, torch_save
+from diffmvae.store.load import instantiate
 
 
 def logits(decoder, images):

@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 
 from decoders import SamplingSettings
-from diffmvae.checkpoint import load_run
+from diffmvae.data.batches import collate_split
 from diffmvae.evaluation import FeatureExtractor, frechet_distance, predict
-from diffmvae.evaluation.classifier import collate_split, load_classifier_set
+from diffmvae.evaluation.classifier import load_classifier_set
+from diffmvae.generation.sampling import generate_from_subset
 from diffmvae.io import atomic_write
-from diffmvae.sampling import generate_from_subset
+from diffmvae.store.load import load_run
 
 
 def generate(run, given, n, sampling, seed=0, batch=None):

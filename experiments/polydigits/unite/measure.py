@@ -18,16 +18,14 @@ import logging
 import time
 from pathlib import Path
 
-import torch
-
 from decoders import SamplingSettings
-from diffmvae.checkpoint import load_run
-from diffmvae.evaluation.classifier import collate_split
-from diffmvae.evaluation.command import classifiers_for_run
+from diffmvae.data.batches import collate_split
 from diffmvae.evaluation.frechet import FeatureExtractor
+from diffmvae.evaluation.runs import classifiers_for_run
 from diffmvae.evaluation.suite import conditional_metrics, subsets_by_size
 from diffmvae.io import atomic_write
-from diffmvae.unite import Composition
+from diffmvae.model.composition import Composition
+from diffmvae.store.load import load_run
 
 log = logging.getLogger("unite.measure")
 

@@ -10,8 +10,8 @@ A prior checkpoint is a plain dict read with ``weights_only=True``::
 
 from __future__ import annotations
 
-import json
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -21,26 +21,23 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from diffmvae.checkpoint import instantiate
+from diffmvae.data.batches import map_batch
+from diffmvae.devices import pick_device
+from diffmvae.devices import precision as autocast
 from diffmvae.io import (
     DiffMVAEError,
-    atomic_write,
     check_writable,
-    file_sha256,
-    load_tensors,
-    read_safetensors,
-    save_safetensors,
-    torch_save,
 )
-from diffmvae.model import MultimodalVAE
-from diffmvae.posterior import product_of_experts, reparameterize
-from diffmvae.text import map_batch
-from diffmvae.training import split_batch
+from diffmvae.model.posterior import product_of_experts, reparameterize
+from diffmvae.model.vae import MultimodalVAE
+from diffmvae.store.load import instantiate, load_run
+from diffmvae.store.prior_file import default_prior_path, save_prior
+from diffmvae.training.module import split_batch
 from priors import ScorePrior
+from priors.training import PriorFitConfig, fit_score_prior
 
 log = logging.getLogger(__name__)
 
-FORMAT, VERSION = "diffmvae-latent-prior", 1
 AggregateFamily = Literal["mixture", "joint"]
 
 
@@ -93,70 +90,6 @@ class AggregatePosterior:
         return reparameterize(mu_a[0], logvar_a[0], generator)
 
 
-def weights_file(model_ckpt: str | Path) -> Path:
-    """The file a prior is tied to: the checkpoint itself, or a model folder's ``model.safetensors``."""
-    model_ckpt = Path(model_ckpt)
-    return model_ckpt / "model.safetensors" if model_ckpt.is_dir() else model_ckpt
-
-
-def default_prior_path(model_ckpt: str | Path) -> Path:
-    """Where ``diffmvae prior fit`` writes and ``diffmvae sample`` looks: ``last.ckpt`` -> ``last.prior.ckpt``; a
-    model folder's ``prior.safetensors``."""
-    model_ckpt = Path(model_ckpt)
-    if model_ckpt.is_dir():
-        return model_ckpt / "prior.safetensors"
-    return model_ckpt.with_name(model_ckpt.stem + ".prior.ckpt")
-
-
-def save_prior(path: str | Path, prior: ScorePrior, spec: Mapping[str, Any], model_ckpt: str | Path, model: MultimodalVAE, fit: Mapping[str, Any]) -> Path:
-    """Write the prior checkpoint atomically (a failed write leaves any earlier file intact): a ``.safetensors``
-    path gets the tensors with the rest as JSON metadata (the model-folder form), any other a ``torch.save`` dict."""
-    meta = {"checkpoint": "model.safetensors" if Path(model_ckpt).is_dir() else str(model_ckpt), "sha256": file_sha256(weights_file(model_ckpt)), "latent_dim": model.latent_dim,
-            "modalities": list(model.modalities)}
-    if Path(path).suffix == ".safetensors":
-        from diffmvae.export import tensors_for_safetensors
-
-        header = {"format": FORMAT, "version": str(VERSION), "prior": json.dumps(dict(spec)), "model": json.dumps(meta),
-                  "fit": json.dumps({k: v for k, v in dict(fit).items() if k != "losses"})}
-        return atomic_write(path, lambda tmp: save_safetensors(tensors_for_safetensors(prior.state_dict()), tmp, metadata=header))
-    payload = {"format": FORMAT, "version": VERSION, "prior": dict(spec), "state_dict": prior.state_dict(), "model": meta, "fit": dict(fit)}
-    return atomic_write(path, lambda tmp: torch_save(payload, tmp))
-
-
-def read_prior_file(path: Path) -> dict[str, Any]:
-    """Either prior format as ``{"format", "prior", "state_dict", "model", "fit"}``."""
-    if path.suffix != ".safetensors":
-        return load_tensors(path, "prior checkpoint")
-    tensors, header = read_safetensors(path, "prior")
-    try:
-        return {"format": header.get("format"), "prior": json.loads(header["prior"]), "state_dict": tensors, "model": json.loads(header["model"]),
-                "fit": json.loads(header.get("fit", "{}"))}
-    except (KeyError, ValueError) as e:
-        raise DiffMVAEError(f"{path} is not a latent-prior file (its metadata has no valid {e})") from e
-
-
-def load_prior(path: str | Path, model: MultimodalVAE, model_ckpt: str | Path | None = None) -> ScorePrior:
-    """Read a prior checkpoint (``weights_only=True``) and check it fits ``model``: same latent size and, when
-    ``model_ckpt`` is given, the very checkpoint file it was fitted to."""
-    path = Path(path)
-    ckpt = read_prior_file(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise DiffMVAEError(f"{path} is not a latent-prior checkpoint (written by `diffmvae prior fit`)")
-    meta = ckpt["model"]
-    if meta["latent_dim"] != model.latent_dim:
-        raise DiffMVAEError(f"prior checkpoint {path} models a {meta['latent_dim']}-d latent but the model's latent has {model.latent_dim} dimensions")
-    if model_ckpt is not None and file_sha256(weights_file(model_ckpt)) != meta["sha256"]:
-        raise DiffMVAEError(f"prior checkpoint {path} was fitted to another model checkpoint ({meta['checkpoint']}); refit it with `diffmvae prior fit --ckpt {model_ckpt}`")
-    try:
-        prior = instantiate(ckpt["prior"])
-        prior.load_state_dict(ckpt["state_dict"])
-    except (TypeError, ValueError, RuntimeError, KeyError) as e:
-        raise DiffMVAEError(f"prior checkpoint {path} does not build its prior ({' '.join(str(e).split())[:200]})") from e
-    if not isinstance(prior, ScorePrior):
-        raise DiffMVAEError(f"prior checkpoint {path} holds a {type(prior).__name__}, not a ScorePrior")
-    return prior.eval()
-
-
 def fit_prior_for_checkpoint(
     model_ckpt: str | Path,
     *,
@@ -173,10 +106,7 @@ def fit_prior_for_checkpoint(
 ) -> Path:
     """Fit a :class:`~priors.ScorePrior` to the aggregate posterior of the run in ``model_ckpt`` and write its
     checkpoint to ``out`` (default :func:`default_prior_path`). The model checkpoint is only read."""
-    import time
 
-    from diffmvae.checkpoint import load_run
-    from priors.training import PriorFitConfig, fit_score_prior
 
     model_ckpt = Path(model_ckpt)
     out = Path(out) if out is not None else default_prior_path(model_ckpt)
@@ -190,8 +120,6 @@ def fit_prior_for_checkpoint(
     model = run.module.model
     spec = {"class_path": f"{ScorePrior.__module__.split('.')[0]}.{ScorePrior.__name__}", "init_args": {**prior_args, "latent_dim": model.latent_dim}}
     prior = instantiate(spec)
-    from diffmvae.devices import pick_device
-    from diffmvae.devices import precision as autocast
 
     device = torch.device(device) if device is not None else pick_device()
     model.to(device)

@@ -6,19 +6,25 @@ Each is listed under ``trainer.callbacks`` in a config; the LightningModule know
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torch.utils.data import default_collate
 from torch_ema import ExponentialMovingAverage
 
 from decoders import SamplingSettings
 from diffmvae.io import DiffMVAEError, image_grid, save_png
+from diffmvae.training.checkpoint_io import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +158,6 @@ class WarmStart(L.Callback):
 
 def warm_start(model: torch.nn.Module, path: str | Path, rename: Mapping[str, str] = MEAN_HEAD_RULE) -> int:
     """Copy tensors from the run at ``path`` into ``model`` (see :class:`WarmStart`); returns how many were copied."""
-    from diffmvae.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(path)
     source = ckpt.get("ema_state_dict") or {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
@@ -232,7 +237,6 @@ class SampleGrid(L.Callback):
 def log_image(loggers: Sequence[Any], key: str, image: Tensor, step: int) -> None:
     """Send ``image`` (``[3, H, W]`` in [0, 1]) to every logger that takes images: TensorBoard, MLflow, W&B. The CSV
     logger takes none (the PNG beside its metrics is the record)."""
-    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 
     pixels = (image.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
     for logger in loggers:
@@ -254,9 +258,6 @@ class SaveOnInterrupt(L.Callback):
         self._previous_sigint: Any = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        import os
-        import signal
-        import threading
 
         if threading.current_thread() is not threading.main_thread():
             return
@@ -269,15 +270,12 @@ class SaveOnInterrupt(L.Callback):
         self._previous_sigint = signal.signal(signal.SIGINT, first_ctrl_c)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        import signal
-        import threading
 
         if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._previous_sigint)
             self._previous_sigint = None
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return

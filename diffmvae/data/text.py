@@ -9,7 +9,7 @@ stacks them into ``[B, L]`` tensors. Nothing is ever downloaded: a name that is 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffmvae.data.spec import ModalitySpec
 from diffmvae.io import DiffMVAEError
+from encoders.text import check_local_dir
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,14 @@ class TextTokenizer:
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> TextTokenizer:
     """A word-level tokenizer trained in memory on ``texts`` (lower-cased, split on whitespace and punctuation), for
     data sets that ship none; deterministic for the same texts."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (  # heavy: tokenizers only when a caption tokenizer is trained
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
 
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
@@ -77,9 +86,8 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
     """The tokenizer saved in a local directory (``tokenizer.json``, or a transformers tokenizer such as BERT's
     ``vocab.txt``): ``[CLS]``/``[SEP]`` (BERT) or ``bos``/``eos`` (GPT-2) serve as begin and end, ``[PAD]`` or the end
     token as padding."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: transformers (~2 s to import) only when a text modality is built
 
-    from encoders.text import check_local_dir
 
     try:
         folder = check_local_dir(path, "tokenizer")
@@ -130,7 +138,6 @@ class TextModality:
 
     def spec(self) -> Any:
         """The modality's :class:`~diffmvae.data.spec.ModalitySpec` (``encoder_*`` tensors too with an encoder tokenizer)."""
-        from diffmvae.data.spec import ModalitySpec
 
         keys = ("input_ids", "attention_mask", *(("encoder_input_ids", "encoder_attention_mask") if self.encoder_tokenizer else ()))
         return ModalitySpec("text", (self.max_length,), num_classes=self.tokenizer.vocab_size, text_keys=keys)
@@ -140,24 +147,3 @@ class TextModality:
 
     def decode(self, ids: Tensor) -> list[str]:
         return self.tokenizer.decode(ids)
-
-
-def map_batch(value: Tensor | Mapping[str, Tensor], fn: Callable[[Tensor], Tensor]) -> Tensor | dict[str, Tensor]:
-    """``fn`` applied to a modality's batch: a tensor, or each tensor of a text modality's dict."""
-    return {k: fn(v) for k, v in value.items()} if isinstance(value, Mapping) else fn(value)
-
-
-def cat_batches(values: Sequence[Tensor | Mapping[str, Tensor]]) -> Tensor | dict[str, Tensor]:
-    """Concatenate one modality's batches along the examples (tensors, or text dicts key by key)."""
-    if isinstance(values[0], Mapping):
-        return {k: torch.cat([v[k] for v in values]) for k in values[0]}
-    return torch.cat(list(values))
-
-
-def take_rows(value: Tensor | Mapping[str, Tensor], start: int, stop: int, device: torch.device | str | None = None) -> Tensor | dict[str, Tensor]:
-    """Examples ``start:stop`` of a modality's batch (tensor or text dict), moved to ``device``."""
-    return map_batch(value, lambda v: v[start:stop] if device is None else v[start:stop].to(device))
-
-
-def num_rows(value: Tensor | Mapping[str, Tensor]) -> int:
-    return (next(iter(value.values())) if isinstance(value, Mapping) else value).shape[0]

@@ -1,46 +1,17 @@
-"""Per-dataset experiment pipelines: fit → prior fit → evaluate → a comparison table and plots, resumable stage by
-stage (``diffmvae pipeline --config experiments/<dataset>/pipeline.yaml``).
-
-A pipeline YAML names the models to train (each a ``diffmvae fit`` config, with overrides), what to evaluate, and
-optionally a sweep (every model trained once per value: seed 003 Fig. 7 trains each model on 2, 3, 4 and 5
-modalities). Every stage is one ``diffmvae`` command run in a subprocess, exactly as a user would type it; its
-arguments are logged and the derived fit configs are written under ``OUT/configs/``, so every number in the final
-table can be reproduced by hand. A stage that finished leaves ``OUT/<run>/<stage>.done.json`` (written last, by a
-rename) and is never redone; a fit interrupted half-way resumes from its ``last.ckpt``.
-
-Pipeline keys::
-
-    out: runs/pipelines/polydigits          # everything is written here
-    classifiers: null                       # judge file of every evaluation (default: the data's cached set)
-    sweep: {name: M, values: {2: [m0, m1], 3: [m0, m1, m2]}}   # optional; values are modality lists (``keep``)
-    models:
-      mopoe: {config: experiments/polydigits/quickstart.yaml, args: [--trainer.max_steps=1500],
-              prior: experiments/polydigits/prior.yaml}
-      star:  {config: experiments/polydigits/diffmvae_star.yaml, warm_start: mopoe, prior: ...}
-    evaluate: {n_samples: 360, max_subsets: 1, args: [--steps, "50"]}
-    priors: [score, gaussian]               # unconditional samples under each (score needs a model's prior)
-    fit_args: [--data.init_args.root=/data/CUB_200_2011]   # appended to every fit
-    set: {"**.latent_dim": 64}              # keys set in every derived fit config (dotted paths, or **.name anywhere)
-"""
+"""A pipeline YAML read and checked, and the fit configs derived from it."""
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import shlex
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from diffmvae.io import DiffMVAEError, atomic_write, read_yaml
+from diffmvae.io import DiffMVAEError, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +208,8 @@ def set_key(config: dict, key: str, value: Any) -> int:
 
 
 def warm_started(config: dict, ckpt: Path) -> dict:
-    """``config`` starting from the weights of the run at ``ckpt`` (:class:`~diffmvae.callbacks.WarmStart`): a
-    :class:`~diffmvae.callbacks.FeedForwardWarmup` stage is what that run already trained, so it is cut from the
+    """``config`` starting from the weights of the run at ``ckpt`` (:class:`~diffmvae.training.WarmStart`): a
+    :class:`~diffmvae.training.FeedForwardWarmup` stage is what that run already trained, so it is cut from the
     step budget and its ``freeze`` applies from the first step."""
     cfg = copy.deepcopy(config)
     trainer = cfg.setdefault("trainer", {})
@@ -249,7 +220,7 @@ def warm_started(config: dict, ckpt: Path) -> dict:
             cb["init_args"]["steps"] = 0
             if trainer.get("max_steps", -1) > 0:
                 trainer["max_steps"] -= steps
-    callbacks.insert(0, {"class_path": "diffmvae.callbacks.WarmStart", "init_args": {"ckpt": str(ckpt)}})
+    callbacks.insert(0, {"class_path": "diffmvae.training.WarmStart", "init_args": {"ckpt": str(ckpt)}})
     trainer["callbacks"] = callbacks
     return cfg
 
@@ -274,110 +245,3 @@ def derived_config(spec: PipelineSpec, run: Run) -> dict:
     if run.model.warm_start:
         config = warm_started(config, last_ckpt(spec, spec.run_of(run.model.warm_start, run.sweep_value)))
     return config
-
-
-@dataclass(frozen=True)
-class Stage:
-    run: str
-    name: str
-    argv: tuple[str, ...]
-    prepare: Callable[[], None] | None = None
-
-
-def stages(spec: PipelineSpec) -> list[Stage]:
-    """Every stage in order: per run ``fit``, ``prior`` (when the model names a prior config), then ``evaluate``
-    (conditional and unconditional metrics with the first available prior) and ``unconditional_<prior>`` for the other
-    priors; the report comes after them all (:func:`run_pipeline`)."""
-    out: list[Stage] = []
-    for run in spec.runs():
-        folder, ckpt = spec.out / run.name, last_ckpt(spec, run)
-        config_path = spec.out / "configs" / f"{run.name}.yaml"
-
-        def write_config(run: Run = run, config_path: Path = config_path) -> None:
-            text = yaml.safe_dump(derived_config(spec, run), sort_keys=False)
-            atomic_write(config_path, lambda tmp: tmp.write_text(text))
-
-        fit = ["fit", "--config", str(config_path), *spec.fit_args, *run.model.args]
-        out.append(Stage(run.name, "fit", tuple(fit), write_config))
-        priors = [p for p in spec.priors if p == "gaussian" or run.model.prior is not None]
-        if run.model.prior is not None:
-            argv = ["prior", "fit", "--ckpt", str(ckpt), "--config", str(run.model.prior), "--overwrite", "true", *run.model.prior_args, *spec.prior_args]
-            out.append(Stage(run.name, "prior", tuple(argv)))
-        ev = spec.evaluate
-        common = ["--ckpt", str(ckpt), "--names", run.name, "--seed", str(ev.get("seed", 0)), *ev["args"]]
-        for key in ("n_samples", "max_subsets"):
-            if ev.get(key) is not None:
-                common += [f"--{key.replace('_', '-')}", str(ev[key])]
-        if spec.classifiers:
-            common += ["--classifiers", str(spec.classifiers)]
-        for i, prior in enumerate(priors):
-            parts = [] if i == 0 else ["--parts", "unconditional"]
-            name = "evaluate" if i == 0 else f"unconditional_{prior}"
-            out.append(Stage(run.name, name, ("evaluate", *common, "--prior", prior, "--out", str(folder / name), *parts)))
-    return out
-
-
-def diffmvae_command(argv: Sequence[str]) -> list[str]:
-    """The subprocess that runs ``diffmvae ARGV`` with this interpreter."""
-    return [sys.executable, "-m", "diffmvae.cli", *argv]
-
-
-Launcher = Callable[[Sequence[str]], int]
-
-
-def subprocess_launcher(env: Mapping[str, str] | None = None) -> Launcher:
-    """Run ``diffmvae ARGV`` in a fresh interpreter (the default: each stage starts clean, as from a shell)."""
-    def launch(argv: Sequence[str]) -> int:
-        return subprocess.run(diffmvae_command(argv), env={**os.environ, **(env or {})}, check=False).returncode
-
-    return launch
-
-
-def run_stage(spec: PipelineSpec, stage: Stage, launcher: Launcher | None = None) -> float:
-    """Run one stage (by default its command in a subprocess) and write its marker; returns the seconds it took. A fit
-    that left a ``last.ckpt`` behind resumes from it."""
-    if stage.prepare is not None:
-        stage.prepare()
-    argv = list(stage.argv)
-    if stage.name == "fit":
-        ckpt = spec.out / stage.run / "checkpoints" / "last.ckpt"
-        if ckpt.is_file():
-            log.info("%s: resuming the interrupted fit from %s", stage.run, ckpt)
-            argv += ["--ckpt_path", str(ckpt)]
-    log.info("[%s] diffmvae %s", stage.run, " ".join(shlex.quote(a) for a in argv))
-    start = time.perf_counter()
-    code = (launcher or subprocess_launcher())(argv)
-    seconds = time.perf_counter() - start
-    if code != 0:
-        raise DiffMVAEError(f"pipeline stage {stage.run}/{stage.name} failed (exit {code}); its output is above; "
-                            f"run the pipeline again to resume from this stage")
-    record = {"run": stage.run, "stage": stage.name, "argv": argv, "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write(stage_marker(spec, stage.run, stage.name), lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
-    return seconds
-
-
-def run_pipeline(spec: PipelineSpec, *, only: Sequence[str] = (), dry_run: bool = False, launcher: Launcher | None = None) -> list[Path]:
-    """Run every stage not yet done (or only the runs named in ``only``), then write the report
-    (:func:`write_pipeline_report`); returns the report's files (none on a dry run). ``launcher`` runs one
-    ``diffmvae`` command line and returns its exit status (default: :func:`subprocess_launcher`)."""
-    todo = stages(spec)
-    names = {r.name for r in spec.runs()}
-    unknown = [o for o in only if o not in names]
-    if unknown:
-        raise DiffMVAEError(f"--only names {unknown[0]!r}, which is not a run of this pipeline ({', '.join(sorted(names))})")
-    for stage in todo:
-        if only and stage.run not in only:
-            continue
-        if stage_marker(spec, stage.run, stage.name).is_file():
-            log.info("[%s] %s: done before, skipped", stage.run, stage.name)
-            continue
-        if dry_run:
-            log.info("[%s] %s: diffmvae %s", stage.run, stage.name, " ".join(shlex.quote(a) for a in stage.argv))
-            continue
-        seconds = run_stage(spec, stage, launcher)
-        log.info("[%s] %s done in %.0fs", stage.run, stage.name, seconds)
-    if dry_run:
-        return []
-    from diffmvae.pipeline_report import write_pipeline_report
-
-    return write_pipeline_report(spec)

@@ -17,11 +17,12 @@ from torch.utils.data import Dataset, default_collate
 from tqdm.auto import tqdm
 
 from decoders import SamplingSettings
+from diffmvae.data.batches import cat_batches, map_batch, take_rows
 from diffmvae.data.spec import ModalitySpec
 from diffmvae.io import DiffMVAEError, check_out_dir, image_grid, write_files
-from diffmvae.model import LatentPrior, MultimodalModel
-from diffmvae.text import cat_batches, map_batch, take_rows
-from diffmvae.unite import Composition
+from diffmvae.model.base import LatentPrior, MultimodalModel
+from diffmvae.model.composition import Composition
+from diffmvae.store.prior_file import default_prior_path, load_prior
 
 
 def parse_given(text: str, modalities: Sequence[str]) -> list[str]:
@@ -53,9 +54,8 @@ def choose_prior(
 ) -> tuple[LatentPrior, str]:
     """The prior of unconditional generation and its name: ``score`` (the checkpoint ``prior_ckpt``, else the
     one beside ``model_ckpt``), ``gaussian`` (``N(0, I)``), or ``auto`` (score when one exists)."""
-    from diffmvae.latent_prior import default_prior_path, load_prior
 
-    if not getattr(model, "latent_dim", 0):
+    if not model.has_latent:
         return None, "none (no latent)"
     path = Path(prior_ckpt) if prior_ckpt else default_prior_path(model_ckpt)
     if choice == "gaussian" or (choice == "auto" and not prior_ckpt and not path.is_file()):
@@ -106,7 +106,7 @@ def grid_figure(samples: Mapping[str, Tensor], specs: Mapping[str, ModalitySpec]
                 title: str = "", texts: Mapping[str, Sequence[str]] | None = None) -> bytes:
     """A PNG (bytes) of the first ``rows`` examples, one column per image modality, observed ones marked; each text
     modality's strings (``texts``) are written beside its row."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy: matplotlib only when a figure is drawn
 
     texts = dict(texts or {})
     images = [m for m in samples if m in specs and specs[m].is_image]

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from diffmvae.checkpoint import LoadedRun, instantiate, load_run
+from diffmvae.devices import precision as autocast
 from diffmvae.evaluation.classifier import (
     AttributeJudge,
     ParserJudge,
@@ -20,10 +20,13 @@ from diffmvae.evaluation.classifier import (
     load_classifier_set,
     save_classifier_set,
 )
+from diffmvae.evaluation.frechet import InceptionExtractor
 from diffmvae.evaluation.report import write_report
 from diffmvae.evaluation.suite import EvalSettings, evaluate_model
+from diffmvae.generation.sampling import choose_prior, sampling_record
 from diffmvae.io import DiffMVAEError, check_out_dir, check_writable
-from diffmvae.unite import Composition
+from diffmvae.model.composition import Composition
+from diffmvae.store.load import LoadedRun, instantiate, load_run
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +97,6 @@ def evaluate_checkpoints(
 ) -> list[Path]:
     """Evaluate every checkpoint with one classifier set and write ``metrics.{json,csv,md,png}`` into ``out``; with a
     ``composition``, conditional generation composes its sources (Unite-and-Conquer within each model)."""
-    from diffmvae.devices import precision as autocast
-    from diffmvae.sampling import choose_prior, sampling_record
 
     if not ckpts:
         raise DiffMVAEError("give at least one --ckpt")
@@ -116,7 +117,6 @@ def evaluate_checkpoints(
         if composition is not None:
             run.module.model.check_composition(composition, run.module.model.modalities[:1], samplings[-1])
     if settings.inception_weights:
-        from diffmvae.evaluation.frechet import InceptionExtractor
 
         InceptionExtractor(settings.inception_weights)  # fail now on a missing file or the missing extra
     clfs, accuracy, clf_path = classifiers_for_run(runs[0], classifiers, progress)

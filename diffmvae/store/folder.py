@@ -22,25 +22,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 import diffmvae
-from diffmvae.io import DiffMVAEError, check_writable, file_sha256, save_safetensors, writing
-
-FOLDER_FORMAT = "diffmvae-model-folder"
-FOLDER_VERSION = 1
-WEIGHTS, CONFIG, PRIOR, CARD = "model.safetensors", "config.yaml", "prior.safetensors", "README.md"
+from diffmvae.io import DiffMVAEError, check_writable, file_sha256, save_safetensors, tensors_for_safetensors, writing
+from diffmvae.store.load import CARD, CONFIG, FOLDER_FORMAT, FOLDER_VERSION, PRIOR, WEIGHTS, load_run
+from diffmvae.store.prior_file import default_prior_path, load_prior, read_prior_file, save_prior
 
 
 def is_model_folder(path: str | os.PathLike) -> bool:
     return Path(path).is_dir()
-
-
-def tensors_for_safetensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous CPU copies: safetensors refuses tensors that share memory (a module shared by two decoders
-    appears under both names in a state dict); loading fills each name from its own copy."""
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
 def export_model(ckpt: str | os.PathLike, out: str | os.PathLike, *, prior_ckpt: str | os.PathLike | None = None,
@@ -51,8 +42,6 @@ def export_model(ckpt: str | os.PathLike, out: str | os.PathLike, *, prior_ckpt:
     (a ``diffmvae evaluate`` output folder) puts its table into the model card. The folder is built beside ``out``
     and renamed into place: a failure leaves nothing half-written, and an existing ``out`` is replaced only with
     ``overwrite``."""
-    from diffmvae.checkpoint import load_run
-    from diffmvae.latent_prior import default_prior_path, load_prior, read_prior_file, save_prior
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -150,7 +139,7 @@ def model_card(run: Any, config: Mapping[str, Any], has_prior: bool, table: str 
         f"({params / 1e6:.2f} M parameters; weights are the EMA weights).", "",
         "## Model", "",
         f"- modalities: {', '.join(model.modalities)}",
-        f"- latent size: {getattr(model, 'latent_dim', 0) or 'none (a joint diffusion model)'}",
+        f"- latent size: {model.latent_dim if model.has_latent else 'none (a joint diffusion model)'}",
         *(f"- {what}: `{text}`" for what, text in parts),
         f"- latent score prior: {'`prior.safetensors`' if has_prior else 'none (unconditional samples use N(0, I))'}", "",
         "## Data", "",

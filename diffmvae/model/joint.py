@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from decoders import Decoder, Observed, SamplingSettings
-from diffmvae.elbo import ELBORecord, split_term
-from diffmvae.model import LatentPrior, MultimodalModel, batch_size
+from diffmvae.model.base import LatentPrior, MultimodalModel, batch_size
+from diffmvae.model.elbo import ELBORecord, split_term
 
 
 class JointDiffusion(MultimodalModel):
@@ -20,13 +20,12 @@ class JointDiffusion(MultimodalModel):
         modalities: the model's modalities in order (default: the decoder's targets, then those it only reads).
     """
 
-    latent_dim = 0
     prior = None
 
     def __init__(self, decoder: Decoder, modalities: list[str] | None = None) -> None:
         super().__init__()
         self.modalities = tuple(modalities) if modalities else (*decoder.modalities, *(m for m in decoder.reads if m not in decoder.modalities))
-        if getattr(decoder, "latent_dim", 0):
+        if decoder.latent_dim:
             raise ValueError(f"JointDiffusion has no latent; its decoder must have latent_dim 0, not {decoder.latent_dim}")
         self.decoder_of = self.bind_decoders({"joint": decoder}, require_all=False)  # a modality only aggregated is given, never generated
         self.decoders = nn.ModuleDict({"joint": decoder})

@@ -3,12 +3,15 @@ other run, and a model whose modalities the data has. Each failure is one line n
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from diffmvae.io import DiffMVAEError, one_line
+import yaml
+
+from diffmvae.io import DiffMVAEError, atomic_write, check_writable, one_line
 
 
 def fixed_logger_dirs(loggers: Any) -> list[Path]:
@@ -40,9 +43,7 @@ def keep_metrics_for_resume(loggers: Any) -> tuple[Path, Path] | None:
 def merge_resumed_metrics(metrics: Path, kept: Path, last_step: int | None) -> None:
     """``metrics.csv`` = the rows of the run before the resume, up to the resumed step, then the rows written since
     (all the rows before the resume when none was written since and ``last_step`` is None: a resume that failed)."""
-    import csv
 
-    from diffmvae.io import atomic_write
 
     def rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         if not path.exists():
@@ -80,7 +81,6 @@ def check_logger_dirs(loggers: Any) -> None:
 def check_run_dirs(trainer: Any) -> None:
     """Before training: the run's folders (``default_root_dir``, the checkpoint folder, each logger's folder) can be
     written, so a read-only or mistyped path is one line now rather than a traceback at the first checkpoint."""
-    from diffmvae.io import check_writable
 
     folders = {"--trainer.default_root_dir": trainer.default_root_dir}
     if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
@@ -95,7 +95,6 @@ def check_run_dirs(trainer: Any) -> None:
 
 def check_config_files(argv: Sequence[str]) -> None:
     """Every ``--config FILE`` exists and is valid YAML (one line naming the file, before LightningCLI parses it)."""
-    import yaml
 
     for flag, value in zip(argv, argv[1:]):
         if flag == "--config" and not value.lstrip().startswith("{"):

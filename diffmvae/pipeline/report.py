@@ -7,12 +7,10 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from diffmvae.io import DiffMVAEError, atomic_write
-
-if TYPE_CHECKING:
-    from diffmvae.pipeline import PipelineSpec
+from diffmvae.pipeline.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +45,7 @@ def write_pipeline_report(spec: PipelineSpec) -> list[Path]:
     """``OUT/table.csv``, ``OUT/table.md`` (one row per run and prior) and ``OUT/plots.png``: with a sweep,
     unconditional coherence and FD against the sweep value, one line per (model, prior) (seed 003 Fig. 7a);
     conditional coherence and FD against the number of observed modalities, one line per run (Fig. 7b/c)."""
-    import pandas as pd
+    import pandas as pd  # heavy: pandas only when a report is written
 
     rows = collect(spec)
     if not rows:
@@ -77,8 +75,8 @@ def _markdown(table: Any) -> str:
 
 
 def _plot(table: Any, x: str | None, path: Path) -> None:
-    import pandas as pd
-    from matplotlib.figure import Figure
+    import pandas as pd  # heavy: pandas only when a report is written
+    from matplotlib.figure import Figure  # heavy: matplotlib only when a figure is drawn
 
     fig = Figure(figsize=(12, 3.8), dpi=110)
     axes = fig.subplots(1, 4)

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from decoders import SamplingSettings
 from decoders.optim import LRSchedule, lr_factor
 from diffmvae.io import DiffMVAEError
-from diffmvae.model import MultimodalModel, batch_size
+from diffmvae.model.base import MultimodalModel, batch_size
+from diffmvae.training.checkpoint_io import install_atomic_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,6 @@ class TrainingModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Checkpoints are written to a temporary name and renamed, and read with ``weights_only=True``
         (:class:`~diffmvae.checkpoint.AtomicCheckpointIO`)."""
-        from diffmvae.checkpoint import install_atomic_checkpoints
 
         install_atomic_checkpoints(self.trainer)
 

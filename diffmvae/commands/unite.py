@@ -4,10 +4,32 @@ model) and ``diffmvae unite`` (across models). Split from :mod:`diffmvae.cli`, w
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from decoders import SamplingSettings
+from diffmvae.commands.common import add_sampling_arguments, sampling_overrides
+from diffmvae.data.batches import collate_split
+from diffmvae.devices import add_device_arguments, pick_device
+from diffmvae.evaluation.classifier import predict
+from diffmvae.evaluation.frechet import FeatureExtractor, frechet_distance
+from diffmvae.evaluation.runs import classifiers_for_run
+from diffmvae.generation.sampling import write_samples
+from diffmvae.generation.unite import UniteSpec, check_member, null_needed, unite_batch
+from diffmvae.io import DiffMVAEError, atomic_write, check_out_dir
+from diffmvae.model.composition import Composition, parse_floats
+from diffmvae.store.load import load_run
 
 log = logging.getLogger("diffmvae")
 
@@ -25,15 +47,12 @@ def add_composition_arguments(p: argparse.ArgumentParser) -> None:
 
 def composition_from(args: argparse.Namespace) -> Any:
     """The :class:`~diffmvae.unite.Composition` the command line asks for, or ``None``."""
-    from diffmvae.io import DiffMVAEError
-    from diffmvae.unite import Composition
 
     if args.compose is None:
         if args.weights is not None or args.poe_weight is not None or args.draws != 1:
             raise DiffMVAEError("--weights, --poe-weight and --draws need --compose")
         return None
     if args.compose.endswith((".yaml", ".yml")):
-        import yaml
 
         path = Path(args.compose)
         if not path.is_file():
@@ -47,9 +66,6 @@ def composition_from(args: argparse.Namespace) -> Any:
 
 
 def unite_command(argv: list[str]) -> int:
-    from diffmvae.cli import add_device_arguments, add_sampling_arguments, pick_device, sampling_overrides
-    from diffmvae.io import DiffMVAEError
-    from diffmvae.unite import UniteSpec, run_unite
 
     p = argparse.ArgumentParser(prog="diffmvae unite", description="Unite-and-Conquer across models: generate one target modality "
                                 "from separately trained checkpoints, each conditioned on what it was trained on, composed at sampling time.")
@@ -85,8 +101,6 @@ def unite_command(argv: list[str]) -> int:
 
 def unite_mapping(args: argparse.Namespace) -> dict[str, Any]:
     """``--ckpt/--target/--given/--weights/--reliabilities`` as the mapping of a unite config."""
-    from diffmvae.io import DiffMVAEError
-    from diffmvae.unite import parse_floats
 
     if not args.ckpt or not args.target or not args.given:
         raise DiffMVAEError("diffmvae unite needs --config, or --ckpt (repeated), --target and one --given per --ckpt")
@@ -99,3 +113,96 @@ def unite_mapping(args: argparse.Namespace) -> dict[str, Any]:
         raise DiffMVAEError(f"{n} --ckpt need {n} --weights and --reliabilities, got {len(weights)} and {len(reliabilities)}")
     return {"target": args.target, "models": [{"ckpt": c, "given": g, "weight": w, "reliability": a}
                                               for c, g, w, a in zip(args.ckpt, args.given, weights, reliabilities)]}
+
+
+def run_unite(
+    spec: UniteSpec,
+    out: str | os.PathLike,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    split: str = "test",
+    sampling: Mapping[str, Any] | None = None,
+    evaluate: bool = False,
+    alone: bool = True,
+    classifiers: str | None = None,
+    chunk_size: int = 256,
+    progress: bool = True,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Load the checkpoints, check everything, then sample ``target`` for ``n`` examples of ``split`` (all by default)
+    from the composition and write ``samples.npz`` / ``grid.png`` into ``out``; with ``evaluate``, also the target's
+    coherence and Fréchet distance, for the composition and (``alone``) for each model by itself, into
+    ``metrics.json`` / ``metrics.md``. Returns the metrics (empty without ``evaluate``)."""
+
+    out = check_out_dir(out)
+    runs = [load_run(m.ckpt, device=device) for m in spec.members]
+    models = [r.module.model for r in runs]
+    settings = [SamplingSettings.coerce(r.module.sampling).replace(**(sampling or {})) for r in runs]
+    for member, model, needed, s in zip(spec.members, models, null_needed(spec), settings):
+        check_member(member, model, spec.target, s, needed)
+    settings_used = settings[0]
+    data = [collate_split(r.datamodule.dataset(split), n) for r in runs]
+    labels = data[0].get("label")
+    for member, d in zip(spec.members[1:], data[1:]):
+        if labels is not None and ("label" not in d or not torch.equal(d["label"], labels)):
+            raise DiffMVAEError(f"{member.ckpt}: its {split} examples are not the same as {spec.members[0].ckpt}'s (labels differ); "
+                                "composed models must read the same examples")
+    clfs = judge_for(runs[0], spec.target, classifiers, progress) if evaluate else None
+    count = next(iter(data[0].values())).shape[0]
+    jobs = [("composed", spec, models, data)]
+    if alone and len(spec.members) > 1:
+        jobs += [(f"{m.name} alone", spec.alone(m), [mod], [d]) for m, mod, d in zip(spec.members, models, data)]
+    metrics: dict[str, Any] = {}
+    samples: dict[str, Tensor] = {}
+    for name, job, job_models, job_data in jobs:
+        generator = torch.Generator(device=job_models[0].device_of()).manual_seed(seed)
+        parts = []
+        for start in tqdm(range(0, count, chunk_size), desc=f"unite: {name}", disable=not progress, leave=False):
+            inputs = [{m: d[m][start:start + chunk_size] for g, _ in member.sources for m in g}
+                      for member, d in zip(job.members, job_data)]
+            with torch.no_grad():
+                parts.append(unite_batch(job, job_models, inputs, sampling=settings_used, generator=generator).float().cpu())
+        samples[name] = torch.cat(parts)
+        if evaluate:
+            metrics[name] = judge(samples[name], data[0][spec.target], labels, clfs)
+            log.info("%s: coherence %.3f, FD %.1f", name, metrics[name]["coherence"], metrics[name]["fd"])
+    given = sorted({m for member in spec.members for g, _ in member.sources for m in g})
+    shown = {m: next(d[m] for d in data if m in d) for m in given}
+    shown.update({spec.target if name == "composed" else f"{spec.target}_{re.sub(r'[^A-Za-z0-9_]+', '_', name)}": s
+                  for name, s in samples.items()})
+    specs = {**runs[0].datamodule.specs, **{m: r.datamodule.specs[m] for r in runs for m in r.datamodule.specs}}
+    specs.update({k: specs[spec.target] for k in shown if k not in specs})
+    record = {"unite": spec.record(), "settings": settings_used.record(), "seed": seed, "split": split}
+    write_samples(out, shown, specs, given, labels, sampling=record)
+    if evaluate:
+        write_unite_metrics(out, metrics, record)
+    return metrics
+
+
+def judge_for(run: Any, target: str, path: str | None, progress: bool) -> Any:
+    """The ``diffmvae evaluate`` classifier of ``target`` (the file at ``path``, or the one cached for the first model's
+    data, trained when missing)."""
+
+    clfs, _, clf_path = classifiers_for_run(run, path, progress)
+    if target not in clfs or not clfs[target].has_features:
+        raise DiffMVAEError(f"classifier file {clf_path} has no image classifier for {target!r}")
+    return clfs[target]
+
+
+def judge(fake: Tensor, real: Tensor, labels: Tensor | None, classifier: Any) -> dict[str, float]:
+    """Coherence (the judge reads the example's label) and Fréchet distance (in the judge's features) of images."""
+
+    out = {"fd": frechet_distance(real, fake, FeatureExtractor(classifier)), "n": int(fake.shape[0])}
+    if labels is not None:
+        out["coherence"] = (predict(classifier, fake) == labels).float().mean().item()
+    return out
+
+
+def write_unite_metrics(out: Path, metrics: Mapping[str, Mapping[str, float]], record: Mapping[str, Any]) -> None:
+    """``metrics.json`` and ``metrics.md`` (one row per sampler of the target), written whole or not at all."""
+
+    lines = [f"# Unite-and-Conquer: {record['unite']['target']}", "", "| source | coherence | FD |", "|---|---|---|"]
+    lines += [f"| {name} | {m.get('coherence', float('nan')):.3f} | {m['fd']:.1f} |" for name, m in metrics.items()]
+    atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps({"metrics": metrics, **record}, indent=2)))
+    atomic_write(out / "metrics.md", lambda p: p.write_text("\n".join(lines) + "\n"))

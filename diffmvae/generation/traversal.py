@@ -25,8 +25,12 @@ import torch
 from torch import Tensor
 
 from decoders import SamplingSettings
-from diffmvae.model import MultimodalVAE
-from diffmvae.text import num_rows, take_rows
+from diffmvae.data.batches import cat_batches, collate_split, num_rows, take_rows
+from diffmvae.generation.sampling import choose_prior
+from diffmvae.io import image_grid
+from diffmvae.model.vae import MultimodalVAE
+from diffmvae.store.load import load_run
+from diffmvae.store.prior_file import default_prior_path
 
 
 @torch.no_grad()
@@ -108,7 +112,6 @@ def decode_frames(model: MultimodalVAE, z: Tensor, *, seed: int = 0, sampling: S
     """Decode ``z [F, d]`` frame by frame in every modality (or ``names``), each frame with a generator seeded by
     ``seed``: diffusion decoders start every frame from the same noise, so frames differ only through ``z``.
     Returns ``{modality: [F, ...]}`` (text: ``{input_ids, attention_mask}``)."""
-    from diffmvae.text import cat_batches
 
     device = model.device_of()
     z = z.to(device)
@@ -125,9 +128,8 @@ def frames_figure(frames: Mapping[str, Tensor], rows: int, *, row_labels: Sequen
                   title: str = "", modalities: Sequence[str] | None = None) -> Any:
     """A matplotlib Figure of decoded frames: for each image modality a block of ``rows`` rows (frames in row-major
     order, ``len(frames) / rows`` per row), blocks side by side."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy: matplotlib only when a figure is drawn
 
-    from diffmvae.io import image_grid
 
     names = [m for m in (modalities or frames) if isinstance(frames[m], Tensor) and frames[m].dim() == 4]
     if not names:
@@ -175,10 +177,6 @@ def open_run(default: str, *, n_test: int = 256, env: str = "DIFFMVAE_CKPT") -> 
     """Load the run a notebook shows: the checkpoint in the environment variable ``env`` if set (the tests point it at
     a tiny run), else ``default`` relative to the repository root (the working directory is moved there, so the run's
     relative data paths resolve)."""
-    from diffmvae.checkpoint import load_run
-    from diffmvae.evaluation.classifier import collate_split
-    from diffmvae.latent_prior import default_prior_path
-    from diffmvae.sampling import choose_prior
 
     here = Path.cwd()
     root = next((p for p in (here, *here.parents) if (p / "pyproject.toml").is_file() and (p / "diffmvae").is_dir()), here)

@@ -1,0 +1,45 @@
+"""``diffmvae classifiers fit``: train the judge classifiers of ``diffmvae evaluate``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+import lightning as L
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from diffmvae.commands.common import _parse_config, seed_torch
+from diffmvae.devices import add_device_arguments, pick_device, precision
+from diffmvae.evaluation.runs import fit_classifiers
+from diffmvae.io import DiffMVAEError
+
+log = logging.getLogger("diffmvae")
+
+
+def _classifiers(argv: list[str]) -> int:
+
+    if not argv or argv[0] != "fit":
+        raise DiffMVAEError("usage: diffmvae classifiers fit --config YAML [--out PATH] (the only classifiers command is `fit`)")
+
+
+    p = ArgumentParser(prog="diffmvae classifiers fit", exit_on_error=False,
+                       description="Train the per-modality judge classifiers of `diffmvae evaluate` on real data.")
+    p.add_argument("--config", action=ActionConfigFile, help="YAML with data / epochs / ... keys")
+    p.add_subclass_arguments(L.LightningDataModule, "data", instantiate=False, help="the real data, as in a fit config")
+    p.add_argument("--out", type=Optional[str], default=None, help="classifier file (default: runs/classifiers/<data key>.pt)")
+    p.add_argument("--overwrite", type=bool, default=False)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    add_device_arguments(p)
+    cfg = _parse_config(p, argv[1:])
+    device = pick_device(cfg.accelerator, cfg.devices)
+    seed_torch(cfg.seed)
+    start = time.perf_counter()
+    with precision(cfg.precision, device):
+        path = fit_classifiers(cfg.data.as_dict(), cfg.out, overwrite=cfg.overwrite, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                               seed=cfg.seed, device=device)
+    log.info("wrote %s in %.0fs", path, time.perf_counter() - start)
+    return 0
