@@ -8,8 +8,8 @@ from decoders.diffusion_decoder import DiffusionDecoder
 from decoders.feedforward import ConvImageDecoder, FeedForwardDecoder, MLPDecoder
 from decoders.likelihoods import Likelihood, log_prob
 from decoders.mt_diffusion import Aggregate, Head, MTDiffusionDecoder
-from decoders.sampling import SamplingSettings
+from decoders.sampling import SamplingSettings, TextSampling
 from decoders.text import TextDecoder
 
 __all__ = ["Aggregate", "Head", "MTDiffusionDecoder", "ContextImageDecoder", "ConvImageDecoder", "Decoder", "DiffusionDecoder", "FeedForwardDecoder", "Likelihood", "MLPDecoder",
-           "Observed", "SamplingSettings", "TextDecoder", "log_prob"]
+           "Observed", "SamplingSettings", "TextDecoder", "TextSampling", "log_prob"]

@@ -93,12 +93,6 @@ class Head:
             raise ValueError("an image head reads the output block: position 'out'")
 
 
-def coerce(cls: type, value: Any) -> Any:
-    """A dataclass from its config mapping (a stored config holds plain dicts; nested ``class_path`` entries are
-    already built by then)."""
-    return value if isinstance(value, cls) else cls(**dict(value))
-
-
 class LabelHead(nn.Module):
     """Pooled backbone features ``[B, C, h, w] -> logits [B, K]``."""
 
@@ -160,8 +154,8 @@ class MTDiffusionDecoder(Decoder):
         modalities: Sequence[str] = (),
         seed: int = 0,
     ) -> None:
-        self.aggregate = {m: coerce(Aggregate, a) for m, a in (aggregate or {}).items()}
-        self.heads_spec = {m: coerce(Head, h) for m, h in (heads or {}).items()}
+        self.aggregate = dict(aggregate or {})
+        self.heads_spec = dict(heads or {})
         super().__init__(modalities or ((main,) if latent_dim else (main, *self.heads_spec)), latent_dim)
         if main in self.aggregate or main in self.heads_spec:
             raise ValueError(f"the main modality {main!r} cannot also be aggregated or predicted by a head")

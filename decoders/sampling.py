@@ -1,4 +1,4 @@
-"""Sampling settings: how diffusion decoders sample, passed to generation as a value.
+"""Sampling settings: how diffusion and text decoders sample, passed to generation as a value.
 
 Nothing here is model state. ``MultimodalVAE.generate(..., sampling=SamplingSettings(steps=200))`` hands the same
 value to every decoder; each resolves it against its own defaults (:meth:`SamplingSettings.sampler_for`) and
@@ -8,11 +8,29 @@ describes what it did (``Decoder.describe_sampling``), which ``samples.npz`` and
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from decoders.diffusion.samplers import SAMPLERS, Sampler, check_start, check_steps
+
+
+@dataclass(frozen=True)
+class TextSampling:
+    """How text decoders generate: ``greedy`` (the most likely token, the default), or ``sample`` with
+    ``temperature``, from the ``top_k`` most likely tokens (0: all) and the nucleus of mass ``top_p``."""
+
+    strategy: Literal["greedy", "sample"] = "greedy"
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("greedy", "sample") or self.temperature <= 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"text sampling needs strategy greedy|sample, temperature > 0, top_k >= 0 and 0 < top_p <= 1; "
+                             f"got {self.strategy}, {self.temperature}, {self.top_k}, {self.top_p}")
+
+    def record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -27,6 +45,7 @@ class SamplingSettings:
         start: the time in ``(0, 1]`` where the reverse process begins. 1 (the default) draws exact samples of the
             model. Below 1 the decoder's mean image, noised to ``start``, is refined (SDEdit / DiffuseVAE-style):
             more of the mean's content, less detail, and no longer a sample of ``p(x|z)``. Opt-in, and recorded.
+        text: how text decoders generate (:class:`TextSampling`; greedy by default).
     """
 
     sampler: str | Sampler | None = None
@@ -34,6 +53,7 @@ class SamplingSettings:
     eta: float | None = None
     guidance: float = 1.0
     start: float = 1.0
+    text: TextSampling = TextSampling()
 
     def __post_init__(self) -> None:
         if isinstance(self.sampler, str) and self.sampler not in SAMPLERS:
@@ -46,21 +66,18 @@ class SamplingSettings:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         check_start(self.start)
 
-    @classmethod
-    def coerce(cls, value: SamplingSettings | Mapping[str, Any] | None) -> SamplingSettings:
-        """``value`` as settings: ``None`` gives the defaults, a mapping (a stored config) its fields."""
-        if value is None:
-            return cls()
-        return value if isinstance(value, SamplingSettings) else cls(**value)
-
     @property
     def exact(self) -> bool:
         """Whether samples are draws of the model (``start == 1``), not refinements of a mean image."""
         return self.start >= 1.0
 
     def replace(self, **changes: Any) -> SamplingSettings:
-        """A copy with ``changes`` applied (``None`` values are ignored: they mean "keep")."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with ``changes`` applied (``None`` values are ignored: they mean "keep"); ``text`` may be a mapping
+        of :class:`TextSampling` fields to change."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if isinstance(changes.get("text"), dict):
+            changes["text"] = dataclasses.replace(self.text, **changes["text"])
+        return dataclasses.replace(self, **changes)
 
     def sampler_for(self, default: Sampler) -> Sampler:
         """The sampler to use where ``default`` is a decoder's own: ``sampler`` (or the default), then the
@@ -84,4 +101,4 @@ class SamplingSettings:
         """The settings as JSON-able values (what ``samples.npz`` and ``metrics.json`` store)."""
         sampler = self.sampler.describe() if isinstance(self.sampler, Sampler) else self.sampler
         return {"sampler": sampler, "steps": self.steps, "eta": self.eta, "guidance": self.guidance, "start": self.start,
-                "exact": self.exact}
+                "exact": self.exact, "text": self.text.record()}

@@ -8,8 +8,9 @@ How ``z`` reaches the decoder (``inject``), after Optimus (Li et al. 2020, §3.2
   one-slot memory; Optimus injects its memory as per-layer keys and values, this feeds it through the input);
 * ``both`` (default).
 
-Generation is greedy, or sampled (``temperature``, ``top_k``, nucleus ``top_p``) with a ``torch.Generator``, up to
-``max_length`` tokens; it returns the text batch layout of :mod:`diffmvae.text` (``[BOS] ... [EOS]`` then padding).
+Generation follows the ``text`` field of the :class:`~decoders.SamplingSettings` it is passed: greedy, or sampled
+(``temperature``, ``top_k``, nucleus ``top_p``) with a ``torch.Generator``, up to ``max_length`` tokens; it returns
+the text batch layout of :mod:`diffmvae.data.text` (``[BOS] ... [EOS]`` then padding).
 Built from a local pretrained directory or a config; never downloaded.
 """
 
@@ -22,11 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from decoders.base import Decoder, Observed, skipped
-from decoders.sampling import SamplingSettings
+from decoders.sampling import SamplingSettings, TextSampling
 from encoders.text import build_transformer
 
 Inject = Literal["embedding", "prefix", "both"]
-Strategy = Literal["greedy", "sample"]
 
 
 class TextDecoder(Decoder):
@@ -37,8 +37,6 @@ class TextDecoder(Decoder):
         inject: ``embedding``, ``prefix`` or ``both`` (see the module).
         bos_id, eos_id, pad_id: the tokenizer's begin / end / padding ids (the data module's tokenizer).
         max_length: tokens per text, ``[BOS]`` and ``[EOS]`` included (the data set's).
-        strategy, temperature, top_k, top_p: generation (``greedy`` by default; ``sample`` draws with
-            ``temperature``, from the ``top_k`` most likely tokens (0: all) and the nucleus of mass ``top_p``).
         modalities: the text modality it generates (default: the one it is keyed by).
     """
 
@@ -54,18 +52,13 @@ class TextDecoder(Decoder):
         eos_id: int = 3,
         pad_id: int = 0,
         max_length: int = 24,
-        strategy: Strategy = "greedy",
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
         modalities: Sequence[str] = (),
     ) -> None:
         super().__init__(modalities, latent_dim)
         if inject not in ("embedding", "prefix", "both"):
             raise ValueError(f"unknown inject {inject!r}; choose embedding, prefix or both")
-        if strategy not in ("greedy", "sample") or temperature <= 0 or top_k < 0 or not 0 < top_p <= 1 or max_length < 3:
-            raise ValueError(f"TextDecoder needs strategy greedy|sample, temperature > 0, top_k >= 0, 0 < top_p <= 1 and "
-                             f"max_length >= 3; got {strategy}, {temperature}, {top_k}, {top_p}, {max_length}")
+        if max_length < 3:
+            raise ValueError(f"TextDecoder needs max_length >= 3 ([BOS], a token, [EOS]); got {max_length}")
         if config is not None:  # the tokenizer's special ids, unless the config sets its own
             config = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id, **dict(config)}
         self.gpt = build_transformer("gpt2", pretrained, config, "TextDecoder")
@@ -74,7 +67,6 @@ class TextDecoder(Decoder):
         self.to_embedding = nn.Linear(latent_dim, width) if inject in ("embedding", "both") else None
         self.to_prefix = nn.Linear(latent_dim, width) if inject in ("prefix", "both") else None
         self.bos_id, self.eos_id, self.pad_id, self.max_length = bos_id, eos_id, pad_id, max_length
-        self.strategy, self.temperature, self.top_k, self.top_p = strategy, temperature, top_k, top_p
         self.vocab_size = self.gpt.config.vocab_size
         positions = self.gpt.config.n_positions
         if max_length + (self.to_prefix is not None) > positions:
@@ -117,23 +109,25 @@ class TextDecoder(Decoder):
         return {f"{m}/nll": self.nll(z, example[m]) for m in self.modalities if m in example and not skipped("nll", skip)}
 
     # ------------------------------------------------------------------ generation
-    def next_token(self, logits: Tensor, generator: torch.Generator | None) -> Tensor:
-        if self.strategy == "greedy":
+    @staticmethod
+    def next_token(logits: Tensor, how: TextSampling, generator: torch.Generator | None) -> Tensor:
+        if how.strategy == "greedy":
             return logits.argmax(-1)
-        logits = logits.float() / self.temperature
-        if self.top_k:
-            kth = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.float() / how.temperature
+        if how.top_k:
+            kth = logits.topk(min(how.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        if self.top_p < 1:
+        if how.top_p < 1:
             sorted_logits, order = logits.sort(dim=-1, descending=True)
             mass = sorted_logits.softmax(-1).cumsum(-1)
-            drop = mass - sorted_logits.softmax(-1) >= self.top_p  # keep the smallest prefix reaching top_p
+            drop = mass - sorted_logits.softmax(-1) >= how.top_p  # keep the smallest prefix reaching top_p
             logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
         return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
     def generate(self, z: Tensor, given: Observed, *, targets: Sequence[str], sampling: SamplingSettings = SamplingSettings(),
                  generator: torch.Generator | None = None) -> dict[str, dict[str, Tensor]]:
-        """Texts ``{"input_ids", "attention_mask"}`` ``[B, max_length]`` given ``z`` (one text per target)."""
+        """Texts ``{"input_ids", "attention_mask"}`` ``[B, max_length]`` given ``z`` (one text per target), generated
+        as ``sampling.text`` says."""
         out = {}
         for m in targets:
             batch = z.shape[0]
@@ -142,7 +136,7 @@ class TextDecoder(Decoder):
             ids[:, 0], mask[:, 0] = self.bos_id, 1
             done = torch.zeros(batch, dtype=torch.bool, device=z.device)
             for i in range(1, self.max_length):
-                token = self.next_token(self.logits(z, ids[:, :i], mask[:, :i])[:, -1], generator)
+                token = self.next_token(self.logits(z, ids[:, :i], mask[:, :i])[:, -1], sampling.text, generator)
                 token = torch.where(done, torch.full_like(token, self.pad_id), token)
                 if i == self.max_length - 1:
                     token = torch.where(done, token, torch.full_like(token, self.eos_id))  # the length limit ends every text

@@ -10,6 +10,7 @@ guard against blow-up at high noise), and :meth:`ScorePrior.sample` returns late
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -110,3 +111,21 @@ class ScorePrior(nn.Module):
         u = sampler(denoise, marginal, (n, self.latent_dim), timesteps=self.diffusion_loss.timesteps, generator=generator, device=device,
                     dtype=self.mean.dtype, start=start, anchor=scaled)
         return u * self.std + self.mean
+
+    def with_steps(self, steps: int) -> PriorSampling:
+        """This prior drawn with ``steps`` DDIM steps, as a value to pass to generation (``prior=``); the prior itself
+        keeps its own ``sample_steps``."""
+        if steps < 1:
+            raise ValueError(f"prior steps must be >= 1, got {steps}")
+        return PriorSampling(self, steps)
+
+
+@dataclass(frozen=True)
+class PriorSampling:
+    """A :class:`ScorePrior` and the DDIM steps to draw it with (:meth:`ScorePrior.with_steps`)."""
+
+    prior: ScorePrior
+    steps: int
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
+        return self.prior.sample(n, generator=generator, device=device, steps=self.steps)

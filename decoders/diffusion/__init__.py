@@ -3,7 +3,16 @@ backbone, loss and sampler kept apart). Backbones are ``net(x_t, t, cond)`` and 
 
 from decoders.diffusion.forward import ForwardProcess, Marginal
 from decoders.diffusion.losses import DDPMLoss, DSMLoss, VDMLoss
-from decoders.diffusion.parameterization import PREDICTIONS, Backbone, Denoiser, Prediction, make_denoiser, target, to_eps, to_x0
+from decoders.diffusion.parameterization import (
+    PREDICTIONS,
+    Backbone,
+    Denoiser,
+    Prediction,
+    make_denoiser,
+    target,
+    to_eps,
+    to_x0,
+)
 from decoders.diffusion.processes import DDPMProcess, DiffusionProcess, ScoreSDEProcess, VDMProcess
 from decoders.diffusion.samplers import DDIM, SAMPLERS, Ancestral, EulerMaruyama, Sampler, langevin_step, time_grid
 from decoders.diffusion.schedules import CosineSchedule, LearnedLogSNR, LinearLogSNR, Schedule, VPSchedule

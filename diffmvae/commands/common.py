@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import re
 from typing import Any
 
 import torch
-from jsonargparse import ArgumentError, set_parsing_settings
+from jsonargparse import ArgumentError
 
-from decoders.diffusion import Sampler
 from diffmvae.io import DiffMVAEError, one_line
+from diffmvae.store.build import parser_error
 
 SAMPLING_OPTIONS = ("sampler", "steps", "eta", "guidance", "start")
+TEXT_OPTIONS = {"text_strategy": "strategy", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p"}
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,11 +27,17 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", type=float, default=None,
                    help="time in (0, 1] where sampling begins: 1 (default) samples the model exactly; below 1 refines the "
                         "decoder's noised mean image (recorded in the outputs)")
+    p.add_argument("--text-strategy", choices=("greedy", "sample"), default=None, help="how text decoders pick tokens (default: greedy)")
+    p.add_argument("--temperature", type=float, default=None, help="text sampling temperature (with --text-strategy sample)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=None, help="sample from the nucleus of this probability mass (1: all)")
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The sampling options given on the command line."""
-    return {k: getattr(args, k) for k in SAMPLING_OPTIONS if getattr(args, k, None) is not None}
+    """The sampling options given on the command line (text options under ``text``)."""
+    out: dict[str, Any] = {k: getattr(args, k) for k in SAMPLING_OPTIONS if getattr(args, k, None) is not None}
+    text = {field: getattr(args, k) for k, field in TEXT_OPTIONS.items() if getattr(args, k, None) is not None}
+    return {**out, "text": text} if text else out
 
 
 def sampling_settings(args: argparse.Namespace, module: Any) -> Any:
@@ -39,37 +45,20 @@ def sampling_settings(args: argparse.Namespace, module: Any) -> Any:
     model (one-line errors before any sampling)."""
 
     overrides = sampling_overrides(args)
-    sampling = module.sampling.replace(**overrides)
-    if not module.model.check_sampling(sampling) and overrides:
-        raise DiffMVAEError(f"--{'/--'.join(overrides)} apply to diffusion decoders, and this model has none")
+    try:
+        sampling = module.sampling.replace(**overrides)
+    except ValueError as e:
+        raise DiffMVAEError(str(e)) from None
+    diffusion = [k for k in overrides if k != "text"]
+    if not module.model.check_sampling(sampling) and diffusion:
+        raise DiffMVAEError(f"--{'/--'.join(diffusion)} apply to diffusion decoders, and this model has none")
     return sampling
-
-
-def configure_parsing() -> None:
-    """jsonargparse settings the configs need: samplers are dataclasses, accepted by ``class_path`` as subclasses."""
-
-
-    set_parsing_settings(subclasses_enabled=[Sampler])
-
-
-def _parser_error(text: str) -> str:
-    """Distil jsonargparse's nested Union report to the innermost class and its complaint."""
-    where, what = None, text
-    while (match := re.search(r"Problem with given class_path '([^']+)': (.*)", what)) is not None:
-        where, what = match.group(1), match.group(2)
-    if where is None:
-        listed = re.search(r"Errors: - (.*?)(?: - Expected a <class 'NoneType'>| Given value|$)", text)
-        return (listed.group(1).strip() if listed else text)[:400]
-    what = re.split(r" - Expected a <class| Given value", what)[0].strip()
-    outer = re.match(r'Parser key "([^"]+)"', text)
-    prefix = f'config key "{outer.group(1)}" ' if outer else ""
-    return f"{prefix}({where}): {what}"[:400]
 
 
 def _config_error(e: BaseException) -> Exception:
     """A jsonargparse error as a one-line DiffMVAEError naming the innermost class and its complaint."""
 
-    return DiffMVAEError(_parser_error(one_line(e)))
+    return DiffMVAEError(parser_error(one_line(e)))
 
 
 def _parse_config(parser: Any, argv: list[str]) -> Any:

@@ -12,7 +12,6 @@ import sys
 from collections.abc import Sequence
 
 from diffmvae.commands.classifiers import _classifiers
-from diffmvae.commands.common import configure_parsing
 from diffmvae.commands.evaluate import _evaluate
 from diffmvae.commands.export import _export
 from diffmvae.commands.fit import _lightning
@@ -21,6 +20,7 @@ from diffmvae.commands.prior import _prior
 from diffmvae.commands.sample import _sample
 from diffmvae.commands.unite import unite_command
 from diffmvae.io import DiffMVAEError, one_line
+from diffmvae.store.build import configure_parsing
 
 log = logging.getLogger("diffmvae")
 

@@ -18,7 +18,6 @@ import yaml
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from decoders import SamplingSettings
 from diffmvae.commands.common import add_sampling_arguments, sampling_overrides
 from diffmvae.data.batches import collate_split
 from diffmvae.devices import add_device_arguments, pick_device
@@ -61,7 +60,10 @@ def composition_from(args: argparse.Namespace) -> Any:
         unknown = sorted(set(spec) - {"sources", "weights", "poe_weight", "draws"}) if isinstance(spec, dict) else ["(not a mapping)"]
         if unknown:
             raise DiffMVAEError(f"composition file {path}: unknown key {unknown[0]!r} (expected sources, weights, poe_weight, draws)")
-        return Composition.coerce(spec)
+        sources = spec.get("sources", "each")
+        if not isinstance(sources, str):  # a list of subsets, as on the command line m0;m2+m3
+            sources = ";".join("+".join(map(str, s)) for s in sources)
+        return Composition.parse(sources, spec.get("weights", 1.0), spec.get("poe_weight"), spec.get("draws", 1))
     return Composition.parse(args.compose, args.weights if args.weights is not None else 1.0, args.poe_weight, args.draws)
 
 
@@ -138,7 +140,7 @@ def run_unite(
     out = check_out_dir(out)
     runs = [load_run(m.ckpt, device=device) for m in spec.members]
     models = [r.module.model for r in runs]
-    settings = [SamplingSettings.coerce(r.module.sampling).replace(**(sampling or {})) for r in runs]
+    settings = [r.module.sampling.replace(**(sampling or {})) for r in runs]
     for member, model, needed, s in zip(spec.members, models, null_needed(spec), settings):
         check_member(member, model, spec.target, s, needed)
     settings_used = settings[0]

@@ -26,7 +26,8 @@ from diffmvae.evaluation.suite import EvalSettings, evaluate_model
 from diffmvae.generation.sampling import choose_prior, sampling_record
 from diffmvae.io import DiffMVAEError, check_out_dir, check_writable
 from diffmvae.model.composition import Composition
-from diffmvae.store.load import LoadedRun, instantiate, load_run
+from diffmvae.store.build import build_data
+from diffmvae.store.load import LoadedRun, load_run
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def data_key(data_config: dict[str, Any]) -> str:
     """A file-name key for the real data a classifier set is trained on: the data module's class, recipe version and
     every data setting, defaults included (:meth:`~diffmvae.data.MultimodalDataModule.cache_key`), of
     :func:`judged_data`."""
-    key = instantiate(judged_data(data_config)).cache_key()
+    key = build_data(judged_data(data_config), "the data config").cache_key()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{key['class']}{'-v' + str(key['version']) if key['version'] is not None else ''}-{digest}"
 
@@ -56,7 +57,7 @@ def fit_classifiers(data_config: dict[str, Any], out: str | Path | None = None, 
     if path.exists() and not overwrite:
         raise DiffMVAEError(f"{path} already exists; pass --overwrite true or choose --out (nothing was overwritten)")
     check_writable(path.parent, "the classifiers' folder")
-    classifiers, accuracy = fit_classifier_set(instantiate(judged_data(data_config)), progress=progress, **settings)
+    classifiers, accuracy = fit_classifier_set(build_data(judged_data(data_config), "the data config"), progress=progress, **settings)
     return save_classifier_set(path, classifiers, accuracy, judged_data(data_config))
 
 

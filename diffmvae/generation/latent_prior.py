@@ -30,7 +30,8 @@ from diffmvae.io import (
 )
 from diffmvae.model.posterior import product_of_experts, reparameterize
 from diffmvae.model.vae import MultimodalVAE
-from diffmvae.store.load import instantiate, load_run
+from diffmvae.store.build import build
+from diffmvae.store.load import load_run
 from diffmvae.store.prior_file import default_prior_path, save_prior
 from diffmvae.training.module import split_batch
 from priors import ScorePrior
@@ -119,7 +120,7 @@ def fit_prior_for_checkpoint(
     run = load_run(model_ckpt)
     model = run.module.model
     spec = {"class_path": f"{ScorePrior.__module__.split('.')[0]}.{ScorePrior.__name__}", "init_args": {**prior_args, "latent_dim": model.latent_dim}}
-    prior = instantiate(spec)
+    prior = build({"prior": spec}, {"prior": ScorePrior}, "the score prior's settings")["prior"]
 
     device = torch.device(device) if device is not None else pick_device()
     model.to(device)

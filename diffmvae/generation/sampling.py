@@ -53,7 +53,8 @@ def choose_prior(
     choice: str, prior_ckpt: str | None, model_ckpt: str | os.PathLike, model: MultimodalModel, *, steps: int | None = None
 ) -> tuple[LatentPrior, str]:
     """The prior of unconditional generation and its name: ``score`` (the checkpoint ``prior_ckpt``, else the
-    one beside ``model_ckpt``), ``gaussian`` (``N(0, I)``), or ``auto`` (score when one exists)."""
+    one beside ``model_ckpt``), ``gaussian`` (``N(0, I)``), or ``auto`` (score when one exists). ``steps`` draws the
+    score prior with that many DDIM steps (a value passed to generation; the loaded prior is not changed)."""
 
     if not model.has_latent:
         return None, "none (no latent)"
@@ -63,11 +64,11 @@ def choose_prior(
     if not path.is_file():
         raise DiffMVAEError(f"no score prior at {path}; fit one with `diffmvae prior fit --ckpt {model_ckpt}` or pass --prior-ckpt")
     prior = load_prior(path, model, model_ckpt).to(model.device_of())
-    if steps is not None:
-        if steps < 1:
-            raise DiffMVAEError(f"--prior-steps must be >= 1, got {steps}")
-        prior.sample_steps = steps
-    return prior, "score"
+    if steps is None:
+        return prior, "score"
+    if steps < 1:
+        raise DiffMVAEError(f"--prior-steps must be >= 1, got {steps}")
+    return prior.with_steps(steps), f"score (DDIM-{steps})"
 
 
 def generate_from_subset(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,14 +82,6 @@ class Composition:
         rule: str | tuple[tuple[str, ...], ...] = text if text in SOURCE_RULES else tuple(
             tuple(m.strip() for m in part.split("+")) for part in text.split(";"))
         return cls(rule, parse_floats(weights, "--weights"), poe_weight, draws)
-
-    @classmethod
-    def coerce(cls, value: Composition | Mapping[str, Any] | None) -> Composition | None:
-        if value is None or isinstance(value, Composition):
-            return value
-        sources = value.get("sources", "each")
-        sources = sources if isinstance(sources, str) else tuple(tuple(s) for s in sources)
-        return cls(sources, parse_floats(value.get("weights", 1.0), "weights"), value.get("poe_weight"), value.get("draws", 1))
 
     def resolve(self, given: Sequence[str]) -> list[tuple[tuple[str, ...], float]]:
         """``[(subset, beta), ...]`` for the observed modalities ``given`` (duplicates of one subset kept once; each

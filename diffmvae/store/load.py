@@ -1,8 +1,8 @@
-"""Load a trained run."""
+"""Load a trained run: a ``diffmvae fit`` checkpoint or a model folder, rebuilt from its stored config through
+:mod:`diffmvae.store.build` (the parser ``fit`` used), weights read without unpickling code."""
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,43 +12,13 @@ import torch
 import yaml
 
 from diffmvae.io import DiffMVAEError, file_sha256, read_safetensors
+from diffmvae.store.build import build_run
 from diffmvae.training.checkpoint_io import read_checkpoint
 
-ALLOWED_PACKAGES = ("diffmvae", "encoders", "decoders", "priors")
 # A model folder's format name and its files (written by :mod:`diffmvae.store.folder`).
 FOLDER_FORMAT = "diffmvae-model-folder"
 FOLDER_VERSION = 1
 WEIGHTS, CONFIG, PRIOR, CARD = "model.safetensors", "config.yaml", "prior.safetensors", "README.md"
-
-
-def _import_class(class_path: str) -> type:
-    module_name, _, name = class_path.rpartition(".")
-    if module_name.split(".")[0] not in ALLOWED_PACKAGES:
-        raise DiffMVAEError(f"class_path {class_path!r} is outside the packages {', '.join(ALLOWED_PACKAGES)}")
-    try:
-        return getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as e:
-        raise DiffMVAEError(f"class_path {class_path!r} cannot be imported: {e}") from e
-
-
-def instantiate(spec: Any) -> Any:
-    """Recursively build every ``{"class_path": ..., "init_args": {...}}`` in ``spec``."""
-    if isinstance(spec, dict):
-        if "class_path" in spec:
-            cls = _import_class(spec["class_path"])
-            return cls(**{k: instantiate(v) for k, v in (spec.get("init_args") or {}).items()})
-        return {k: instantiate(v) for k, v in spec.items()}
-    if isinstance(spec, list):
-        return [instantiate(v) for v in spec]
-    return spec
-
-
-def build_run(config: dict[str, Any], failure: str) -> tuple[Any, Any]:
-    """The LightningModule and the DataModule of a run config; a config that no longer builds is ``failure (why)``."""
-    try:
-        return instantiate(config["model"]), instantiate(config["data"])
-    except (TypeError, ValueError) as e:
-        raise DiffMVAEError(f"{failure} ({e})") from e
 
 
 @dataclass

@@ -18,7 +18,7 @@ from diffmvae.io import (
     torch_save,
 )
 from diffmvae.model.vae import MultimodalVAE
-from diffmvae.store.load import instantiate
+from diffmvae.store.build import build
 from priors import ScorePrior
 
 FORMAT, VERSION = "diffmvae-latent-prior", 1
@@ -77,13 +77,11 @@ def load_prior(path: str | Path, model: MultimodalVAE, model_ckpt: str | Path | 
         raise DiffMVAEError(f"prior checkpoint {path} models a {meta['latent_dim']}-d latent but the model's latent has {model.latent_dim} dimensions")
     if model_ckpt is not None and file_sha256(weights_file(model_ckpt)) != meta["sha256"]:
         raise DiffMVAEError(f"prior checkpoint {path} was fitted to another model checkpoint ({meta['checkpoint']}); refit it with `diffmvae prior fit --ckpt {model_ckpt}`")
+    prior = build({"prior": ckpt.get("prior")}, {"prior": ScorePrior}, f"prior checkpoint {path} does not build its prior")["prior"]
     try:
-        prior = instantiate(ckpt["prior"])
         prior.load_state_dict(ckpt["state_dict"])
-    except (TypeError, ValueError, RuntimeError, KeyError) as e:
-        raise DiffMVAEError(f"prior checkpoint {path} does not build its prior ({' '.join(str(e).split())[:200]})") from e
-    if not isinstance(prior, ScorePrior):
-        raise DiffMVAEError(f"prior checkpoint {path} holds a {type(prior).__name__}, not a ScorePrior")
+    except (RuntimeError, KeyError) as e:
+        raise DiffMVAEError(f"prior checkpoint {path} does not match its prior ({' '.join(str(e).split())[:200]})") from e
     return prior.eval()
 
 

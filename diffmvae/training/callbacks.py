@@ -191,7 +191,9 @@ class SampleGrid(L.Callback):
         if rows < 1 or every_n_epochs < 1:
             raise ValueError(f"SampleGrid needs rows >= 1 and every_n_epochs >= 1, got {rows}, {every_n_epochs}")
         self.rows, self.every_n_epochs, self.given = rows, every_n_epochs, given
-        self.sampling = None if sampling is None else SamplingSettings.coerce(sampling)
+        if sampling is not None and not isinstance(sampling, SamplingSettings):
+            raise TypeError(f"sampling must be a decoders.SamplingSettings, got {type(sampling).__name__}")
+        self.sampling = sampling
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.given is not None and self.given not in pl_module.model.modalities:

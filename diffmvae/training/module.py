@@ -89,7 +89,9 @@ class TrainingModule(L.LightningModule):
         self.term_weights = {**model.default_term_weights(), **(term_weights or {})}
         self.lr, self.weight_decay, self.lr_schedule, self.warmup_steps = lr, weight_decay, lr_schedule, warmup_steps
         self.lr_restarts = sorted(set(lr_restarts))
-        self.sampling = SamplingSettings.coerce(sampling)
+        if sampling is not None and not isinstance(sampling, SamplingSettings):
+            raise TypeError(f"sampling must be a decoders.SamplingSettings, got {type(sampling).__name__}")
+        self.sampling = sampling if sampling is not None else SamplingSettings()
         model.check_sampling(self.sampling)
         self.seed = seed
         self.skip_terms: frozenset[str] = frozenset()  # term kinds left out of the objective (set by a staging callback)

@@ -22,7 +22,7 @@ import yaml
 
 from decoders import SamplingSettings
 from diffmvae.data.batches import collate_split
-from diffmvae.store.load import instantiate
+from diffmvae.store.build import build_run
 from diffmvae.training.callbacks import EMA
 
 CONFIG = Path(__file__).resolve().parents[1] / "polydigits" / "diffmvae_star.yaml"
@@ -71,7 +71,7 @@ def main() -> None:
     cfg = yaml.safe_load(CONFIG.read_text())
     cfg["data"]["init_args"]["batch_size"] = args.batch_size
     torch.manual_seed(0)
-    module, data = instantiate(cfg["model"]), instantiate(cfg["data"])
+    module, data = build_run(cfg, "the GPU check's config")
     timer = StepTimer(skip=min(20, args.steps // 2))
     trainer = L.Trainer(accelerator=args.accelerator, devices=1, precision=args.precision, max_steps=args.steps, limit_val_batches=0,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[EMA(0.999), timer])

@@ -18,7 +18,8 @@ import torch
 import yaml
 
 from diffmvae.data import PolyDigits
-from diffmvae.store.load import instantiate
+from diffmvae.model import MultimodalModel
+from diffmvae.store.build import build as build_objects
 from diffmvae.training.module import split_batch
 
 
@@ -34,7 +35,7 @@ def build(config: dict, num_modalities: int) -> torch.nn.Module:
     else:
         key, dec = next(iter(args["decoders"].items()))
         args["decoders"] = {key: {**dec, "init_args": {**dec["init_args"], "modalities": names}}}
-    return instantiate(spec)
+    return build_objects({"model": spec}, {"model": MultimodalModel}, "the benchmark's model")["model"]
 
 
 def time_steps(model: torch.nn.Module, batch: dict, steps: int, warmup: int = 3) -> float:

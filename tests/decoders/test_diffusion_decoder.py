@@ -180,7 +180,6 @@ def test_sampling_settings_resolve_against_each_decoder_default():
         SamplingSettings(eta=0.5).sampler_for(em1000)
     assert SamplingSettings(sampler=Ancestral(9)).sampler_for(ddim50) == Ancestral(9)
     assert SamplingSettings(steps=5).replace(steps=None, start=0.5) == SamplingSettings(steps=5, start=0.5)
-    assert SamplingSettings.coerce({"steps": 20}) == SamplingSettings(steps=20)
     record = SamplingSettings(start=0.2).record()
     assert record["exact"] is False and record["start"] == 0.2
 

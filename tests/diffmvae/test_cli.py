@@ -7,7 +7,8 @@ from tiny_run import copy_config, vae_args, write_config
 
 from decoders.optim import lr_factor
 from diffmvae.commands.main import main
-from diffmvae.store.load import instantiate, load_run
+from diffmvae.store.build import build_data
+from diffmvae.store.load import load_run
 
 
 def test_fit_writes_run_directory(trained):
@@ -167,8 +168,14 @@ def test_sampling_overrides_need_a_diffusion_decoder(trained, tmp_path, capsys):
     assert "--steps apply to diffusion decoders, and this model has none" in capsys.readouterr().err
 
 
-def test_instantiate_refuses_foreign_class_paths():
+def test_building_refuses_foreign_class_paths_before_importing_them(tmp_path, monkeypatch):
     from diffmvae.io import DiffMVAEError
 
-    with pytest.raises(DiffMVAEError, match="outside the packages"):
-        instantiate({"class_path": "os.system", "init_args": {"command": "true"}})
+    # a module that would leave a marker if imported
+    (tmp_path / "evil_module.py").write_text(f"open({str(tmp_path / 'imported')!r}, 'w').close()\nclass Data: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    nested = {"class_path": "diffmvae.data.PolyDigitsDataModule", "init_args": {"base": {"class_path": "evil_module.Data"}}}
+    for spec in ({"class_path": "os.system", "init_args": {"command": "true"}}, nested):
+        with pytest.raises(DiffMVAEError, match="outside the packages"):
+            build_data(spec, "test config")
+    assert not (tmp_path / "imported").exists()

@@ -108,10 +108,12 @@ def test_sample_with_sampling_overrides_records_them(diffusion_run, tmp_path, ca
 
 def test_warm_start_copies_feedforward_weights_into_the_mean_head(trained, tmp_path):
     _, ff_ckpt = trained
-    from diffmvae.store.load import instantiate
+    import lightning as L
+
+    from diffmvae.store.build import build
     from diffmvae.training.callbacks import warm_start
 
-    module = instantiate(diffusion_config(shared=True)["model"])
+    module = build(diffusion_config(shared=True), {"model": L.LightningModule}, "test config")["model"]
     copied = warm_start(module.model, ff_ckpt)
     ff = torch.load(ff_ckpt, weights_only=True)["ema_state_dict"]
     for m in ("m1", "m2"):

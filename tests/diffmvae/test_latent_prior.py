@@ -81,6 +81,11 @@ def test_sample_uses_the_score_prior_by_default(with_prior, tmp_path):
     assert "label" not in runs["auto"].files  # unconditional samples have no true label
     np.testing.assert_array_equal(runs["auto"]["m0"], runs["again"]["m0"])
     assert not np.array_equal(runs["auto"]["m0"], runs["gaussian"]["m0"])
+    # --prior-steps is passed with the prior, recorded, and changes the draw (the prior file says 3 steps)
+    assert main(["sample", "--ckpt", str(ckpt), "--given", "none", "--n", "6", "--out", str(tmp_path / "s2"), "--seed", "3",
+                 "--prior-steps", "2"]) == 0
+    two = np.load(tmp_path / "s2" / "samples.npz")
+    assert str(two["prior"]) == "score (DDIM-2)" and not np.array_equal(two["m0"], runs["auto"]["m0"])
 
 
 def test_existing_prior_is_not_overwritten(with_prior, capsys):

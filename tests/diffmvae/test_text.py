@@ -11,7 +11,8 @@ import pytest
 import torch
 import yaml
 
-from decoders import Observed, TextDecoder
+from decoders import Observed, SamplingSettings, TextDecoder
+from decoders.sampling import TextSampling
 from diffmvae.data import PolyDigitsDataModule
 from diffmvae.data.captions import TEMPLATES, WORDS, captions_for, colour_name, parse_digit
 from diffmvae.data.text import load_tokenizer, train_tokenizer
@@ -119,15 +120,14 @@ def test_sampled_generation_is_seeded_and_stops_at_the_length_limit(tokenizer):
     z = torch.randn(6, 8)
     given = Observed({}, torch.zeros(6, 1, dtype=torch.bool), ("text",))
 
-    def gen(seed, **kw):
-        dec = TextDecoder(8, config=GPT2, max_length=8, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, **kw).bind("text").eval()
-        torch.manual_seed(1)
-        dec.load_state_dict(base.state_dict())
-        with torch.no_grad():
-            return dec.generate(z, given, targets=["text"], generator=torch.Generator().manual_seed(seed))["text"]
-
     torch.manual_seed(1)
-    base = TextDecoder(8, config=GPT2, max_length=8, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id).bind("text")
+    dec = TextDecoder(8, config=GPT2, max_length=8, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id).bind("text").eval()
+
+    def gen(seed, **kw):  # the settings are a value passed per call; the decoder holds none
+        with torch.no_grad():
+            return dec.generate(z, given, targets=["text"], sampling=SamplingSettings(text=TextSampling(**kw)),
+                                generator=torch.Generator().manual_seed(seed))["text"]
+
     a, b, c = gen(0, strategy="sample"), gen(0, strategy="sample"), gen(1, strategy="sample")
     assert torch.equal(a["input_ids"], b["input_ids"]) and not torch.equal(a["input_ids"], c["input_ids"])
     assert torch.equal(gen(0, strategy="sample", top_k=1)["input_ids"], gen(0)["input_ids"])  # top-1 sampling is greedy
@@ -135,8 +135,9 @@ def test_sampled_generation_is_seeded_and_stops_at_the_length_limit(tokenizer):
     for out in (a, c):  # every text ends with [EOS] within max_length, then padding
         length = out["attention_mask"].sum(1)
         assert (out["input_ids"][torch.arange(6), length - 1] == tokenizer.eos_id).all() and (length <= 8).all()
-    with pytest.raises(ValueError, match="TextDecoder needs strategy"):
-        TextDecoder(8, config=GPT2, top_p=0.0)
+    with pytest.raises(ValueError, match="text sampling needs strategy"):
+        TextSampling(top_p=0.0)
+    assert SamplingSettings().replace(text={"top_p": 0.5}).text == TextSampling(top_p=0.5)
 
 
 def test_captioned_polydigits_is_deterministic_varied_and_names_the_digit():
@@ -193,6 +194,14 @@ def test_captions_config_end_to_end(tmp_path):
     assert main(["sample", "--ckpt", str(ckpt), "--given", "m0", "--n", "5", "--out", str(tmp_path / "s")]) == 0
     with np.load(tmp_path / "s" / "samples.npz") as f:
         assert f["text"].shape == (5,) and f["text/input_ids"].shape == (5, 20) and f["text"].dtype.kind == "U"
+        greedy = f["text/input_ids"]
+        assert json.loads(str(f["sampling"]))["settings"]["text"]["strategy"] == "greedy"
+    # text settings are sampling settings: passed per command, recorded, and they change the draw
+    assert main(["sample", "--ckpt", str(ckpt), "--given", "m0", "--n", "5", "--out", str(tmp_path / "s2"), "--text-strategy", "sample",
+                 "--temperature", "3"]) == 0
+    with np.load(tmp_path / "s2" / "samples.npz") as f:
+        assert json.loads(str(f["sampling"]))["settings"]["text"] == {"strategy": "sample", "temperature": 3.0, "top_k": 0, "top_p": 1.0}
+        assert not np.array_equal(f["text/input_ids"], greedy)
     assert main(["sample", "--ckpt", str(ckpt), "--given", "text", "--n", "5", "--out", str(tmp_path / "t")]) == 0
     with np.load(tmp_path / "t" / "samples.npz") as f:
         assert f["m0"].shape == (5, 3, 28, 28) and f["text"].shape == (5,)
@@ -214,7 +223,9 @@ def test_the_cub_text_config_builds_from_local_pretrained_folders(tmp_path):
 
     from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
-    from diffmvae.store.load import instantiate
+    from decoders import Decoder
+    from diffmvae.store.build import build
+    from encoders import Encoder
 
     BertModel(BertConfig(**BERT)).save_pretrained(tmp_path / "bert")
     GPT2LMHeadModel(GPT2Config(**GPT2, bos_token_id=3, eos_token_id=3)).save_pretrained(tmp_path / "gpt2")
@@ -224,7 +235,8 @@ def test_the_cub_text_config_builds_from_local_pretrained_folders(tmp_path):
     enc_cfg, dec_cfg = args["encoders"]["text"], args["decoders"]["text"]
     enc_cfg["init_args"]["pretrained"], dec_cfg["init_args"]["pretrained"] = str(tmp_path / "bert"), str(tmp_path / "gpt2")
     dec_cfg["init_args"].update(bos_id=2, eos_id=3, pad_id=0, max_length=12)
-    encoder, decoder = instantiate(enc_cfg), instantiate(dec_cfg).bind("text")
+    built = build({"encoder": enc_cfg, "decoder": dec_cfg}, {"encoder": Encoder, "decoder": Decoder}, "the CUB config")
+    encoder, decoder = built["encoder"], built["decoder"].bind("text")
     batch = train_tokenizer(TEXTS, vocab_size=40).encode(TEXTS, 12)
     mu, _ = encoder(batch)
     assert mu.shape == (3, 768) and decoder.nll(mu, batch).shape == (3,)

@@ -39,7 +39,7 @@ def test_composition_rules_resolve_against_the_observed_modalities():
     assert Composition("poe", (0.25,), draws=4).resolve(["m0", "m1"]) == [(("m0", "m1"), 0.25)] * 4
     parsed = Composition.parse("m0;m2+m0", "1,0.5")
     assert parsed.sources == (("m0",), ("m2", "m0")) and parsed.resolve(["m0", "m2"]) == [(("m0",), 1.0), (("m0", "m2"), 0.5)]
-    assert Composition.coerce({"sources": [["m1"]], "weights": 2}).resolve(["m1"]) == [(("m1",), 2.0)]
+    assert Composition.parse("m1", 2).resolve(["m1"]) == [(("m1",), 2.0)]
     for make, message in [
         (lambda: Composition("every"), "unknown composition sources 'every'"),
         (lambda: Composition("each", (1.0, 2.0)), "takes one weight for every source"),

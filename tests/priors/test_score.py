@@ -51,8 +51,21 @@ def test_same_seed_same_prior_samples():
     prior = ScorePrior(6, channels=(8, 8), emb_dim=8, eta=1.0)
     torch.nn.init.normal_(prior.net.out[-1].weight)
     with torch.no_grad():
-        a, b = (prior.sample(5, generator=torch.Generator().manual_seed(7), steps=4) for _ in range(2))
-    assert torch.equal(a, b)
+        a, b, c = (prior.sample(5, generator=torch.Generator().manual_seed(s), steps=4) for s in (7, 7, 8))
+    assert torch.equal(a, b) and not torch.allclose(a, c)  # a generator that ignored its seed would fail the second
+
+
+def test_prior_steps_are_passed_with_the_prior_never_written_into_it():
+    prior = ScorePrior(6, channels=(8, 8), emb_dim=8, sample_steps=5)
+    torch.nn.init.normal_(prior.net.out[-1].weight)
+    drawn = prior.with_steps(2)
+    with torch.no_grad():
+        a = drawn.sample(4, generator=torch.Generator().manual_seed(0))
+        b = prior.sample(4, generator=torch.Generator().manual_seed(0), steps=2)
+        c = prior.sample(4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and not torch.allclose(a, c) and prior.sample_steps == 5
+    with pytest.raises(ValueError, match="prior steps must be >= 1"):
+        prior.with_steps(0)
 
 
 MEANS = torch.tensor([[-4.0, 0.0, 2.0, 0.0], [4.0, 0.0, 0.0, -2.0], [0.0, 4.0, 0.0, 0.0]])

@@ -21,10 +21,11 @@ import yaml
 from torch_ema import ExponentialMovingAverage
 from tqdm.auto import tqdm
 
+from decoders import Decoder
 from decoders.optim import lr_factor
 from diffmvae.data.batches import collate_split
 from diffmvae.io import atomic_write, torch_save
-from diffmvae.store.load import instantiate
+from diffmvae.store.build import build, build_data
 
 
 def logits(decoder, images):
@@ -44,8 +45,9 @@ def main() -> None:
     args = p.parse_args()
     cfg = yaml.safe_load(Path(args.config).read_text())
     torch.manual_seed(args.seed)
-    decoder = instantiate(copy.deepcopy(cfg["model"]["init_args"]["model"]["init_args"]["decoder"]))
-    data = instantiate(cfg["data"])
+    decoder_spec = copy.deepcopy(cfg["model"]["init_args"]["model"]["init_args"]["decoder"])
+    decoder = build({"decoder": decoder_spec}, {"decoder": Decoder}, args.config)["decoder"]
+    data = build_data(cfg["data"], args.config)
     module_args = cfg["model"]["init_args"]
     steps, batch_size = cfg["trainer"]["max_steps"], data.batch_size
     train, test = collate_split(data.dataset("train")), collate_split(data.dataset("test"))

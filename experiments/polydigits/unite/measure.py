@@ -18,7 +18,6 @@ import logging
 import time
 from pathlib import Path
 
-from decoders import SamplingSettings
 from diffmvae.data.batches import collate_split
 from diffmvae.evaluation.frechet import FeatureExtractor
 from diffmvae.evaluation.runs import classifiers_for_run
@@ -64,7 +63,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     run = load_run(args.ckpt)
     model = run.module.model
-    sampling = SamplingSettings.coerce(run.module.sampling)
+    sampling = run.module.sampling
     if not sampling.exact:
         raise SystemExit(f"the run samples from start {sampling.start}; this study is about exact samples (start 1)")
     clfs, _, _ = classifiers_for_run(run, args.classifiers, progress=False)
