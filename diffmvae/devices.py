@@ -41,11 +41,14 @@ def pick_device(accelerator: str = "auto", devices: Any = "auto") -> torch.devic
 
 
 def parse_index(devices: Any) -> int:
-    text = str(devices).strip().strip("[]").strip(",").strip()
+    """The device index of Lightning's ``devices``: a count (``auto``, ``1``, ``-1``: the first device) or a list of
+    one index (``[1]``: device 1)."""
+    raw = str(devices).strip()
+    text = raw.strip("[]").strip(",").strip()
+    if raw.startswith("[") and text.isdigit():
+        return int(text)
     if text in ("auto", "1", "-1", ""):
         return 0
-    if text.isdigit() and str(devices).strip().startswith("["):
-        return int(text)
     raise DiffMVAEError(f"--devices {devices!r}: these commands run on one device (auto, 1, or one index such as [1])")
 
 

@@ -61,7 +61,7 @@ def parser_error(text: str) -> str:
 def build(specs: Mapping[str, Any], bases: Mapping[str, type], where: str, packages: Sequence[str] = LIBRARY_PACKAGES) -> dict[str, Any]:
     """``{key: object}`` built from ``specs[key]`` (a ``class_path`` / ``init_args`` spec of a subclass of
     ``bases[key]``) by jsonargparse; a spec that does not build is one line starting with ``where``."""
-    check_class_paths(specs, where, packages)
+    check_class_paths({key: specs[key] for key in bases}, where, packages)
     configure_parsing()
     parser = ArgumentParser(exit_on_error=False)
     for key, base in bases.items():

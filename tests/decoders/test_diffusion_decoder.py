@@ -63,8 +63,9 @@ def test_loss_terms_and_generate(name, conditioning):
     with torch.no_grad():
         a = dec.generate(z.detach(), observed({}), targets=["img"], generator=torch.Generator().manual_seed(1))["img"]
         b = dec.generate(z.detach(), observed({}), targets=["img"], generator=torch.Generator().manual_seed(1))["img"]
+        c = dec.generate(z.detach(), observed({}), targets=["img"], generator=torch.Generator().manual_seed(2))["img"]
     assert a.shape == (3, 3, 8, 8) and 0 <= a.min() and a.max() <= 1
-    assert torch.equal(a, b)
+    assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_skipping_the_diffusion_terms_runs_no_unet():

@@ -43,9 +43,19 @@ def test_device_options_are_checked_in_one_line(trained, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_pick_device():
+def test_pick_device(monkeypatch):
     assert pick_device("cpu") == torch.device("cpu")
-    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
+    # auto prefers a GPU: shown with the availability checks set by hand, on any machine
+    for cuda, mps, expected in ((False, False, torch.device("cpu")), (True, False, torch.device("cuda", 0)), (False, True, torch.device("mps", 0))):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda cuda=cuda: 2 if cuda else 0)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda mps=mps: mps)
+        assert pick_device("auto") == expected
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("gpu", "[1]") == torch.device("cuda", 1)
+    with pytest.raises(DiffMVAEError, match="this machine has 2 cuda device"):
+        pick_device("cuda", "[2]")
     assert parse_index("[3]") == 3 and parse_index("1") == 0 and parse_index("auto") == 0
     with pytest.raises(DiffMVAEError, match="one device"):
         parse_index("4")

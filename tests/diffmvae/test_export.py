@@ -1,6 +1,7 @@
 """Model folders (`diffmvae export`): safetensors weights, a YAML config, a model card; loaded wherever a checkpoint is,
 with the same samples; no pickle; bad folders refused in one line. And the TensorBoard / MLflow loggers."""
 
+import json
 import struct
 
 import numpy as np
@@ -34,9 +35,14 @@ def test_folder_layout_holds_no_pickle(exported):
     _, folder = exported
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.yaml", "model.safetensors", "prior.safetensors"]
     for name in ("model.safetensors", "prior.safetensors"):
+        # safetensors: an 8-byte header length, a JSON header, then the tensors' raw bytes, which its offsets tile
+        # exactly; so nothing else (a pickle, a torch zip) can be in the file
         raw = (folder / name).read_bytes()
-        header = struct.unpack("<Q", raw[:8])[0]  # safetensors: an 8-byte header length, then a JSON header
-        assert raw[8:9] == b"{" and header < len(raw) and b"\x80\x04" not in raw[: 8 + header]
+        length = struct.unpack("<Q", raw[:8])[0]
+        header = json.loads(raw[8:8 + length])
+        spans = sorted(tuple(v["data_offsets"]) for k, v in header.items() if k != "__metadata__")
+        assert spans[0][0] == 0 and spans[-1][1] == len(raw) - 8 - length
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
     config = yaml.safe_load((folder / "config.yaml").read_text())
     assert config["model"]["class_path"] == "diffmvae.TrainingModule" and config["trained"]["global_step"] == 4
     card = (folder / "README.md").read_text()

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 from conftest import LATENT, image_batch, tiny_image_vae
@@ -39,9 +41,13 @@ def test_elbo_incomplete_batch_masks_missing_modalities(image_vae):
     for i, m in enumerate(("m0", "m1", "m2")):
         assert (rec.terms[f"{m}/nll"][~present[:, i]] == 0).all()
         assert (rec.terms[f"{m}/nll"][present[:, i]] > 0).all()
-    chosen = image_vae.subset_mask[rec.subset]  # the assigned subset only uses present modalities
-    assert not (chosen & ~present).all(dim=1).any()
-    assert ((chosen & present).any(dim=1)).all()
+    # An example's z comes from the present part of its drawn subset, never empty ...
+    assert (image_vae.subset_mask[rec.subset] & present).any(dim=1).all()
+    # ... and a missing modality's placeholder expert never enters a posterior: with only m0 present (row 1) every
+    # valid subset's PoE is q(z | x_m0), so the KL term is that posterior's, computed from m0 alone.
+    with torch.no_grad():
+        alone = kl_standard_normal(*image_vae.posterior({"m0": x["m0"][1:2]}))
+    torch.testing.assert_close(rec.terms["kl"][1:2].detach(), alone)
     rec.loss().mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in image_vae.parameters() if p.grad is not None)
 
@@ -55,10 +61,20 @@ def test_elbo_with_a_modality_absent_from_the_batch(image_vae):
 
 
 def test_kl_is_mixture_of_subset_kls(image_vae):
+    """The ELBO's KL term against the MoPoE formula written out from the encoders' outputs: the mean over the seven
+    non-empty subsets of KL(PoE of the subset's experts and the prior || N(0, I)), each KL in closed form."""
     x = image_batch()
-    mu_s, logvar_s, omega = image_vae.subset_posteriors(x)
-    expected = (omega * kl_standard_normal(mu_s, logvar_s)).sum(0)
-    torch.testing.assert_close(image_vae.elbo(x).terms["kl"], expected)
+    with torch.no_grad():
+        experts = {m: [v.double() for v in image_vae.encoders[m](x[m])] for m in x}
+        kl = image_vae.elbo(x).terms["kl"].double()
+    subsets = [s for r in (1, 2, 3) for s in itertools.combinations(("m0", "m1", "m2"), r)]
+    expected = torch.zeros(6, dtype=torch.float64)
+    for subset in subsets:
+        precision = 1 + sum(experts[m][1].neg().exp() for m in subset)
+        mean = sum(experts[m][0] * experts[m][1].neg().exp() for m in subset) / precision
+        var = 1 / precision
+        expected += 0.5 * (var + mean**2 - 1 - var.log()).sum(1) / len(subsets)
+    torch.testing.assert_close(kl, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_model_posterior_is_the_precision_weighted_product_of_its_encoders(image_vae):

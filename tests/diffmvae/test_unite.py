@@ -172,7 +172,10 @@ def test_unite_across_models_trained_on_different_modalities(runs, classifier_fi
     assert main(["unite", "--config", str(config), "--n", "5", "--out", str(tmp_path / "v")]) == 0
     with np.load(tmp_path / "v" / "samples.npz") as f:
         np.testing.assert_array_equal(f["m1"], composed)
-    assert (out / "metrics.md").read_text().count("|") > 10
+    # metrics.md: one row per sampler of the target, the numbers of metrics.json
+    rows = [line.strip("|").split("|") for line in (out / "metrics.md").read_text().splitlines() if line.startswith("| ")][1:]
+    table = {name.strip(): (float(coherence), float(fd)) for name, coherence, fd in rows}
+    assert table == {name: (round(m["coherence"], 3), round(m["fd"], 1)) for name, m in metrics["metrics"].items()}
 
 
 @pytest.mark.parametrize("args, message", [

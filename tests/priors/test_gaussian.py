@@ -24,7 +24,8 @@ def test_prior_sampling_seeded():
     prior = StandardNormalPrior(3)
     a = prior.sample(5, generator=torch.Generator().manual_seed(0))
     b = prior.sample(5, generator=torch.Generator().manual_seed(0))
-    assert a.shape == (5, 3) and torch.equal(a, b)
+    c = prior.sample(5, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (5, 3) and torch.equal(a, b) and not torch.equal(a, c)
 
 
 def pytest_approx(x):
