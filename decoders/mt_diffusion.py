@@ -1,29 +1,33 @@
-"""MT-Diffusion (seed 000; DESIGN §2.7): a joint diffusion over a main image modality whose forward process aggregates
+"""MT-Diffusion (Chen et al., "Diffusion Models for Multi-Modal Generative Modeling"): a joint diffusion over a main image modality whose forward process aggregates
 the other modalities, with a shared UNet predicting the noise and modality heads predicting the other modalities.
 
-* Forward (eq. 3-4): :class:`~decoders.diffusion.aggregation.AggregatedForward`, one weight schedule per modality.
+* Process: the library's :class:`~decoders.diffusion.DDPMProcess` on the aggregated forward process of eq. 3-4
+  (:class:`~decoders.diffusion.aggregation.AggregatedForward`, one weight schedule per modality): one diffusion
+  stack, the same loss and samplers as every other diffusion decoder.
 * Encoders ``E_i`` (Fig. 3), no trainable parameters: ``identity`` (an image in the diffusion space: a masked or a
   paired image), ``embedding`` (a label through a fixed random image-space pattern per class), and ``backbone``
   (option 3: the modality enters the UNet through its embedding and adds no offset). Image modalities listed in
   ``inputs`` are also given to the UNet as input channels (the -X variant; -U gives it ``z_t`` and ``t`` only).
 * Reverse model: the library's UNet with :class:`Head` s reading its middle block (-M) or its output block (-E).
-* Loss (eq. 6, Algorithm 2): the simple eps loss, summed over the main modality's dimensions, plus the heads' losses
+* Loss (eq. 6, Algorithm 2): the library's DDPM loss (the simple eps loss on the aggregated marginal, the network
+  also returning its heads' outputs), summed over the main modality's dimensions, plus the heads' losses
   (cross-entropy for labels, ``||x - x_hat||^2 / 2`` for images) weighted by ``head_weight`` x the number of main
   dimensions, which is eq. 6's ``lambda`` for the per-dimension eps loss the paper uses.
 * Inference (Algorithm 1): every conditioning modality that is not given starts random and is re-estimated from its
-  head at every step; the step is the library's sampler on the aggregated marginal (``Ancestral(T)`` is Algorithm 1's
+  head at every step (:class:`Algorithm1`, a re-estimating denoiser: each step returns the marginal the chain
+  continues on, so the sampler carries the state); the step is the library's sampler on the aggregated marginal (``Ancestral(T)`` is Algorithm 1's
   DDPM step; ``DDIM(50)`` the fast deterministic one). The reverse process starts at the model's prior
   ``N(c_T(X_hat), I)`` (eq. 4 at ``t = T``; Algorithm 1 writes ``N(0, I)``, the same when the offset is zero).
 
 The decoder serves the main modality and the modalities its heads predict; with ``latent_dim > 0`` it is also
 conditioned on a VAE latent ``z`` (an image-side decoder of a Diff-MVAE); with ``latent_dim = 0`` it is a standalone
-joint model (:class:`diffmvae.joint.JointDiffusion`).
+joint model (:class:`diffmvae.model.JointDiffusion`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,8 +37,10 @@ from torch import Tensor, nn
 
 from decoders.base import Decoder, Observed, skipped
 from decoders.diffusion.aggregation import AggregatedForward, PaperWeight, WeightSchedule
-from decoders.diffusion.losses import sum_event, training_times
-from decoders.diffusion.parameterization import Prediction, check_prediction, expand, target, to_x0
+from decoders.diffusion.forward import Marginal
+from decoders.diffusion.losses import sum_event
+from decoders.diffusion.parameterization import Prediction, Reestimating, expand, to_x0
+from decoders.diffusion.processes import DDPMProcess
 from decoders.diffusion.samplers import Ancestral, Sampler
 from decoders.diffusion.schedules import Schedule, VPSchedule
 from decoders.random import randint, randn
@@ -168,10 +174,11 @@ class MTDiffusionDecoder(Decoder):
         self.shape = (image_channels, image_size, image_size)
         self.reads = tuple(m for m in (*self.aggregate, *self.heads_spec) if m not in self.modalities)
         offsets = {m: a.weight if a.weight is not None else PaperWeight() for m, a in self.aggregate.items() if a.kind != "backbone"}
-        self.forward_process = AggregatedForward(schedule if schedule is not None else VPSchedule(), timesteps, offsets)
-        self.timesteps, self.prediction = timesteps, check_prediction(prediction)
-        self.sampler = sampler if sampler is not None else Ancestral(steps=timesteps)
-        self.sampler.check(self.forward_process)
+        # The library's DDPM process on the aggregated forward process: its loss draws x_t from eq. 4's marginal and its
+        # samplers step on it; Ancestral(T) is Algorithm 1's DDPM step.
+        self.process = DDPMProcess(timesteps=timesteps, prediction=prediction, sampler=sampler if sampler is not None else Ancestral(steps=timesteps),
+                                   forward=AggregatedForward(schedule if schedule is not None else VPSchedule(), timesteps, offsets))
+        self.timesteps, self.prediction = timesteps, self.process.prediction
         generator = torch.Generator().manual_seed(seed)
         for m, a in self.aggregate.items():
             if a.kind == "embedding":
@@ -188,6 +195,15 @@ class MTDiffusionDecoder(Decoder):
         # Input preconditioning (EDM's c_in): the offset grows with the weights (thousands for the paper's), so the
         # UNet sees z_t / sqrt(1 + (sum_i atilde_t^(i))^2); a deterministic function of t, it hides nothing.
         self.register_buffer("c_in", (1 + self.forward_process.atilde.sum(0) ** 2).rsqrt().float(), persistent=False)
+
+    @property
+    def forward_process(self) -> AggregatedForward:
+        return self.process.forward_process
+
+    @property
+    def sampler(self) -> Sampler:
+        """The default sampler."""
+        return self.process.sampler
 
     # ------------------------------------------------------------------ encoders and conditions
     def term_weights(self) -> dict[str, float]:
@@ -247,14 +263,12 @@ class MTDiffusionDecoder(Decoder):
             value = self.data_value(m, example[m]).to(x0.dtype) if m in example else self.zero_value(m, batch, device, x0.dtype)
             values[m] = value * expand(example.mask(m).to(x0.dtype), value)
         cond, enc = self.condition(z, values, batch, device)
-        marginal = self.forward_process.given(enc)
-        t = training_times(batch, self.timesteps, generator, x0)
-        eps = randn(tuple(x0.shape), generator, device, x0.dtype)
-        alpha, sigma = marginal.alpha_sigma(t)
-        out, heads = self.network(marginal.sample(x0, t, eps), t, cond)
+        # the library's DDPM loss on the aggregated marginal, its network returning the heads' outputs too
+        eps_loss, heads = self.process.diffusion_loss.with_extras(self.network, x0, cond, marginal=self.forward_process.given(enc),
+                                                                  generator=generator)
         terms = {}
         if not skipped("diffusion", skip):
-            terms[f"{self.main}/diffusion"] = sum_event((out - target(self.prediction, x0, eps, alpha, sigma)).pow(2))
+            terms[f"{self.main}/diffusion"] = eps_loss
         for m, pred in heads.items():
             if m not in example or skipped("head", skip):
                 continue
@@ -317,24 +331,11 @@ class MTDiffusionDecoder(Decoder):
             _, heads = self.network(marginal.sample(x0, t, randn(tuple(x0.shape), generator, device, dtype)), t, cond)
             estimates = {m: self.estimate(m, h) for m, h in heads.items()}
             return self.outputs(targets, None, estimates)
-        cond, enc = self.condition(z, values, batch, device)
-        state = {"cond": cond}
-        marginal = self.forward_process.given(enc)  # enc is updated in place as estimates improve
-
-        def denoise(z_t: Tensor, t: Tensor) -> Tensor:
-            out, heads = self.network(z_t, t, state["cond"])
-            for m, h in heads.items():
-                estimates[m] = self.estimate(m, h)
-                if m in self.aggregate and m not in fixed:
-                    values[m] = estimates[m]
-            state["cond"], new_enc = self.condition(z, values, batch, device)
-            enc.update(new_enc)
-            alpha, sigma = marginal.alpha_sigma(t)
-            return to_x0(self.prediction, out, marginal.remove_offset(z_t, t), alpha, sigma).clamp(-1, 1)
-
-        x = sampling.sampler_for(self.sampler)(denoise, marginal, (batch, *self.shape), timesteps=self.timesteps, generator=generator,
-                                               device=device, dtype=dtype)
-        return self.outputs(targets, x, estimates)
+        _, enc = self.condition(z, values, batch, device)
+        start = self.forward_process.given(ChainState(enc, values, {}))
+        x, end = sampling.sampler_for(self.sampler).run(Algorithm1(self, z, frozenset(fixed)), start, (batch, *self.shape),
+                                                        timesteps=self.timesteps, generator=generator, device=device, dtype=dtype)
+        return self.outputs(targets, x, end.cond.estimates)
 
     def outputs(self, targets: Sequence[str], main: Tensor | None, estimates: Mapping[str, Tensor]) -> dict[str, Tensor]:
         out = {}
@@ -346,3 +347,46 @@ class MTDiffusionDecoder(Decoder):
             else:
                 out[m] = estimates[m].add(1).div(2).clamp(0, 1)
         return out
+
+
+@dataclass(frozen=True)
+class ChainState(Mapping):
+    """The forward condition of Algorithm 1's chain at one step: the encodings ``{modality: E_i}`` the aggregated
+    marginal offsets by (this mapping), the ``current`` values of the conditioning modalities (given, or estimated), and
+    the heads' estimates of the last step."""
+
+    enc: Mapping[str, Tensor]
+    current: Mapping[str, Tensor]
+    estimates: Mapping[str, Tensor]
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self.enc[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.enc)
+
+    def __len__(self) -> int:
+        return len(self.enc)
+
+
+@dataclass(frozen=True)
+class Algorithm1(Reestimating):
+    """The denoiser of Algorithm 1: the network reads the current values; every conditioning modality not in ``fixed``
+    takes its head's new estimate, and the chain continues on the marginal of the new encodings (a new
+    :class:`ChainState`; nothing changes in place)."""
+
+    decoder: MTDiffusionDecoder
+    z: Tensor | None
+    fixed: frozenset[str]
+
+    def step(self, z_t: Tensor, t: Tensor, marginal: Marginal) -> tuple[Tensor, Marginal]:
+        dec, state = self.decoder, marginal.cond
+        batch, device = z_t.shape[0], z_t.device
+        cond, _ = dec.condition(self.z, state.current, batch, device)
+        out, heads = dec.network(z_t, t, cond)
+        estimates = {m: dec.estimate(m, h) for m, h in heads.items()}
+        values = {m: estimates[m] if m in estimates and m not in self.fixed else v for m, v in state.current.items()}
+        _, enc = dec.condition(self.z, values, batch, device)
+        following = dec.forward_process.given(ChainState(enc, values, estimates))
+        alpha, sigma = following.alpha_sigma(t)
+        return to_x0(dec.prediction, out, following.remove_offset(z_t, t), alpha, sigma).clamp(-1, 1), following

@@ -8,6 +8,9 @@ with no offset unless ``marginal`` is given), so a process with another forward 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -45,12 +48,18 @@ class DDPMLoss:
 
     def __call__(self, net: Backbone, x: Tensor, cond=None, *, marginal: Marginal | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
+        return self.with_extras(lambda x_t, t, c: (net(x_t, t, c), None), x, cond, marginal=marginal, generator=generator)[0]
+
+    def with_extras(self, net: Callable[[Tensor, Tensor, Any], tuple[Tensor, Any]], x: Tensor, cond=None, *,
+                    marginal: Marginal | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, Any]:
+        """The loss of a backbone that returns ``(prediction, extras)`` (a shared network with heads, MT-Diffusion's),
+        and its extras at the same ``x_t``."""
         marginal = marginal if marginal is not None else self.forward.given()
         t = self.sample_t(x.shape[0], generator, x)
         eps = randn(tuple(x.shape), generator, x.device, x.dtype)
         alpha, sigma = marginal.alpha_sigma(t)
-        err = net(marginal.sample(x, t, eps), t, cond) - target(self.prediction, x, eps, alpha, sigma)
-        return sum_event(err.pow(2))
+        out, extras = net(marginal.sample(x, t, eps), t, cond)
+        return sum_event((out - target(self.prediction, x, eps, alpha, sigma)).pow(2)), extras
 
 
 class VDMLoss:

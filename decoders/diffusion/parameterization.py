@@ -21,6 +21,24 @@ PREDICTIONS = get_args(Prediction)
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 # A backbone: ``net(x_t, t, cond) -> output [B, ...]`` (eps, v or x0, as the process says).
 Backbone = Callable[[Tensor, Tensor, Any], Tensor]
+# One step of a sampler's chain: ``(x_t, t, marginal) -> (x0_hat, the marginal the chain continues on)``.
+Step = Callable[[Tensor, Tensor, Marginal], tuple[Tensor, Marginal]]
+
+
+class Reestimating:
+    """A denoiser that re-estimates the forward condition along the chain (MT-Diffusion's Algorithm 1): :meth:`step`
+    takes the marginal the chain is on and returns the clean estimate and the marginal the next step runs on, a new
+    value (nothing is changed in place), so the samplers carry the state and return the last marginal."""
+
+    def step(self, x_t: Tensor, t: Tensor, marginal: Marginal) -> tuple[Tensor, Marginal]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def as_step(denoise: Denoiser | Reestimating) -> Step:
+    """The chain step of a denoiser: a plain one keeps the marginal; a :class:`Reestimating` one gives the next."""
+    if isinstance(denoise, Reestimating):
+        return denoise.step
+    return lambda x_t, t, marginal: (denoise(x_t, t), marginal)
 
 
 def check_prediction(prediction: str) -> Prediction:

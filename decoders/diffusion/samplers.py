@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from decoders.diffusion.forward import ForwardProcess, Marginal
-from decoders.diffusion.parameterization import Denoiser, expand
+from decoders.diffusion.forward import ForwardProcess, Marginal, expand
+from decoders.diffusion.parameterization import Denoiser, Reestimating, as_step
 from decoders.random import randn
 
 
@@ -66,10 +66,17 @@ class Sampler:
         """The settings, for ``samples.npz`` and evaluation records: ``{"sampler": name, "steps": ..., ...}``."""
         return {"sampler": self.name, **asdict(self)}
 
-    def __call__(self, denoise: Denoiser, marginal: Marginal, shape: tuple[int, ...], *, timesteps: int | None = None,
+    def __call__(self, denoise: Denoiser | Reestimating, marginal: Marginal, shape: tuple[int, ...], *, timesteps: int | None = None,
                  generator: torch.Generator | None = None, device: torch.device | str = "cpu", start: float = 1.0,
-                 anchor: Tensor | None = None, dtype: torch.dtype = torch.float32) -> Tensor:  # pragma: no cover - abstract
+                 anchor: Tensor | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         """A sample ``shape`` (the clean estimate at the last step), ``dtype``."""
+        return self.run(denoise, marginal, shape, timesteps=timesteps, generator=generator, device=device, start=start, anchor=anchor,
+                        dtype=dtype)[0]
+
+    def run(self, denoise: Denoiser | Reestimating, marginal: Marginal, shape: tuple[int, ...], *, timesteps: int | None = None,
+            generator: torch.Generator | None = None, device: torch.device | str = "cpu", start: float = 1.0,
+            anchor: Tensor | None = None, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Marginal]:  # pragma: no cover
+        """The sample and the marginal the chain ended on (a :class:`Reestimating` denoiser's last estimate)."""
         raise NotImplementedError
 
 
@@ -89,14 +96,16 @@ class DDIM(Sampler):
         if self.eta < 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
 
-    def __call__(self, denoise, marginal, shape, *, timesteps=None, generator=None, device="cpu", start=1.0, anchor=None, dtype=torch.float32):
+    def run(self, denoise, marginal, shape, *, timesteps=None, generator=None, device="cpu", start=1.0, anchor=None, dtype=torch.float32):
+        step = as_step(denoise)
         t_grid = time_grid(self.steps, timesteps, device, start)
         x = marginal.initial(shape, t_grid[0], anchor, generator, device)
         for t, s in zip(t_grid[:-1], t_grid[1:]):
             t_b, s_b = t.expand(shape[0]), s.expand(shape[0])
-            x0 = denoise(x.to(dtype), t_b.to(dtype)).double()
+            x0, marginal = step(x.to(dtype), t_b.to(dtype), marginal)
+            x0 = x0.double()
             if s <= 0:
-                return x0.to(dtype)
+                return x0.to(dtype), marginal
             # Implied noise, then the step to s (eq. 12), in offset-free coordinates.
             eps = marginal.noise_of(x, x0, t_b)
             (alpha_t, sigma_t), (alpha_s, sigma_s) = marginal.alpha_sigma(t_b), marginal.alpha_sigma(s_b)
@@ -104,7 +113,7 @@ class DDIM(Sampler):
             x = marginal.mean(x0, s_b) + expand((sigma_s**2 - std**2).clamp_min(0).sqrt(), x) * eps
             if self.eta > 0:
                 x = x + expand(std, x) * randn(shape, generator, device, torch.float64)
-        return x.to(dtype)
+        return x.to(dtype), marginal
 
 
 @dataclass(frozen=True)
@@ -115,8 +124,8 @@ class Ancestral(Sampler):
     name: ClassVar[str] = "ancestral"
     steps: int = 1000
 
-    def __call__(self, denoise, marginal, shape, **kwargs):
-        return DDIM(self.steps, eta=1.0)(denoise, marginal, shape, **kwargs)
+    def run(self, denoise, marginal, shape, **kwargs):
+        return DDIM(self.steps, eta=1.0).run(denoise, marginal, shape, **kwargs)
 
 
 def langevin_step(x: Tensor, score: Tensor, snr: float, generator: torch.Generator | None) -> Tensor:
@@ -151,8 +160,10 @@ class EulerMaruyama(Sampler):
             raise ValueError(f"sampler euler_maruyama needs the VP-SDE (a schedule with beta(t), no forward offset); "
                              f"{type(forward).__name__} has {type(forward.schedule).__name__}; use ddim or ancestral")
 
-    def __call__(self, denoise, marginal, shape, *, timesteps=None, generator=None, device="cpu", start=1.0, anchor=None, dtype=torch.float32):
+    def run(self, denoise, marginal, shape, *, timesteps=None, generator=None, device="cpu", start=1.0, anchor=None, dtype=torch.float32):
         check_start(start)
+        step = as_step(denoise)  # the VP-SDE has no offset (see check): the marginal stays the same
+        denoise = lambda x_t, t: step(x_t, t, marginal)[0]  # noqa: E731
         schedule = marginal.process.schedule
         n = max(1, round(self.steps * (start - self.t_min) / (1.0 - self.t_min)))
         t_grid = torch.linspace(start, self.t_min, n + 1, dtype=torch.float64, device=device)
@@ -171,7 +182,7 @@ class EulerMaruyama(Sampler):
             for _ in range(self.corrector_steps):
                 # Langevin corrector step at time s.
                 x = langevin_step(x, score(x, s.expand(shape[0])), self.snr, generator)
-        return denoise(x.to(dtype), t_grid[-1].expand(shape[0]).to(dtype))
+        return denoise(x.to(dtype), t_grid[-1].expand(shape[0]).to(dtype)), marginal
 
 
 # The samplers the command line names (``--sampler NAME``); a sampler of your own is passed as an object.

@@ -1,5 +1,6 @@
-"""The MT-Diffusion decoder: each variant (-U, -X, -M, -E, the backbone route) trains a few steps and samples with
-Algorithm 1 from any subset; config errors are one line."""
+"""The MT-Diffusion decoder: each variant trains a few steps and samples with Algorithm 1 from any subset; config errors
+are one line. Variants combine the noise network's inputs (-U: z_t and t; -X: also the aggregated image as channels)
+with the head's position (-M: the middle block; -E: the end, the output block), plus the backbone route."""
 
 import pytest
 import torch
@@ -7,13 +8,14 @@ import torch
 from decoders import Observed, SamplingSettings
 from decoders.diffusion import DDIM, EulerMaruyama
 from decoders.diffusion.aggregation import ConstantWeight
-from decoders.mt_diffusion import Aggregate, Head, MTDiffusionDecoder
+from decoders.mt_diffusion import Aggregate, Algorithm1, ChainState, Head, MTDiffusionDecoder
 from diffmvae.model.joint import JointDiffusion
 
 VARIANTS = {
-    "U": dict(aggregate={"label": Aggregate("embedding", 10, ConstantWeight(0.02))}, heads={"label": Head("label", "out", 10)}),
-    "X": dict(aggregate={"src": Aggregate("identity", weight=ConstantWeight(0.02))}, inputs=["src"], heads={"src": Head("image", "out")}),
-    "M": dict(aggregate={"label": Aggregate("embedding", 10, ConstantWeight(0.02))}, heads={"label": Head("label", "mid", 10)}),
+    "U-E": dict(aggregate={"label": Aggregate("embedding", 10, ConstantWeight(0.02))}, heads={"label": Head("label", "out", 10)}),
+    "U-M": dict(aggregate={"label": Aggregate("embedding", 10, ConstantWeight(0.02))}, heads={"label": Head("label", "mid", 10)}),
+    "X-E": dict(aggregate={"src": Aggregate("identity", weight=ConstantWeight(0.02))}, inputs=["src"], heads={"src": Head("image", "out")}),
+    "U-E image": dict(aggregate={"src": Aggregate("identity", weight=ConstantWeight(0.02))}, heads={"src": Head("image", "out")}),
     "backbone": dict(aggregate={"label": Aggregate("backbone", 10)}, heads={"label": Head("label", "mid", 10)}),
 }
 
@@ -47,21 +49,43 @@ def test_variant_trains_and_generates_from_any_subset(variant):
         joint = model.generate(None, 4, generator=torch.Generator().manual_seed(2))
         cond = model.generate({other: data[other]}, generator=torch.Generator().manual_seed(2))
         again = model.generate({other: data[other]}, generator=torch.Generator().manual_seed(2))
+        another = model.generate({other: data[other]}, generator=torch.Generator().manual_seed(3))
         read = model.generate({"img": data["img"]}, generator=torch.Generator().manual_seed(2))
     assert joint["img"].shape == (4, 3, 8, 8) and 0 <= joint["img"].min() and joint["img"].max() <= 1
-    assert torch.equal(cond["img"], again["img"]) and cond[other] is data[other]
+    assert torch.equal(cond["img"], again["img"]) and not torch.allclose(cond["img"], another["img"]) and cond[other] is data[other]
     assert read[other].shape == data[other].shape
 
 
+def test_algorithm1_steps_return_a_new_marginal_and_change_nothing_in_place():
+    """The sampler carries Algorithm 1's state: a step reads the marginal it is given and returns the next one; the
+    given one (its encodings, values and estimates) is left as it was, so a step can be repeated exactly."""
+    dec = tiny("U-E").eval()
+    values = {"label": torch.nn.functional.one_hot(torch.tensor([1, 2, 3]), 10).float()}
+    _, enc = dec.condition(None, values, 3, torch.device("cpu"))
+    start = dec.forward_process.given(ChainState(enc, values, {}))
+    before = {k: v.clone() for k, v in enc.items()}
+    step = Algorithm1(dec, None, frozenset())
+    z_t, t = torch.randn(3, 3, 8, 8), torch.full((3,), 0.5)
+    with torch.no_grad():
+        x0, following = step.step(z_t, t, start)
+        again, _ = step.step(z_t, t, start)
+    assert following is not start and set(following.cond.estimates) == {"label"}
+    assert all(torch.equal(enc[k], before[k]) for k in enc) and start.cond.estimates == {}
+    assert torch.equal(x0, again) and not torch.equal(following.cond.current["label"], values["label"])  # re-estimated
+    with torch.no_grad():  # a modality held fixed keeps its value
+        _, held = Algorithm1(dec, None, frozenset({"label"})).step(z_t, t, start)
+    assert torch.equal(held.cond.current["label"], values["label"])
+
+
 def test_head_weight_is_eq6_lambda_per_dimension():
-    dec = tiny("U", head_weight=0.1)
+    dec = tiny("U-E", head_weight=0.1)
     assert dec.term_weights() == {"label/head": pytest.approx(0.1 * 3 * 8 * 8)}
     assert JointDiffusion(dec).modalities == ("img", "label")
 
 
 def test_given_conditions_stay_fixed_and_missing_ones_are_re_estimated():
     """Algorithm 1: a given label enters every step's offset as itself; a missing one follows the head."""
-    dec = tiny("U")
+    dec = tiny("U-E")
     torch.nn.init.normal_(dec.net.out[-1].weight, std=0.1)
     seen = []
     original = dec.condition
@@ -102,7 +126,7 @@ def test_bad_configuration_is_one_line(build, message):
 
 
 def test_sampling_settings_it_cannot_honour_are_refused():
-    dec = tiny("U")
+    dec = tiny("U-E")
     with pytest.raises(ValueError, match="no null condition"):
         dec.check_sampling(SamplingSettings(guidance=2.0))
     with pytest.raises(ValueError, match="refines a mean image"):
@@ -113,7 +137,7 @@ def test_sampling_settings_it_cannot_honour_are_refused():
 def test_specs_are_checked():
     from diffmvae.data.spec import ModalitySpec, image_spec
 
-    dec = tiny("U")
+    dec = tiny("U-E")
     dec.check_specs({"img": image_spec(3, 8), "label": ModalitySpec("label", (), 10, "value")})
     with pytest.raises(ValueError, match=r"embedding encoder of 'label' needs a label with 10 classes; the data has label \[\] with 5 classes"):
         dec.check_specs({"img": image_spec(3, 8), "label": ModalitySpec("label", (), 5, "value")})
