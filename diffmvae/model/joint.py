@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from decoders import Decoder, Observed, SamplingSettings
 from diffmvae.model.base import LatentPrior, MultimodalModel, batch_size
+from diffmvae.model.composition import Composition
 from diffmvae.model.elbo import ELBORecord, split_term
 
 
@@ -44,10 +45,14 @@ class JointDiffusion(MultimodalModel):
         return ELBORecord(terms=terms, present=example.present)
 
     def generate(self, given: Mapping[str, Any] | None = None, n: int | None = None, *, sampling: SamplingSettings = SamplingSettings(),
-                 generator: torch.Generator | None = None, prior: LatentPrior | None = None) -> dict[str, Any]:
-        """Generate every modality not in ``given`` (with nothing given: joint unconditional generation of ``n``)."""
+                 generator: torch.Generator | None = None, prior: LatentPrior | None = None,
+                 composition: Composition | None = None) -> dict[str, Any]:
+        """Generate every modality not in ``given`` (with nothing given: joint unconditional generation of ``n``).
+        ``prior`` is unused (there is no latent); a ``composition`` is refused in one line (:meth:`check_composition`)."""
         given = dict(given or {})
         self.check_names(list(given))
+        if composition is not None:
+            self.check_composition(composition, list(given), sampling)
         if not given and (n is None or n < 1):
             raise ValueError(f"unconditional sampling needs n >= 1, got {n}")
         decoder = self.decoders["joint"]

@@ -5,9 +5,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from tiny_run import copy_config, vae_args, write_config
 
 from diffmvae.commands.main import main
+from diffmvae.io import DiffMVAEError
+from diffmvae.model import Composition
+from diffmvae.store import load_run
 
 MT = {
     "class_path": "decoders.MTDiffusionDecoder",
@@ -46,6 +50,10 @@ def test_joint_model_trains_logs_its_terms_and_samples_any_subset(joint_run, tmp
         assert data["m0"].shape == (4, 3, 28, 28) and data["label"].shape == (4,) and set(np.unique(data["label"])) <= set(range(10))
     record = json.loads(str(np.load(tmp_path / "none" / "samples.npz")["sampling"]))
     assert record["decoders"]["m0"]["sampler"] == "ddim" and record["decoders"]["label"]["steps"] == 3
+    # the joint model takes the composition argument every model takes, and refuses it in one line
+    model = load_run(joint_run).module.model
+    with pytest.raises(DiffMVAEError, match="does not compose predictions from several sources"):
+        model.generate({"label": torch.zeros(2, dtype=torch.long)}, composition=Composition("each"))
 
 
 def test_joint_model_is_evaluated_where_the_metrics_apply(joint_run, tmp_path):
