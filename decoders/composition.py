@@ -1,5 +1,5 @@
 """Unite-and-Conquer: sampling from several conditions at once by composing conditional diffusion predictions
-(seed 001 eq. 8, 10, 18; DESIGN §2.6).
+(Nair et al. 2023 eq. 8, 10, 18).
 
 Each *expert* is one trained model's diffusion backbone with the conditions it was given (its *sources*), one
 weight ``beta_i`` per source and the model's reliability ``a_j`` (the reliabilities sum to 1). The composed
@@ -9,7 +9,7 @@ prediction is
         = sum_i beta_i out(c_i) + (1 - sum_i beta_i) sum_j a_j out_j(null),
 
 with ``out_j(null)`` model ``j``'s own unconditional prediction (condition dropout). The paper's eq. 8 / 18 print
-the inner sum from ``j = i``; the sum over every ``j`` (as in DESIGN §2.6) is the one whose coefficients add up to 1.
+the inner sum from ``j = i``; the sum over every ``j`` (as Nair et al. 2023 write it) is the one whose coefficients add up to 1.
 One source with ``beta = w`` is classifier-free guidance; ``beta_i = w_i`` is eq. 10.
 
 Because the coefficients sum to 1, the combination is affine, and eps, v and x0 are affine in each other with the

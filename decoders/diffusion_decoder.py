@@ -1,7 +1,7 @@
-"""Diffusion decoders ``p(x_m | z)`` for image modalities (DESIGN §2.3): a :class:`~decoders.unet.UNet2d` backbone,
+"""Diffusion decoders ``p(x_m | z)`` for image modalities: a :class:`~decoders.unet.UNet2d` backbone,
 a :class:`~decoders.diffusion.DiffusionProcess`, and how ``z`` reaches the backbone.
 
-``conditioning`` (measured on PolyDigits in the diffusion-decoder issue: FiLM alone lets a small decoder ignore
+``conditioning`` (measured on PolyDigits: FiLM alone lets a small decoder ignore
 ``z``):
 
 * ``film``: ``z`` only through the UNet's embedding (adaptive group norm), as the paper describes;

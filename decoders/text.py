@@ -1,4 +1,4 @@
-"""The text decoder of seed 003 §6.3 (Optimus-style): a causal transformers decoder of the GPT-2 family conditioned on
+"""The text decoder of Wesego & Rooshenas 2024 §6.3 (Optimus-style): a causal transformers decoder of the GPT-2 family conditioned on
 ``z``, with ``-log p(text | z)`` summed over tokens (teacher forcing) as its ELBO term.
 
 How ``z`` reaches the decoder (``inject``), after Optimus (Li et al. 2020, §3.2):

@@ -1,4 +1,4 @@
-"""The text expert of seed 003 §6.3 (Optimus-style): a transformers encoder of the BERT family whose pooled output
+"""The text expert of Wesego & Rooshenas 2024 §6.3 (Optimus-style): a transformers encoder of the BERT family whose pooled output
 gives ``(mu, logvar)``. Built from a local pretrained directory (``pretrained: PATH``) or from a config (sizes in
 YAML: ``config: {hidden_size: 64, num_hidden_layers: 2, ...}``); never downloaded."""
 

@@ -1,4 +1,4 @@
-"""The auxiliary latent score prior (seed 003 §6.3-6.5, DESIGN §2.4): a DDPM over ``z`` with a 1-D UNet backbone,
+"""The auxiliary latent score prior (Wesego & Rooshenas 2024 §6.3-6.5): a DDPM over ``z`` with a 1-D UNet backbone,
 trained on the aggregate posterior of a trained model and sampled with DDIM.
 
 Latent standardisation lives inside the prior: :meth:`ScorePrior.set_statistics` stores the per-coordinate

@@ -1,4 +1,4 @@
-"""A 1-D UNet over a latent vector seen as a one-channel sequence (DESIGN §2.4): ``net(z_t, t, cond) -> [B, d]``."""
+"""A 1-D UNet over a latent vector seen as a one-channel sequence: ``net(z_t, t, cond) -> [B, d]``."""
 
 from __future__ import annotations
 

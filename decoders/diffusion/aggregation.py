@@ -1,4 +1,4 @@
-"""MT-Diffusion's forward aggregation (seed 000 §2.2, Theorem 2; DESIGN §2.7).
+"""MT-Diffusion's forward aggregation (Chen et al. 2024 §2.2, Theorem 2).
 
 A discrete chain over the main modality's diffusion variable ``z`` that adds the other modalities' encodings
 ``E_i(x_i)`` at every step:
@@ -55,7 +55,7 @@ class ConstantWeight(WeightSchedule):
 
 
 class PaperWeight(WeightSchedule):
-    """seed 000 App. E: ``w_t = scale * t / (T - t)``, small at small ``t`` (where heterogeneous tasks could hurt
+    """Chen et al. 2024 App. E: ``w_t = scale * t / (T - t)``, small at small ``t`` (where heterogeneous tasks could hurt
     image quality) and growing with ``t``. It diverges at ``t = T``; the end point is taken deliberately as
     ``w_T = w_{T-1} = scale * (T - 1)``, the largest finite value of the formula, so every weight is finite and the
     schedule stays non-decreasing. ``scale = 1`` is the paper's weight."""

@@ -6,7 +6,7 @@ Every process of this library has Gaussian marginals
 
 with ``alpha_t, sigma_t`` from a :class:`~decoders.diffusion.schedules.Schedule` (variance preserving) and an
 optional ``offset_t(c)`` that does not scale with ``x_0`` (MT-Diffusion's aggregation of the other modalities,
-seed 000 Theorem 2). The losses draw ``x_t`` through :meth:`Marginal.sample` and the samplers step through
+Chen et al. 2024 Theorem 2). The losses draw ``x_t`` through :meth:`Marginal.sample` and the samplers step through
 :meth:`Marginal.mean`, so a process with another forward marginal is one subclass overriding :meth:`offset`.
 
 Subtracting the offset, ``y_t = x_t - offset_t(c)``, gives ``q(y_t | x_0) = N(alpha_t x_0, sigma_t^2 I)``: the

@@ -63,10 +63,10 @@ class DDPMLoss:
 
 
 class VDMLoss:
-    """The variational diffusion loss of Kingma et al. 2021 (seed 002) in nats per example: ``diffusion + prior``
+    """The variational diffusion loss of Kingma et al. 2021 in nats per example: ``diffusion + prior``
     (the reconstruction term is the process's, it knows the pixel grid). The backbone predicts eps.
 
-    * ``timesteps = T``: the discrete-time diffusion term, seed 002 eq. 13 in eps form,
+    * ``timesteps = T``: the discrete-time diffusion term, Kingma et al. 2021 eq. 13 in eps form,
       ``L_T = T/2 E_i[expm1(gamma(t) - gamma(s)) ||eps - eps_hat(z_t; t)||^2]``, ``s = (i-1)/T``, ``t = i/T``.
     * ``timesteps = None``: the continuous limit, ``L_inf = 1/2 E_t[gamma'(t) ||eps - eps_hat||^2]``
       (eq. 17 / App. D), ``gamma'`` by autograd so a learned schedule works unchanged.
@@ -120,7 +120,7 @@ class VDMLoss:
 
 
 class DSMLoss:
-    """Denoising score matching for the VP-SDE (Song et al. 2021; seed 003 eq. 19, the Diff-MVAE decoders):
+    """Denoising score matching for the VP-SDE (Song et al. 2021; Wesego & Rooshenas 2024 eq. 19, the Diff-MVAE decoders):
     ``E_t lambda(t)/2 ||grad log p_t(x_t|x) - s_theta(x_t, t)||^2`` with ``t ~ U(t_min, 1]``.
 
     The backbone predicts ``prediction`` (eps by default; v or x0 are reparameterisations of the same score

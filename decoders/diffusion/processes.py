@@ -110,7 +110,7 @@ class ScoreSDEProcess(DiffusionProcess):
 
 
 class VDMProcess(DiffusionProcess):
-    """Variational diffusion (seed 002): ``-log p(x)`` bound = reconstruction (8-bit pixels) + diffusion + prior,
+    """Variational diffusion (Kingma et al. 2021): ``-log p(x)`` bound = reconstruction (8-bit pixels) + diffusion + prior,
     in nats per example; ``timesteps`` ``None`` for the continuous-time loss. ``schedule``: a fixed
     :class:`~decoders.diffusion.LinearLogSNR` by default, or a :class:`~decoders.diffusion.LearnedLogSNR`.
     The backbone predicts eps. Ancestral sampling with 1000 steps by default."""
@@ -127,7 +127,7 @@ class VDMProcess(DiffusionProcess):
 
     def bin_log_probs(self, z_0: Tensor) -> Tensor:
         """``log p(k | z_0)`` for each of the 256 values ``v_k`` of every dimension, ``[..., 256]``: a softmax over the
-        Gaussian log-densities ``log N(z_0; alpha_0 v_k, sigma_0^2)`` (seed 002 App. C)."""
+        Gaussian log-densities ``log N(z_0; alpha_0 v_k, sigma_0^2)`` (Kingma et al. 2021 App. C)."""
         alpha_0, sigma_0 = self.forward_process.alpha_sigma(torch.zeros(1, device=z_0.device, dtype=z_0.dtype))
         grid = torch.linspace(-1, 1, self.BINS, device=z_0.device, dtype=z_0.dtype)
         return torch.log_softmax(-0.5 * ((z_0[..., None] - alpha_0 * grid) / sigma_0) ** 2, dim=-1)

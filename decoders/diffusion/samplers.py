@@ -118,7 +118,7 @@ class DDIM(Sampler):
 
 @dataclass(frozen=True)
 class Ancestral(Sampler):
-    """The ancestral sampler (DDPM; VDM's seed 002 App. A.4): ``x_s ~ q(x_s | x_t, x_0 = x0_hat)``, which is
+    """The ancestral sampler (DDPM; Kingma et al. 2021 App. A.4): ``x_s ~ q(x_s | x_t, x_0 = x0_hat)``, which is
     :class:`DDIM` with ``eta = 1``."""
 
     name: ClassVar[str] = "ancestral"

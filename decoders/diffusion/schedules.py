@@ -95,7 +95,7 @@ class LinearLogSNR(Schedule):
 
 
 class LearnedLogSNR(Schedule):
-    """VDM's learned monotone schedule (seed 002 App. H): ``gamma(t) = gamma_0 + (gamma_1 - gamma_0)
+    """VDM's learned monotone schedule (Kingma et al. 2021 App. H): ``gamma(t) = gamma_0 + (gamma_1 - gamma_0)
     * (g(t) - g(0)) / (g(1) - g(0))`` with ``g`` a monotone network (positive weights: a linear term plus a
     sigmoid layer), and the end points ``gamma_0``, ``gamma_1`` learned too."""
 

@@ -5,7 +5,7 @@
     ROOT/CelebAMask-HQ-attribute-anno.txt                        (count, the 40 names, then "<i>.jpg  1 -1 ...")
     ROOT/CelebA-HQ-to-CelebA-mapping.txt                         ("idx orig_idx orig_file": the split)
 
-Three modalities as in seed 003 §6.4: the image (``image_size``, 64 by default), one binary mask made of every face-part
+Three modalities as in Wesego & Rooshenas 2024 §6.4: the image (``image_size``, 64 by default), one binary mask made of every face-part
 mask except skin, and 18 of the 40 attributes. The attribute list and the part list are those of the authors' own code
 (Wesego & Rooshenas, SBM-AE, github.com/rooshenasgroup/sbmae: ``configs.py`` ``new_id_to_attr`` / the attribute
 indices ``attr_visible`` of ``train_cel_upd_mopoe_an.py``, and ``create_celeba_mask.py``'s ``label_list``), which seed
@@ -145,7 +145,7 @@ class CelebAMaskHQDataModule(MultimodalDataModule):
     Args:
         root: the release folder.
         image_size: side ``S`` of image and mask (64 by default).
-        attributes: attribute names of the release's header (default: the 18 of seed 003 / SBM-AE).
+        attributes: attribute names of the release's header (default: the 18 of Wesego & Rooshenas 2024 / SBM-AE).
         limit: only the first ``limit`` examples of each split (quick runs).
     """
 

@@ -8,7 +8,7 @@ with the ten captions per image of Reed et al. (2016)::
     ROOT/images/<class folder>/<name>.jpg
     ROOT/text/<class folder>/<name>.txt   (one caption per line, ``captions_per_image`` of them)
 
-Each image is cropped to its bounding box and resized to ``image_size`` (64 in seed 003). A training example shows one
+Each image is cropped to its bounding box and resized to ``image_size`` (64 in Wesego & Rooshenas 2024). A training example shows one
 of its captions, drawn afresh every epoch (by seed, example and epoch: see :class:`CUB`); validation and test show
 one fixed caption per example. ``val`` is a seeded part of the official training split. Nothing is downloaded.
 """
@@ -153,7 +153,7 @@ class CUBDataModule(MultimodalDataModule):
 
     Args:
         root: the CUB folder (``images.txt``, ``images/``, ``text/``, ...).
-        image_size: 64 in seed 003.
+        image_size: 64 in Wesego & Rooshenas 2024.
         captions_per_image: captions each ``text/<name>.txt`` must hold (10 in Reed et al.'s release).
         tokenizer: a local tokenizer folder (GPT-2's for the decoder, as Optimus); default: a word-level tokenizer
             trained in memory on the training captions (``vocab_size`` at most).

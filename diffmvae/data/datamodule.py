@@ -157,7 +157,7 @@ class PolyDigitsDataModule(MultimodalDataModule):
             judge of coherence), for models that generate labels (MT-Diffusion's image-label task).
         masked: image modalities that get a masked copy ``<m>_masked`` (and the mask ``<m>_mask``): random
             ``mask_patch``-pixel patches, a ``mask_ratio`` share of them (a number, or ``[low, high]`` drawn per
-            example), replaced by mid-grey (seed 000 §4.1).
+            example), replaced by mid-grey (Chen et al. 2024 §4.1).
         missing_rate: probability of dropping each modality of a training example (incomplete data).
         captions: add a ``text`` modality, one caption per example naming its digit and the colour of ``m1``'s
             background (:mod:`diffmvae.data.captions`).
@@ -275,7 +275,7 @@ class PolyMNISTDataModule(MultimodalDataModule):
         val_fraction, seed: the seeded part of train held out for validation.
         missing_rate: probability of dropping each modality of a training example.
         keep: train on these modalities only (names as for ``num_modalities``), as PolyDigits' ``keep``: the same
-            examples, so models trained on subsets compare (seed 003 Fig. 7) and unite.
+            examples, so models trained on subsets compare (Wesego & Rooshenas 2024 Fig. 7) and unite.
     """
 
     def __init__(

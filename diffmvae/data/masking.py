@@ -1,4 +1,4 @@
-"""Masked copies of image modalities (MT-Diffusion's masked-image training, seed 000 §4.1): each example gains
+"""Masked copies of image modalities (MT-Diffusion's masked-image training, Chen et al. 2024 §4.1): each example gains
 ``<m>_masked``, the image with a random set of square patches replaced by mid-grey, and ``<m>_mask`` (``[1, H, W]``,
 1 where masked), deterministic by seed and index. The share of masked patches is drawn per example from
 ``ratio = (low, high)`` (the paper draws the number of patches uniformly, from none to many)."""

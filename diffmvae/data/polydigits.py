@@ -1,4 +1,4 @@
-"""PolyDigits: PolyMNIST's recipe on scikit-learn's bundled data, so the default needs no download (DESIGN §4).
+"""PolyDigits: PolyMNIST's recipe on scikit-learn's bundled data, so the default needs no download.
 
 Each example holds ``M`` 28x28 RGB images of the same digit class; every modality draws its own handwriting
 instance (from ``sklearn.datasets.load_digits``) and its own background (a crop of one of ``M`` textures made

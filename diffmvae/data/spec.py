@@ -26,7 +26,7 @@ class ModalitySpec:
         shape: the shape of one example.
         num_classes: the classes of a ``label`` modality; the tokenizer's vocabulary size of a ``text`` one.
         judge: how evaluation reads a generated sample against the example's label: ``classifier`` (a classifier
-            trained on the real modality, the coherence protocol of DESIGN §3), ``value`` (the modality is itself
+            trained on the real modality, the coherence protocol of the evaluation), ``value`` (the modality is itself
             the label), ``match`` (compared with the example's own value: F1 and IoU of a binary mask) or ``none``.
         text_keys: the tensors of a ``text`` example (``encoder_*`` too when the encoder has its own tokenizer).
     """

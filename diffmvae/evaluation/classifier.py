@@ -1,4 +1,4 @@
-"""Image classifiers trained on real data: the judges of coherence (DESIGN §3) and, through their penultimate
+"""Image classifiers trained on real data: the judges of coherence and, through their penultimate
 layer, the in-domain feature extractor for Fréchet distances."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Coherence of generated modalities as judged by classifiers trained on real data (DESIGN §3)."""
+"""Coherence of generated modalities as judged by classifiers trained on real data."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def conditional_coherence(
 
 
 def unconditional_coherence(samples: Mapping[str, Tensor], classifiers: Mapping[str, nn.Module]) -> dict[str, float]:
-    """Agreement of jointly generated modalities (DESIGN §3): ``all`` is the fraction of samples on which every
+    """Agreement of jointly generated modalities: ``all`` is the fraction of samples on which every
     judged modality gets the same class (for multi-label classifiers, the same attribute vector);
     ``at_least_k`` the fraction where some class gets at least ``k`` votes."""
     names = [m for m in samples if m in classifiers]

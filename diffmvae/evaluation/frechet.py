@@ -1,4 +1,4 @@
-"""Fréchet distance between real and generated images in a feature space (DESIGN §3), through torchmetrics'
+"""Fréchet distance between real and generated images in a feature space, through torchmetrics'
 ``FrechetInceptionDistance(feature=<nn.Module>)``; the in-domain extractor is a classifier's penultimate layer."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Scores of generated values against the example's own: attribute F1 and binary-mask F1 / IoU (seed 003 §6.4 reports
+"""Scores of generated values against the example's own: attribute F1 and binary-mask F1 / IoU (Wesego & Rooshenas 2024 §6.4 reports
 F1 on CelebAMask-HQ). F1 is per example, then averaged (scikit-learn's ``average="samples"``, what the authors' code,
 SBM-AE's ``train_cel_upd_mopoe_an.py``, computes); generated probabilities are thresholded at one half. An example with
 no positive entry in either the truth or the generation scores 1 (scikit-learn's ``zero_division=1``)."""

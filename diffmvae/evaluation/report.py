@@ -1,6 +1,6 @@
 """Writing evaluation results: ``metrics.json`` (summaries), ``metrics.csv`` / ``metrics.md`` (one row per model,
 metric, k and target, through pandas) and ``metrics.png`` (coherence, FD and latent probe against the number
-of observed modalities, one line per model, as in seed 003 Fig. 7)."""
+of observed modalities, one line per model, as in Wesego & Rooshenas 2024 Fig. 7)."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ CLASSIFIER_DIR = Path("runs/classifiers")
 def judged_data(data_config: dict[str, Any]) -> dict[str, Any]:
     """The data a classifier set is trained on: ``data_config`` with every modality (a ``keep`` list of PolyDigits
     dropped, since each modality's images are the same with or without the others), so that models trained on subsets
-    of modalities (seed 003 Fig. 7, Unite-and-Conquer) are judged by the same classifiers as the full model."""
+    of modalities (Wesego & Rooshenas 2024 Fig. 7, Unite-and-Conquer) are judged by the same classifiers as the full model."""
     init = {k: v for k, v in (data_config.get("init_args") or {}).items() if k != "keep"}
     return {**data_config, "init_args": init}
 

@@ -1,4 +1,4 @@
-"""The evaluation protocol of DESIGN §3 for one trained model: conditional coherence and Fréchet distance per
+"""The evaluation protocol (Wesego & Rooshenas 2024, following MoPoE) for one trained model: conditional coherence and Fréchet distance per
 number of observed modalities, unconditional coherence and Fréchet distance, latent linear probes per subset
 size, and the test ELBO.
 

@@ -1,4 +1,4 @@
-"""The auxiliary latent score prior for a trained run (DESIGN §2.4): draws of its aggregate posterior, and the
+"""The auxiliary latent score prior for a trained run: draws of its aggregate posterior, and the
 prior's own checkpoint file, kept beside the model's and never written into it.
 
 A prior checkpoint is a plain dict read with ``weights_only=True``::

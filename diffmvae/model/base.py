@@ -1,7 +1,7 @@
 """The multimodal VAE: per-modality encoders and decoders composed around one shared latent ``z``.
 
 :class:`MultimodalModel` is the interface the trainer, sampling and evaluation use; :class:`MultimodalVAE` is the
-mixture-of-subsets VAE of seed 003 that implements it. Decoders follow :mod:`decoders.base`: the model binds each
+mixture-of-subsets VAE of Wesego & Rooshenas 2024 that implements it. Decoders follow :mod:`decoders.base`: the model binds each
 to its modalities, hands it the observed example, masks its named terms by presence, and never looks inside.
 """
 

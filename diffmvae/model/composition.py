@@ -1,4 +1,4 @@
-"""Unite-and-Conquer for multimodal VAEs (seed 001; DESIGN §2.6): compose conditional diffusion predictions from
+"""Unite-and-Conquer for multimodal VAEs (Nair et al. 2023): compose conditional diffusion predictions from
 several sources, within one model and across separately trained models.
 
 * Within one model (:class:`Composition`, ``diffmvae sample/evaluate --compose``): a diffusion decoder trained with

@@ -1,4 +1,4 @@
-"""The combined multimodal ELBO (seed 003 eq. 17/23) as a typed record of named per-example terms."""
+"""The combined multimodal ELBO (Wesego & Rooshenas 2024 eq. 17/23) as a typed record of named per-example terms."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class ELBORecord:
     subset: Tensor | None = None
 
     def weight(self, name: str, beta: float, modality_weights: Mapping[str, float], term_weights: Mapping[str, float]) -> float:
-        """``beta`` for the KL; otherwise ``modality_weights[m]`` (``lambda_j`` of seed 003 eq. 17) times
+        """``beta`` for the KL; otherwise ``modality_weights[m]`` (``lambda_j`` of Wesego & Rooshenas 2024 eq. 17) times
         ``term_weights[name]`` or ``term_weights[kind]`` (1 where not given)."""
         modality, kind = split_term(name)
         if modality is None:

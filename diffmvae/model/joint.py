@@ -1,4 +1,4 @@
-"""A model that is one joint decoder and no latent: MT-Diffusion trained and sampled on its own (seed 000), through the
+"""A model that is one joint decoder and no latent: MT-Diffusion trained and sampled on its own (Chen et al. 2024), through the
 same TrainingModule, data, callbacks and commands as the multimodal VAEs."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Product-of-experts subset posteriors and the mixture over subsets (DESIGN §2.1), vectorized."""
+"""Product-of-experts subset posteriors and the mixture over subsets, vectorized."""
 
 from __future__ import annotations
 

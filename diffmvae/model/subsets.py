@@ -1,4 +1,4 @@
-"""Subset families of the mixture posterior (DESIGN §2.1) as (subsets x modalities) 0/1 masks."""
+"""Subset families of the mixture posterior as (subsets x modalities) 0/1 masks."""
 
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ class MultimodalVAE(MultimodalModel):
     # ------------------------------------------------------------------ ELBO
     def elbo(self, x: Mapping[str, Any], present: Tensor | None = None, *, generator: torch.Generator | None = None,
              skip: frozenset[str] = frozenset()) -> ELBORecord:
-        """The negative mixture-of-subsets ELBO's terms (seed 003 eq. 17), per example.
+        """The negative mixture-of-subsets ELBO's terms (Wesego & Rooshenas 2024 eq. 17), per example.
 
         KL is analytic for every subset; the reconstruction expectation uses one subset per example, drawn
         from the mixture weights with :func:`stratified_subset_choice`, so the decoder cost of a step does not
@@ -131,7 +131,7 @@ class MultimodalVAE(MultimodalModel):
         generator: torch.Generator | None = None,
         prior: LatentPrior | None = None,
     ) -> Tensor:
-        """``z ~ q(z|x_A)`` for the observed modalities ``given`` (DESIGN §2.5), or ``z ~ prior`` when none.
+        """``z ~ q(z|x_A)`` for the observed modalities ``given``, or ``z ~ prior`` when none.
 
         Returns ``[B, d]`` (``B`` from ``given``, else ``n``).
         """

@@ -2,7 +2,7 @@
 stage (``diffmvae pipeline --config experiments/<dataset>/pipeline.yaml``).
 
 A pipeline YAML names the models to train (each a ``diffmvae fit`` config, with overrides), what to evaluate, and
-optionally a sweep (every model trained once per value: seed 003 Fig. 7 trains each model on 2, 3, 4 and 5
+optionally a sweep (every model trained once per value: Wesego & Rooshenas 2024 Fig. 7 trains each model on 2, 3, 4 and 5
 modalities). Every stage is one ``diffmvae`` command run in a subprocess, exactly as a user would type it; its
 arguments are logged and the derived fit configs are written under ``OUT/configs/``, so every number in the final
 table can be reproduced by hand. A stage that finished leaves ``OUT/<run>/<stage>.done.json`` (written last, by a

@@ -1,5 +1,5 @@
 """The report of an experiment pipeline (:mod:`diffmvae.pipeline`): one table row per run and prior from each finished
-evaluation's ``metrics.json``, written as CSV and markdown, and the plots of seed 003 Fig. 7."""
+evaluation's ``metrics.json``, written as CSV and markdown, and the plots of Wesego & Rooshenas 2024 Fig. 7."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def collect(spec: PipelineSpec) -> list[dict[str, Any]]:
 
 def write_pipeline_report(spec: PipelineSpec) -> list[Path]:
     """``OUT/table.csv``, ``OUT/table.md`` (one row per run and prior) and ``OUT/plots.png``: with a sweep,
-    unconditional coherence and FD against the sweep value, one line per (model, prior) (seed 003 Fig. 7a);
+    unconditional coherence and FD against the sweep value, one line per (model, prior) (Wesego & Rooshenas 2024 Fig. 7a);
     conditional coherence and FD against the number of observed modalities, one line per run (Fig. 7b/c)."""
     import pandas as pd  # heavy: pandas only when a report is written
 

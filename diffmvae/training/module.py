@@ -49,7 +49,7 @@ class TrainingModule(L.LightningModule):
     Args:
         model: the model, built from its own config.
         beta: weight of the KL term.
-        modality_weights: per-modality weight of every term of that modality (``lambda_j`` of seed 003 eq. 17 for
+        modality_weights: per-modality weight of every term of that modality (``lambda_j`` of Wesego & Rooshenas 2024 eq. 17 for
             diffusion decoders); 1 where not given.
         term_weights: weight per term kind (``mean_nll``, ``diffusion``, ...) or per term name (``m0/mean_nll``), over
             the defaults the decoders declare (``Decoder.term_weights``).

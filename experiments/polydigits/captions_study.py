@@ -1,4 +1,4 @@
-"""Images and captions on captioned PolyDigits (issue 14): how often a caption generated from an image names the image's
+"""Images and captions on captioned PolyDigits: how often a caption generated from an image names the image's
 digit, how often images generated from a caption show the caption's digit, and the test set's token-level NLL.
 
     python experiments/polydigits/captions_study.py --ckpt runs/captions/checkpoints/last.ckpt \

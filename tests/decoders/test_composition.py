@@ -1,4 +1,4 @@
-"""Unite-and-Conquer composition (seed 001 eq. 8 / 10 / 18): the batched composed prediction equals the formula on
+"""Unite-and-Conquer composition (Nair et al. 2023 eq. 8 / 10 / 18): the batched composed prediction equals the formula on
 separate calls (several sources, several models, different prediction types), one source with weight w is
 classifier-free guidance, the rule holds for the whole image under residual conditioning, the inputs are validated,
 and on a Gaussian toy with exact predictors composing two sources moves the samples to the product of experts."""

@@ -256,7 +256,7 @@ def test_vdm_prior_term_closed_form():
 
 
 def test_vdm_reconstruction_is_the_discrete_likelihood_of_its_bins():
-    """seed 002 App. C: p(k | z_0) is a softmax over the bins' Gaussian densities N(z_0; alpha_0 v_k, sigma_0^2). It is
+    """Kingma et al. 2021 App. C: p(k | z_0) is a softmax over the bins' Gaussian densities N(z_0; alpha_0 v_k, sigma_0^2). It is
     normalised; at z_0 = alpha_0 v_k the bin k is recovered (the bins are 2/255 apart, sigma_0 ~ 1.3e-3 for the
     default schedule); and the reconstruction term is -log p(nearest bin | z_0) summed, with z_0 from its generator."""
     from decoders.diffusion import VDMProcess

@@ -1,4 +1,4 @@
-"""Unite-and-Conquer within one model on PolyDigits (issue 13): conditional coherence and Fréchet distance for k = 1..4
+"""Unite-and-Conquer within one model on PolyDigits: conditional coherence and Fréchet distance for k = 1..4
 observed modalities, decoding one PoE latent against composing one source per observed modality (``each``) against
 both (``each+poe``), with exact samples (start 1); and the guidance sweep on one observed modality (``poe`` with
 weight w), the curve of coherence against FD.
