@@ -149,7 +149,6 @@ def read_yaml(path: str | os.PathLike, what: str) -> Any:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

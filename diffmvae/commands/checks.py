@@ -44,7 +44,6 @@ def merge_resumed_metrics(metrics: Path, kept: Path, last_step: int | None) -> N
     """``metrics.csv`` = the rows of the run before the resume, up to the resumed step, then the rows written since
     (all the rows before the resume when none was written since and ``last_step`` is None: a resume that failed)."""
 
-
     def rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         if not path.exists():
             return [], []

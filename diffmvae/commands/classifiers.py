@@ -9,19 +9,15 @@ from typing import Optional
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from diffmvae.commands.common import _parse_config, seed_torch
+from diffmvae.commands.common import _parse_config, fit_arguments, seed_torch
 from diffmvae.devices import add_device_arguments, pick_device, precision
 from diffmvae.evaluation.runs import fit_classifiers
-from diffmvae.io import DiffMVAEError
 
 log = logging.getLogger("diffmvae")
 
 
 def _classifiers(argv: list[str]) -> int:
-
-    if not argv or argv[0] != "fit":
-        raise DiffMVAEError("usage: diffmvae classifiers fit --config YAML [--out PATH] (the only classifiers command is `fit`)")
-
+    args = fit_arguments(argv, "classifiers", "--config YAML [--out PATH]")
 
     p = ArgumentParser(prog="diffmvae classifiers fit", exit_on_error=False,
                        description="Train the per-modality judge classifiers of `diffmvae evaluate` on real data.")
@@ -34,7 +30,7 @@ def _classifiers(argv: list[str]) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     add_device_arguments(p)
-    cfg = _parse_config(p, argv[1:])
+    cfg = _parse_config(p, args)
     device = pick_device(cfg.accelerator, cfg.devices)
     seed_torch(cfg.seed)
     start = time.perf_counter()

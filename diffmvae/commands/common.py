@@ -75,3 +75,11 @@ def seed_torch(seed: int) -> None:
     and dropout draw from it. The library itself never seeds it; its draws come from generators it is passed."""
 
     torch.manual_seed(seed)
+
+
+def fit_arguments(argv: list[str], command: str, usage: str) -> list[str]:
+    """The arguments after ``fit`` of ``diffmvae COMMAND fit ...`` (the only subcommand of ``prior`` and
+    ``classifiers``); one line with the usage otherwise."""
+    if not argv or argv[0] != "fit":
+        raise DiffMVAEError(f"usage: diffmvae {command} fit {usage} (the only {command} command is `fit`)")
+    return argv[1:]

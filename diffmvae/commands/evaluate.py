@@ -16,7 +16,6 @@ log = logging.getLogger("diffmvae")
 
 
 def _evaluate(argv: list[str]) -> int:
-
     p = argparse.ArgumentParser(prog="diffmvae evaluate", description="Coherence, Fréchet distances, latent probes and ELBO of trained models.")
     p.add_argument("--ckpt", action="append", required=True, help="checkpoint to evaluate; repeat for several models")
     p.add_argument("--out", required=True, help="output directory (metrics.json, .csv, .md, .png)")

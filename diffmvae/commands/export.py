@@ -11,7 +11,6 @@ log = logging.getLogger("diffmvae")
 
 
 def _export(argv: list[str]) -> int:
-
     p = argparse.ArgumentParser(prog="diffmvae export", description="Write a trained run as a model folder: model.safetensors (EMA "
                                 "weights), config.yaml, README.md (model card), prior.safetensors when a score prior exists.")
     p.add_argument("--ckpt", required=True, help="checkpoint written by `diffmvae fit`")

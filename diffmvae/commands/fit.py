@@ -23,8 +23,6 @@ from diffmvae.training.checkpoint_io import read_training_checkpoint
 
 
 def _lightning(argv: list[str]) -> int:
-
-
     kept_metrics: list = []  # a resumed run's metrics.csv, set aside while Lightning's logger starts a new one
 
     class DiffMVAECLI(LightningCLI):

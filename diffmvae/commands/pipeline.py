@@ -16,8 +16,6 @@ log = logging.getLogger("diffmvae")
 
 
 def _pipeline(argv: list[str]) -> int:
-
-
     p = argparse.ArgumentParser(prog="diffmvae pipeline", description="A data set's experiment pipeline: fit, prior fit, evaluate, "
                                 "table and plots; finished stages are skipped, so running it again resumes.")
     p.add_argument("--config", required=True, help="pipeline YAML, e.g. experiments/polydigits/pipeline.yaml")

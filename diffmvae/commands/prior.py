@@ -8,10 +8,9 @@ from typing import Literal, Optional
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from diffmvae.commands.common import _parse_config, seed_torch
+from diffmvae.commands.common import _parse_config, fit_arguments, seed_torch
 from diffmvae.devices import add_device_arguments, pick_device
 from diffmvae.generation.latent_prior import AggregateFamily, fit_prior_for_checkpoint
-from diffmvae.io import DiffMVAEError
 from priors import ScorePrior
 from priors.training import PriorFitConfig
 
@@ -19,10 +18,7 @@ log = logging.getLogger("diffmvae")
 
 
 def _prior(argv: list[str]) -> int:
-
-    if not argv or argv[0] != "fit":
-        raise DiffMVAEError("usage: diffmvae prior fit --ckpt CKPT [--config YAML] [--out PATH] (the only prior command is `fit`)")
-
+    args = fit_arguments(argv, "prior", "--ckpt CKPT [--config YAML] [--out PATH]")
 
     p = ArgumentParser(prog="diffmvae prior fit", exit_on_error=False,
                        description="Fit the auxiliary latent score prior to a trained checkpoint's aggregate posterior.")
@@ -36,7 +32,7 @@ def _prior(argv: list[str]) -> int:
     p.add_class_arguments(ScorePrior, "prior", skip={"latent_dim"}, instantiate=False)
     p.add_class_arguments(PriorFitConfig, "fit", instantiate=False)
     add_device_arguments(p)
-    cfg = _parse_config(p, argv[1:])
+    cfg = _parse_config(p, args)
     device = pick_device(cfg.accelerator, cfg.devices)
     seed_torch(cfg.seed)
     start = time.perf_counter()

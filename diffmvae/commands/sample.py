@@ -26,8 +26,6 @@ log = logging.getLogger("diffmvae")
 
 
 def _sample(argv: list[str]) -> int:
-
-
     p = argparse.ArgumentParser(prog="diffmvae sample", description="Generate missing modalities from any subset.")
     p.add_argument("--ckpt", required=True, help="checkpoint written by `diffmvae fit`, or a model folder (`diffmvae export`)")
     p.add_argument("--given", default="none", help="observed modalities, comma separated, or 'none' (prior)")

@@ -68,7 +68,6 @@ def composition_from(args: argparse.Namespace) -> Any:
 
 
 def unite_command(argv: list[str]) -> int:
-
     p = argparse.ArgumentParser(prog="diffmvae unite", description="Unite-and-Conquer across models: generate one target modality "
                                 "from separately trained checkpoints, each conditioned on what it was trained on, composed at sampling time.")
     p.add_argument("--config", default=None, help="YAML with target and models (ckpt, given, weight, reliability); see diffmvae.unite")

@@ -88,7 +88,6 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
     token as padding."""
     from transformers import AutoTokenizer  # heavy: transformers (~2 s to import) only when a text modality is built
 
-
     try:
         folder = check_local_dir(path, "tokenizer")
     except ValueError as err:

@@ -108,7 +108,6 @@ def fit_prior_for_checkpoint(
     """Fit a :class:`~priors.ScorePrior` to the aggregate posterior of the run in ``model_ckpt`` and write its
     checkpoint to ``out`` (default :func:`default_prior_path`). The model checkpoint is only read."""
 
-
     model_ckpt = Path(model_ckpt)
     out = Path(out) if out is not None else default_prior_path(model_ckpt)
     if out.resolve() == model_ckpt.resolve():

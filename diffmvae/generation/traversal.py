@@ -130,7 +130,6 @@ def frames_figure(frames: Mapping[str, Tensor], rows: int, *, row_labels: Sequen
     order, ``len(frames) / rows`` per row), blocks side by side."""
     from matplotlib.figure import Figure  # heavy: matplotlib only when a figure is drawn
 
-
     names = [m for m in (modalities or frames) if isinstance(frames[m], Tensor) and frames[m].dim() == 4]
     if not names:
         raise ValueError("no image modality among the frames")

@@ -86,7 +86,6 @@ class UniteSpec:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> UniteSpec:
-
         return cls.from_mapping(read_yaml(path, "unite config"), str(path))
 
     def alone(self, member: Member) -> UniteSpec:

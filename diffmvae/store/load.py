@@ -65,7 +65,6 @@ def load_folder(path: str | Path) -> LoadedRun:
     """Rebuild a model folder written by ``diffmvae export``: ``config.yaml`` (safe YAML, library classes only) and
     ``model.safetensors`` (checked against the sha256 the config records). No pickle is read."""
 
-
     path = Path(path)
     for name in (CONFIG, WEIGHTS):
         if not (path / name).is_file():

@@ -260,7 +260,6 @@ class SaveOnInterrupt(L.Callback):
         self._previous_sigint: Any = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-
         if threading.current_thread() is not threading.main_thread():
             return
 
@@ -272,13 +271,11 @@ class SaveOnInterrupt(L.Callback):
         self._previous_sigint = signal.signal(signal.SIGINT, first_ctrl_c)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-
         if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._previous_sigint)
             self._previous_sigint = None
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return
         ckpt = trainer.checkpoint_callback
