@@ -36,7 +36,7 @@ class TextSampling:
 @dataclass(frozen=True)
 class SamplingSettings:
     """Args:
-        sampler: a sampler name (``ddim``, ``ancestral``, ``euler_maruyama``: that sampler with its own defaults)
+        sampler: a sampler name (``ddim``, ``dpmpp_2m``, ``ancestral``, ``euler_maruyama``: that sampler with its own defaults)
             or a :class:`~decoders.diffusion.Sampler` object; ``None`` keeps each decoder's default sampler.
         steps: override the chosen sampler's number of steps.
         eta: override DDIM's ``eta`` (0 deterministic, 1 ancestral).

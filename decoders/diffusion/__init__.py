@@ -14,11 +14,20 @@ from decoders.diffusion.parameterization import (
     to_x0,
 )
 from decoders.diffusion.processes import DDPMProcess, DiffusionProcess, ScoreSDEProcess, VDMProcess
-from decoders.diffusion.samplers import DDIM, SAMPLERS, Ancestral, EulerMaruyama, Sampler, langevin_step, time_grid
+from decoders.diffusion.samplers import (
+    DDIM,
+    SAMPLERS,
+    Ancestral,
+    DPMSolverPP,
+    EulerMaruyama,
+    Sampler,
+    langevin_step,
+    time_grid,
+)
 from decoders.diffusion.schedules import CosineSchedule, LearnedLogSNR, LinearLogSNR, Schedule, VPSchedule
 
 __all__ = [
-    "DDIM", "PREDICTIONS", "SAMPLERS", "Ancestral", "Backbone", "CosineSchedule", "DDPMLoss", "DDPMProcess", "DSMLoss", "Denoiser",
+    "DDIM", "PREDICTIONS", "SAMPLERS", "Ancestral", "DPMSolverPP", "Backbone", "CosineSchedule", "DDPMLoss", "DDPMProcess", "DSMLoss", "Denoiser",
     "DiffusionProcess", "EulerMaruyama", "ForwardProcess", "LearnedLogSNR", "LinearLogSNR", "Marginal", "Prediction", "Sampler",
     "Schedule", "ScoreSDEProcess", "VDMLoss", "VDMProcess", "VPSchedule", "langevin_step", "make_denoiser", "target", "time_grid",
     "to_eps", "to_x0",

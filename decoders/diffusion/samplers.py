@@ -12,7 +12,7 @@ float64; the denoiser sees and returns ``dtype``. A new sampler is one new subcl
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -44,6 +44,29 @@ def time_grid(steps: int, timesteps: int | None, device: torch.device | str, sta
     if timesteps is not None:
         t = torch.round(t * timesteps) / timesteps
     return t
+
+
+def logsnr_grid(schedule: Any, steps: int, timesteps: int | None, device: torch.device | str, start: float = 1.0,
+                t_min: float | None = None) -> Tensor:
+    """Decreasing times from ``start`` to 0: ``round(steps * start)`` evaluation times uniform in log-SNR from
+    ``start`` down to ``t_min`` (default ``1 / T``, else 1e-3), then 0 (DPM-Solver's ``logSNR`` skip); on the
+    training grid ``i / T`` when ``timesteps = T``. The times are found by bisection on the schedule's ``log_snr``."""
+    check_steps(steps)
+    check_start(start)
+    n = max(1, round(steps * start))
+    t_min = t_min if t_min is not None else (1.0 / timesteps if timesteps else 1e-3)
+    with torch.no_grad():
+        ends = schedule.log_snr(torch.tensor([start, t_min], dtype=torch.float64)).double()
+        target = torch.linspace(float(ends[0]), float(ends[1]), n, dtype=torch.float64)
+        low, high = torch.zeros_like(target), torch.full_like(target, start)
+        for _ in range(60):  # log_snr decreases in t
+            mid = (low + high) / 2
+            later = schedule.log_snr(mid).double() < target
+            low, high = torch.where(later, low, mid), torch.where(later, mid, high)
+    t = torch.cat([torch.tensor([start], dtype=torch.float64), ((low + high) / 2)[1:], torch.zeros(1, dtype=torch.float64)])
+    if timesteps is not None:
+        t = torch.unique_consecutive(torch.round(t * timesteps)) / timesteps
+    return t.to(device)
 
 
 @dataclass(frozen=True)
@@ -128,6 +151,50 @@ class Ancestral(Sampler):
         return DDIM(self.steps, eta=1.0).run(denoise, marginal, shape, **kwargs)
 
 
+@dataclass(frozen=True)
+class DPMSolverPP(Sampler):
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic
+    Models", Algorithm 2): a deterministic second-order multistep solver of the probability-flow ODE in data
+    prediction, comparable to DDIM-50 in 10-20 network evaluations.
+
+    With ``h = lambda_s - lambda_t`` (``lambda = log alpha / sigma``) and ``r = h_prev / h``, each step is DDIM's
+    (first order, eta 0) with the clean estimate replaced by ``D = x0 + (x0 - x0_prev) / (2 r)``: in offset-free
+    coordinates ``y_s = (sigma_s / sigma_t) y_t + alpha_s (1 - e^-h) D``, so it runs on any variance-preserving
+    marginal, MT-Diffusion's shifted one included (there ``y = x - offset``). The first step and the last (to
+    ``t = 0``) are first order, as the paper's ``lower_order_final``. ``grid``: evaluation times uniform in log-SNR
+    (:func:`logsnr_grid`, the default) or in time (DDIM's)."""
+
+    name: ClassVar[str] = "dpmpp_2m"
+    steps: int = 20
+    grid: Literal["logsnr", "time"] = "logsnr"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.grid not in ("logsnr", "time"):
+            raise ValueError(f"dpmpp_2m grid must be logsnr or time, got {self.grid!r}")
+
+    def run(self, denoise, marginal, shape, *, timesteps=None, generator=None, device="cpu", start=1.0, anchor=None, dtype=torch.float32):
+        step = as_step(denoise)
+        if self.grid == "logsnr":
+            t_grid = logsnr_grid(marginal.process.schedule, self.steps, timesteps, device, start)
+        else:
+            t_grid = time_grid(self.steps, timesteps, device, start)
+        x = marginal.initial(shape, t_grid[0], anchor, generator, device)
+        previous: tuple[Tensor, Tensor] | None = None  # (x0, h) of the step before
+        for t, s in zip(t_grid[:-1], t_grid[1:]):
+            t_b, s_b = t.expand(shape[0]), s.expand(shape[0])
+            x0, marginal = step(x.to(dtype), t_b.to(dtype), marginal)
+            x0 = x0.double()
+            if s <= 0:
+                return x0.to(dtype), marginal
+            (alpha_t, sigma_t), (alpha_s, sigma_s) = marginal.alpha_sigma(t_b), marginal.alpha_sigma(s_b)
+            h = torch.log(alpha_s.double() / sigma_s.double()) - torch.log(alpha_t.double() / sigma_t.double())
+            d = x0 if previous is None else x0 + expand(h / (2 * previous[1]), x0) * (x0 - previous[0])
+            x = marginal.mean(d, s_b) + expand(sigma_s.double(), x) * marginal.noise_of(x, d, t_b)
+            previous = (x0, h)
+        return x.to(dtype), marginal
+
+
 def langevin_step(x: Tensor, score: Tensor, snr: float, generator: torch.Generator | None) -> Tensor:
     """One unadjusted Langevin step ``x + e score + sqrt(2 e) xi``, ``xi ~ N(0, I)``, with the per-example step
     ``e = 2 (snr ||xi|| / ||score||)^2`` (Song et al. 2021, Algorithm 5, the corrector of the PC sampler)."""
@@ -186,4 +253,4 @@ class EulerMaruyama(Sampler):
 
 
 # The samplers the command line names (``--sampler NAME``); a sampler of your own is passed as an object.
-SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDIM, Ancestral, EulerMaruyama)}
+SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDIM, Ancestral, DPMSolverPP, EulerMaruyama)}

@@ -19,7 +19,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """``--sampler/--steps/--eta/--guidance/--start``: how every diffusion decoder samples (also used by the
     experiment scripts). Unset options keep the run's default (its config's ``sampling``, else exact sampling
     with each decoder's own sampler)."""
-    p.add_argument("--sampler", default=None, help="sampler of every diffusion decoder: ddim, ancestral, euler_maruyama (as the process allows)")
+    p.add_argument("--sampler", default=None, help="sampler of every diffusion decoder: ddim, dpmpp_2m (DPM-Solver++, 10-20 steps), ancestral, euler_maruyama (as the process allows)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's own)")
     p.add_argument("--eta", type=float, default=None, help="DDIM's eta (0: deterministic, 1: ancestral)")
     p.add_argument("--guidance", type=float, default=None,

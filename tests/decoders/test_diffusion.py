@@ -13,6 +13,7 @@ from decoders.diffusion import (
     Ancestral,
     CosineSchedule,
     DDPMLoss,
+    DPMSolverPP,
     DSMLoss,
     EulerMaruyama,
     ForwardProcess,
@@ -28,6 +29,7 @@ from decoders.diffusion import (
     to_x0,
 )
 from decoders.diffusion.parameterization import check_prediction, expand
+from decoders.diffusion.samplers import logsnr_grid
 
 SCHEDULES = [VPSchedule(), CosineSchedule(), LinearLogSNR()]
 
@@ -116,6 +118,30 @@ def test_ddim_with_exact_denoiser_reproduces_gaussian_moments(schedule, eta):
     torch.testing.assert_close(v, VAR, rtol=0.04, atol=0)
     errors = [((moments(DDIM(steps, eta), denoise, marginal)[1] - VAR).abs() / VAR).max().item() for steps in (20, 100)]
     assert errors[1] < errors[0] < 0.5
+
+
+@pytest.mark.parametrize("schedule", [VPSchedule(), CosineSchedule()], ids=lambda s: type(s).__name__)
+def test_dpm_solver_pp_reproduces_gaussian_moments_in_10_to_20_steps(schedule):
+    """With the exact denoiser of Gaussian data, DPM-Solver++(2M) at 10, 15 and 20 network evaluations gives the
+    data's mean within 0.05 (the sampling noise of 20,000 draws of the widest coordinate is 0.014) and its variance
+    within 12 % (measured: 5-10 %; DDIM at the same steps 15-44 %, DDIM-50 7-9 %), and beats DDIM at equal steps on
+    DDIM's own time grid, which it equals without its second-order correction."""
+    denoise, marginal = gaussian_denoiser(schedule, MEAN, VAR), ForwardProcess(schedule).given()
+
+    def var_error(sampler, **kw):
+        m, v = moments(sampler, denoise, marginal, **kw)
+        torch.testing.assert_close(m, MEAN, atol=0.05, rtol=0)
+        return ((v - VAR).abs() / VAR).max().item()
+
+    for steps in (10, 15, 20):
+        assert var_error(DPMSolverPP(steps), timesteps=1000) < 0.12
+        assert var_error(DPMSolverPP(steps, grid="time")) < var_error(DDIM(steps)) - 0.05
+    first_order = DPMSolverPP(1, grid="time")(denoise, marginal, (5, 3), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(first_order, DDIM(1)(denoise, marginal, (5, 3), generator=torch.Generator().manual_seed(0)))
+    grid = logsnr_grid(schedule, 10, 1000, "cpu")
+    assert grid[0] == 1 and grid[-1] == 0 and torch.all(grid[1:] < grid[:-1]) and torch.equal(grid * 1000, torch.round(grid * 1000))
+    with pytest.raises(ValueError, match="grid must be logsnr or time"):
+        DPMSolverPP(grid="karras")
 
 
 def test_ddim_same_seed_same_samples_and_steps_checked():

@@ -104,6 +104,9 @@ def test_sample_with_sampling_overrides_records_them(diffusion_run, tmp_path, ca
     assert refined["settings"]["start"] == 0.5 and refined["decoders"]["m1"]["exact"] is False
     assert main([*base, "--out", str(tmp_path / "g"), "--eta", "0.5", "--sampler", "euler_maruyama"]) == 2
     assert "eta applies to the ddim sampler, not euler_maruyama" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "h"), "--sampler", "dpmpp_2m", "--steps", "3"]) == 0  # DPM-Solver++(2M)
+    fast = json.loads(str(np.load(tmp_path / "h" / "samples.npz")["sampling"]))["decoders"]["m1"]
+    assert fast["sampler"] == "dpmpp_2m" and fast["steps"] == 3 and fast["grid"] == "logsnr"
 
 
 def test_warm_start_copies_feedforward_weights_into_the_mean_head(trained, tmp_path):
