@@ -24,6 +24,9 @@ def _evaluate(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-subsets", type=int, default=10, help="subsets per size k, a seeded random sample when there are more")
     p.add_argument("--probe-train", type=int, default=2000, help="training examples of the latent linear probes")
+    p.add_argument("--pca-components", type=int, default=64,
+                   help="principal axes of real training pixels for the label-free Fréchet distance (fd_pca; 0: skip it)")
+    p.add_argument("--pca-train", type=int, default=2000, help="real training images the pixel PCA is fitted on")
     p.add_argument("--classifiers", default=None, help="classifier file (default: runs/classifiers/<data key>.pt, trained if missing)")
     p.add_argument("--prior", default="auto", choices=("auto", "score", "gaussian"), help="prior of unconditional samples")
     p.add_argument("--parts", default=",".join(PARTS), help=f"what to measure, comma separated: {', '.join(PARTS)} (default: all)")
@@ -38,6 +41,7 @@ def _evaluate(argv: list[str]) -> int:
     seed_torch(args.seed)
     start = time.perf_counter()
     settings = EvalSettings(n_samples=args.n_samples, seed=args.seed, max_subsets=args.max_subsets, probe_train=args.probe_train,
+                            pca_components=args.pca_components, pca_train=args.pca_train,
                             inception_weights=args.inception_weights, parts=tuple(p for p in args.parts.split(",") if p))
     names = args.names.split(",") if args.names else None
     paths = evaluate_checkpoints(args.ckpt, args.out, settings=settings, names=names, classifiers=args.classifiers, prior=args.prior,

@@ -22,7 +22,7 @@ from diffmvae.commands.common import add_sampling_arguments, sampling_overrides
 from diffmvae.data.batches import collate_split
 from diffmvae.devices import add_device_arguments, pick_device
 from diffmvae.evaluation.classifier import predict
-from diffmvae.evaluation.frechet import FeatureExtractor, frechet_distance
+from diffmvae.evaluation.frechet import FeatureExtractor, PixelPCA, frechet_distance
 from diffmvae.evaluation.runs import classifiers_for_run
 from diffmvae.generation.sampling import write_samples
 from diffmvae.generation.unite import UniteSpec, check_member, null_needed, unite_batch
@@ -150,6 +150,8 @@ def run_unite(
             raise DiffMVAEError(f"{member.ckpt}: its {split} examples are not the same as {spec.members[0].ckpt}'s (labels differ); "
                                 "composed models must read the same examples")
     clfs = judge_for(runs[0], spec.target, classifiers, progress) if evaluate else None
+    # the label-free feature space: the pixel PCA of the first model's real training images of the target
+    pca = PixelPCA.fit(collate_split(runs[0].datamodule.dataset("train"), 2000)[spec.target]) if evaluate else None
     count = next(iter(data[0].values())).shape[0]
     jobs = [("composed", spec, models, data)]
     if alone and len(spec.members) > 1:
@@ -166,8 +168,9 @@ def run_unite(
                 parts.append(unite_batch(job, job_models, inputs, sampling=settings_used, generator=generator).float().cpu())
         samples[name] = torch.cat(parts)
         if evaluate:
-            metrics[name] = judge(samples[name], data[0][spec.target], labels, clfs)
-            log.info("%s: coherence %.3f, FD %.1f", name, metrics[name]["coherence"], metrics[name]["fd"])
+            metrics[name] = judge(samples[name], data[0][spec.target], labels, clfs, pca)
+            log.info("%s: coherence %.3f, FD %.1f (classifier) / %.2f (pixel PCA)", name, metrics[name]["coherence"], metrics[name]["fd"],
+                     metrics[name]["fd_pca"])
     given = sorted({m for member in spec.members for g, _ in member.sources for m in g})
     shown = {m: next(d[m] for d in data if m in d) for m in given}
     shown.update({spec.target if name == "composed" else f"{spec.target}_{re.sub(r'[^A-Za-z0-9_]+', '_', name)}": s
@@ -191,10 +194,11 @@ def judge_for(run: Any, target: str, path: str | None, progress: bool) -> Any:
     return clfs[target]
 
 
-def judge(fake: Tensor, real: Tensor, labels: Tensor | None, classifier: Any) -> dict[str, float]:
-    """Coherence (the judge reads the example's label) and Fréchet distance (in the judge's features) of images."""
-
-    out = {"fd": frechet_distance(real, fake, FeatureExtractor(classifier)), "n": int(fake.shape[0])}
+def judge(fake: Tensor, real: Tensor, labels: Tensor | None, classifier: Any, pca: PixelPCA) -> dict[str, float]:
+    """Coherence (the judge reads the example's label) and Fréchet distance of images, in the judge's features and
+    in the label-free pixel PCA."""
+    out = {"fd": frechet_distance(real, fake, FeatureExtractor(classifier)), "fd_pca": frechet_distance(real, fake, pca),
+           "n": int(fake.shape[0])}
     if labels is not None:
         out["coherence"] = (predict(classifier, fake) == labels).float().mean().item()
     return out
@@ -203,7 +207,8 @@ def judge(fake: Tensor, real: Tensor, labels: Tensor | None, classifier: Any) ->
 def write_unite_metrics(out: Path, metrics: Mapping[str, Mapping[str, float]], record: Mapping[str, Any]) -> None:
     """``metrics.json`` and ``metrics.md`` (one row per sampler of the target), written whole or not at all."""
 
-    lines = [f"# Unite-and-Conquer: {record['unite']['target']}", "", "| source | coherence | FD |", "|---|---|---|"]
-    lines += [f"| {name} | {m.get('coherence', float('nan')):.3f} | {m['fd']:.1f} |" for name, m in metrics.items()]
+    lines = [f"# Unite-and-Conquer: {record['unite']['target']}", "",
+             "| source | coherence | FD (classifier features) | FD (pixel PCA) |", "|---|---|---|---|"]
+    lines += [f"| {name} | {m.get('coherence', float('nan')):.3f} | {m['fd']:.1f} | {m['fd_pca']:.2f} |" for name, m in metrics.items()]
     atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps({"metrics": metrics, **record}, indent=2)))
     atomic_write(out / "metrics.md", lambda p: p.write_text("\n".join(lines) + "\n"))

@@ -1,5 +1,12 @@
 """Fréchet distance between real and generated images in a feature space, through torchmetrics'
-``FrechetInceptionDistance(feature=<nn.Module>)``; the in-domain extractor is a classifier's penultimate layer."""
+``FrechetInceptionDistance(feature=<nn.Module>)``. Two spaces are reported everywhere:
+
+* the judge's features (:class:`FeatureExtractor`, a classifier's penultimate layer): in-domain and sharp on what
+  the classifier was trained to tell apart (the digit), but blind to what it was trained to ignore, so it rewards
+  coherence and misses, for example, a loss of background variety;
+* principal components of the pixels (:class:`PixelPCA`, fitted on real training images, no labels): it sees
+  colour, brightness, background and layout (what dominates pixel variance) and nothing semantic beyond that.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +32,31 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model.features(x)
+
+
+class PixelPCA(nn.Module):
+    """Label-free features: flattened pixels projected on the top principal axes of real training images
+    (``x -> (x - mean) @ components.T``), fitted once by scikit-learn's exact PCA."""
+
+    def __init__(self, mean: Tensor, components: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.float())
+        self.register_buffer("components", components.float())
+        self.num_features = int(components.shape[0])
+
+    @classmethod
+    def fit(cls, images: Tensor, components: int = 64) -> PixelPCA:
+        """The PCA of ``images [N, C, H, W]`` in ``[0, 1]`` with ``min(components, N - 1, C H W)`` axes."""
+        from sklearn.decomposition import PCA  # heavy: scikit-learn's PCA only when an evaluation fits one
+
+        flat = images.flatten(1).double().numpy()
+        if flat.shape[0] < 2:
+            raise DiffMVAEError("a pixel PCA needs at least 2 real images")
+        pca = PCA(n_components=min(components, flat.shape[0] - 1, flat.shape[1]), svd_solver="full").fit(flat)
+        return cls(torch.from_numpy(pca.mean_), torch.from_numpy(pca.components_))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x.flatten(1).to(self.mean.dtype) - self.mean) @ self.components.T
 
 
 def model_input_shape(model: nn.Module) -> tuple[int, int, int]:

@@ -36,15 +36,16 @@ def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
 
 
 def plot_metrics(table: pd.DataFrame, path: Path) -> None:
-    """Coherence, FD and latent-probe accuracy against the number of observed modalities; unconditional values
-    as a marker at k = 0."""
+    """Coherence, both Fréchet distances and latent-probe accuracy against the number of observed modalities;
+    unconditional values as a marker at k = 0."""
     panels = [("coherence", "coherence_unconditional", "all", "conditional coherence"),
               ("fd", "fd_unconditional", "mean", "Fréchet distance (classifier features)"),
+              ("fd_pca", "fd_pca_unconditional", "mean", "Fréchet distance (pixel PCA, label-free)"),
               ("latent_probe", None, None, "latent linear probe accuracy")]
     from matplotlib.figure import Figure  # heavy: matplotlib only when a figure is drawn
 
-    fig = Figure(figsize=(13, 3.8), dpi=110)
-    axes = fig.subplots(1, 3)
+    fig = Figure(figsize=(17, 3.8), dpi=110)
+    axes = fig.subplots(1, len(panels))
     for ax, (metric, uncond, uncond_target, title) in zip(axes, panels):
         for i, (model, group) in enumerate(table.groupby("model", sort=False)):
             color = f"C{i}"

@@ -25,7 +25,7 @@ from decoders import SamplingSettings
 from diffmvae.data.batches import collate_split, num_rows, take_rows
 from diffmvae.evaluation.classifier import predict
 from diffmvae.evaluation.coherence import unconditional_coherence
-from diffmvae.evaluation.frechet import FeatureExtractor, InceptionExtractor, frechet_distance
+from diffmvae.evaluation.frechet import FeatureExtractor, InceptionExtractor, PixelPCA, frechet_distance
 from diffmvae.evaluation.match import f1_samples, match_rows
 from diffmvae.generation.sampling import generate_from_subset
 from diffmvae.io import DiffMVAEError
@@ -40,7 +40,9 @@ PARTS = ("conditional", "unconditional", "probes", "elbo")
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How much to evaluate: test examples (``None``: the whole split), subsets per size, probe training size."""
+    """How much to evaluate: test examples (``None``: the whole split), subsets per size, probe training size, and the
+    label-free feature space of the second Fréchet distance (``pca_components`` principal axes of ``pca_train`` real
+    training images per image modality; 0 components: none)."""
 
     n_samples: int | None = None
     seed: int = 0
@@ -49,6 +51,8 @@ class EvalSettings:
     label_key: str = "label"
     inception_weights: str | None = None
     parts: tuple[str, ...] = PARTS
+    pca_components: int = 64
+    pca_train: int = 2000
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.parts if p not in PARTS]
@@ -56,6 +60,8 @@ class EvalSettings:
             raise DiffMVAEError(f"--parts must name some of {', '.join(PARTS)}, got {unknown[0] if unknown else 'none'!r}")
         if self.n_samples is not None and self.n_samples < 1:
             raise DiffMVAEError(f"--n-samples must be >= 1, got {self.n_samples}")
+        if self.pca_components < 0 or self.pca_train < 2:
+            raise DiffMVAEError(f"--pca-components must be >= 0 and --pca-train >= 2, got {self.pca_components}, {self.pca_train}")
         if self.max_subsets < 1 or self.probe_train < 2:
             raise DiffMVAEError(f"--max-subsets must be >= 1 and --probe-train >= 2, got {self.max_subsets}, {self.probe_train}")
 
@@ -86,8 +92,11 @@ def conditional_metrics(
     progress: bool = True,
     composition: Composition | None = None,
     matched: Sequence[str] = (),
+    label_free: Mapping[str, nn.Module] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows ``{metric, k, target, value}`` of conditional coherence and FD, per target and averaged (``mean``); with
+    """Rows ``{metric, k, target, value}`` of conditional coherence and FD (``fd`` in ``extractors``' features,
+    ``fd_pca`` in ``label_free`` ones, e.g. :class:`~diffmvae.evaluation.frechet.PixelPCA`), per target and
+    averaged (``mean``); with
     attribute labels also ``f1`` (per-example F1 of the judged attributes); for the ``matched`` modalities (binary
     masks) ``mask_f1`` / ``mask_iou`` against the example's own. With a ``composition``, the diffusion-decoded targets
     compose its sources of each subset."""
@@ -111,11 +120,14 @@ def conditional_metrics(
             if target in matched:
                 for row in match_rows(k, target, test[target], samples[target]):
                     scores.setdefault((row["metric"], k, target), []).append(row["value"])
-            if target in extractors:
+            if target in extractors or target in (label_free or {}):
                 pools.setdefault((k, target), []).append(samples[target])
     for k in subsets:
-        fd = {t: frechet_distance(test[t], torch.cat(pools[(k, t)]), extractors[t]) for t in model.modalities if (k, t) in pools}
-        per_metric: dict[str, dict[str, float]] = {"coherence": {}, "fd": fd}
+        per_metric: dict[str, dict[str, float]] = {"coherence": {}}
+        for metric, space in (("fd", extractors), ("fd_pca", label_free or {})):
+            values = {t: frechet_distance(test[t], torch.cat(pools[(k, t)]), space[t]) for t in model.modalities if (k, t) in pools and t in space}
+            if values:
+                per_metric[metric] = values
         for (metric, kk, target), values in scores.items():
             if kk == k:
                 per_metric.setdefault(metric, {})[target] = float(np.mean(values))
@@ -142,17 +154,20 @@ def unconditional_metrics(
     *,
     seed: int,
     sampling: SamplingSettings = SamplingSettings(),
+    label_free: Mapping[str, nn.Module] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of unconditional coherence (``all`` and ``at_least_k`` agree) and FD per modality and mean."""
+    """Rows of unconditional coherence (``all`` and ``at_least_k`` agree) and FD per modality and mean (``fd_unconditional``
+    in ``extractors``' features, ``fd_pca_unconditional`` in ``label_free`` ones)."""
     generator = torch.Generator().manual_seed(seed + 104729)
     samples = generate_from_subset(model, {}, [], n, generator=generator, sampling=sampling, prior=prior, progress=False)
     judged = [m for m in samples if m in classifiers]
     rows = [] if len(judged) < 2 else [{"metric": "coherence_unconditional", "k": 0, "target": key, "value": v}
                                        for key, v in unconditional_coherence(samples, classifiers).items()]
-    fd = {m: frechet_distance(test[m], samples[m], extractors[m]) for m in model.modalities if m in extractors}
-    rows += [{"metric": "fd_unconditional", "k": 0, "target": m, "value": v} for m, v in fd.items()]
-    if fd:
-        rows.append({"metric": "fd_unconditional", "k": 0, "target": "mean", "value": float(np.mean(list(fd.values())))})
+    for metric, space in (("fd_unconditional", extractors), ("fd_pca_unconditional", label_free or {})):
+        fd = {m: frechet_distance(test[m], samples[m], space[m]) for m in model.modalities if m in space}
+        rows += [{"metric": metric, "k": 0, "target": m, "value": v} for m, v in fd.items()]
+        if fd:
+            rows.append({"metric": metric, "k": 0, "target": "mean", "value": float(np.mean(list(fd.values())))})
     return rows
 
 
@@ -279,12 +294,18 @@ def evaluate_model(
         extractors = {m: FeatureExtractor(c) for m, c in classifiers.items() if c.has_features}
     subsets = subsets_by_size(model.modalities, settings.max_subsets, settings.seed)
     parts = settings.parts
+    label_free: dict[str, nn.Module] = {}
+    if {"conditional", "unconditional"} & set(parts) and settings.pca_components:
+        train = collate_split(datamodule.dataset("train"), settings.pca_train)
+        label_free = {m: PixelPCA.fit(train[m], settings.pca_components) for m in model.modalities
+                      if m in specs and specs[m].is_image and m in train}
     rows = []
     if "conditional" in parts:
         rows += conditional_metrics(model, test, labels, subsets, classifiers, extractors, seed=settings.seed, sampling=sampling, progress=progress,
-                                    composition=composition, matched=matched)
+                                    composition=composition, matched=matched, label_free=label_free)
     if "unconditional" in parts and model.can_generate(()):
-        rows += unconditional_metrics(model, test, prior, n, classifiers, extractors, seed=settings.seed, sampling=sampling)
+        rows += unconditional_metrics(model, test, prior, n, classifiers, extractors, seed=settings.seed, sampling=sampling,
+                                      label_free=label_free)
     if "probes" in parts and model.has_latent and labels.dim() == 1:  # linear probes on posterior means (class labels)
         train = collate_split(datamodule.dataset("train"), settings.probe_train)
         rows += latent_probe_rows(model, train, {**test, label_key: labels}, label_key, subsets, progress)
@@ -303,6 +324,7 @@ def evaluate_model(
         "coherence": {"conditional": pick("coherence"), "unconditional": uncond.get("all"),
                       "unconditional_at_least": {k: v for k, v in uncond.items() if k != "all"}},
         "fd": {"conditional": pick("fd"), "unconditional": pick("fd_unconditional").get("0")},
+        "fd_pca": {"conditional": pick("fd_pca"), "unconditional": pick("fd_pca_unconditional").get("0")} if label_free else None,
         "latent_probe": pick("latent_probe"),
         "f1": pick("f1") or None,
         "mask": {"f1": pick("mask_f1"), "iou": pick("mask_iou")} if matched else None,
@@ -312,6 +334,8 @@ def evaluate_model(
         "bits_per_dim": (bits_per_dim(model, test, seed=settings.seed) or None) if "elbo" in parts else None,
         "text_nll_per_token": (text_nll_per_token(model, test, seed=settings.seed) or None) if "elbo" in parts else None,
         "fd_features": "inception" if settings.inception_weights else "classifier",
+        "fd_pca_features": (f"PCA of pixels, {settings.pca_components} components fitted on {settings.pca_train} real training images"
+                            if label_free else None),
         "n_samples": n,
         "seed": settings.seed,
         "prior": prior_name,

@@ -28,10 +28,12 @@ def collect(spec: PipelineSpec) -> list[dict[str, Any]]:
                 continue
             summary = json.loads(metrics.read_text())
             row = {"run": run.name, "model": run.model.name, spec.sweep_name or "sweep": run.sweep_value, "prior": summary["prior"],
-                   "coherence_unconditional": summary["coherence"]["unconditional"], "fd_unconditional": summary["fd"]["unconditional"]}
+                   "coherence_unconditional": summary["coherence"]["unconditional"], "fd_unconditional": summary["fd"]["unconditional"],
+                   "fd_pca_unconditional": (summary.get("fd_pca") or {}).get("unconditional")}
             if name == "evaluate":
                 row.update({f"coherence_k{k}": v for k, v in summary["coherence"]["conditional"].items()})
                 row.update({f"fd_k{k}": v for k, v in summary["fd"]["conditional"].items()})
+                row.update({f"fd_pca_k{k}": v for k, v in ((summary.get("fd_pca") or {}).get("conditional") or {}).items()})
                 row.update({f"probe_k{k}": v for k, v in (summary.get("latent_probe") or {}).items()})
                 row.update({f"f1_k{k}": v for k, v in (summary.get("f1") or {}).items()})
                 row.update({f"nll_per_token_{m}": v for m, v in (summary.get("text_nll_per_token") or {}).items()})

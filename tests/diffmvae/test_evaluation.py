@@ -13,6 +13,7 @@ from diffmvae.commands.main import main
 from diffmvae.evaluation import FeatureExtractor, ImageClassifier, frechet_distance, predict, unconditional_coherence
 from diffmvae.evaluation.classifier import Judge
 from diffmvae.evaluation.suite import conditional_metrics, probe_accuracy, subsets_by_size
+from diffmvae.io import DiffMVAEError
 from diffmvae.model.subsets import subset_mask
 
 
@@ -119,13 +120,17 @@ def test_evaluate_writes_json_csv_md_and_plot(trained, classifier_file, tmp_path
     assert [s["model"] for s in summaries] == ["a", "b"]
     s = summaries[0]
     assert set(s["coherence"]["conditional"]) == {"1", "2"} and set(s["fd"]["conditional"]) == {"1", "2"}
+    # both Fréchet distances, the label-free one fitted on real training pixels, conditional and unconditional
+    assert set(s["fd_pca"]["conditional"]) == {"1", "2"} and s["fd_pca"]["unconditional"] > 0 and "PCA of pixels" in s["fd_pca_features"]
+    assert s["fd_pca"] == summaries[1]["fd_pca"]
     assert set(s["latent_probe"]) == {"1", "2", "3"}
     assert s["n_samples"] == 12 and s["seed"] == 5 and s["prior"] == "gaussian"
     assert all(0 <= v <= 1 for v in s["coherence"]["conditional"].values()) and math.isfinite(s["elbo"])
     assert s["coherence"] == summaries[1]["coherence"]  # same checkpoint, same seed: same numbers
     table = pd.read_csv(out / "metrics.csv")
     assert list(table.columns) == ["model", "metric", "k", "target", "value"]
-    assert {"coherence", "fd", "coherence_unconditional", "fd_unconditional", "latent_probe", "elbo", "objective", "term/kl"} <= set(table["metric"])
+    assert {"coherence", "fd", "fd_pca", "coherence_unconditional", "fd_unconditional", "fd_pca_unconditional", "latent_probe", "elbo",
+            "objective", "term/kl"} <= set(table["metric"])
     # feed-forward likelihoods bound -log p(x|z): the ELBO is reported, and with beta = 1 it is minus the objective
     assert s["elbo"] == pytest.approx(-s["objective"], rel=1e-5) and set(s["terms"]) == {"kl", "m0/nll", "m1/nll", "m2/nll"}
     assert s["sampling"]["settings"]["exact"] is True and s["sampling"]["decoders"] == {}
@@ -239,7 +244,6 @@ def test_inception_fid_needs_a_local_file_and_the_extra(tmp_path, capsys):
     assert main(["evaluate", "--ckpt", "x.ckpt", "--out", str(tmp_path), "--inception-weights", str(tmp_path / "none.pth")]) == 2
     assert "x.ckpt does not exist" in capsys.readouterr().err
     from diffmvae.evaluation.frechet import InceptionExtractor
-    from diffmvae.io import DiffMVAEError
 
     with pytest.raises(DiffMVAEError, match="none.pth does not exist"):
         InceptionExtractor(tmp_path / "none.pth")
@@ -273,3 +277,20 @@ def test_attribute_judge_thresholds_generated_probabilities():
     from diffmvae.evaluation.classifier import AttributeJudge, predict
 
     assert predict(AttributeJudge(), torch.tensor([[0.2, 0.7, 0.5]])).tolist() == [[0, 1, 0]]
+
+
+def test_pixel_pca_frechet_distance_is_the_projected_mean_shift_when_the_spread_is_the_same():
+    """The label-free space in closed form: for generated = real + a constant image, the covariances agree and the
+    Fréchet distance is the squared length of the shift projected on the fitted principal axes."""
+    from diffmvae.evaluation.frechet import PixelPCA
+
+    g = torch.Generator().manual_seed(0)
+    real = 0.25 + 0.5 * torch.rand(400, 3, 8, 8, generator=g)
+    pca = PixelPCA.fit(real, 16)
+    torch.testing.assert_close(pca.components @ pca.components.T, torch.eye(16), atol=1e-5, rtol=0)  # orthonormal axes
+    shift = 0.05 * torch.randn(1, 3, 8, 8, generator=g)
+    expected = float(((pca.components.double() @ shift.flatten().double()) ** 2).sum())
+    assert abs(frechet_distance(real, real, pca)) < 1e-4
+    assert frechet_distance(real, real + shift, pca) == pytest.approx(expected, rel=1e-3)
+    with pytest.raises(DiffMVAEError, match="at least 2 real images"):
+        PixelPCA.fit(real[:1])

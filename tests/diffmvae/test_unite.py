@@ -159,7 +159,7 @@ def test_unite_across_models_trained_on_different_modalities(runs, classifier_fi
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["metrics"]) == {"composed", "pair_m0_m1/run alone", "pair_m2_m1/run alone"}
-    assert all(0 <= m["coherence"] <= 1 and np.isfinite(m["fd"]) and m["n"] == 5 for m in metrics["metrics"].values())
+    assert all(0 <= m["coherence"] <= 1 and np.isfinite(m["fd"]) and m["fd_pca"] >= 0 and m["n"] == 5 for m in metrics["metrics"].values())
     assert [m["reliability"] for m in metrics["unite"]["models"]] == [0.25, 0.75]
     with np.load(out / "samples.npz") as f:
         assert f["m1"].shape == (5, 3, 28, 28) and list(f["given"]) == ["m0", "m2"] and "m1_pair_m0_m1_run_alone" in f.files
@@ -174,8 +174,8 @@ def test_unite_across_models_trained_on_different_modalities(runs, classifier_fi
         np.testing.assert_array_equal(f["m1"], composed)
     # metrics.md: one row per sampler of the target, the numbers of metrics.json
     rows = [line.strip("|").split("|") for line in (out / "metrics.md").read_text().splitlines() if line.startswith("| ")][1:]
-    table = {name.strip(): (float(coherence), float(fd)) for name, coherence, fd in rows}
-    assert table == {name: (round(m["coherence"], 3), round(m["fd"], 1)) for name, m in metrics["metrics"].items()}
+    table = {name.strip(): (float(coherence), float(fd), float(fd_pca)) for name, coherence, fd, fd_pca in rows}
+    assert table == {name: (round(m["coherence"], 3), round(m["fd"], 1), round(m["fd_pca"], 2)) for name, m in metrics["metrics"].items()}
 
 
 @pytest.mark.parametrize("args, message", [
