@@ -160,7 +160,7 @@ def test_bits_per_dim_only_for_vdm():
         (lambda: ScoreSDEProcess(weighting="snr"), "unknown DSM weighting 'snr'"),
         (lambda: VDMProcess(sampler=DDIM(steps=0)), "sampler steps must be >= 1"),
         (lambda: tiny(DDPMProcess(), conditioning="concat"), "unknown conditioning 'concat'"),
-        (lambda: SamplingSettings(sampler="heun"), "unknown sampler 'heun'; choose one of ddim, ancestral, euler_maruyama"),
+        (lambda: SamplingSettings(sampler="heun"), "unknown sampler 'heun'; choose one of ddim, ancestral, dpmpp_2m, euler_maruyama"),
         (lambda: SamplingSettings(start=1.5), r"start must be in \(0, 1\], got 1.5"),
         (lambda: SamplingSettings(guidance=-1.0), "guidance must be >= 0"),
     ],
