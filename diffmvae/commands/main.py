@@ -1,4 +1,4 @@
-"""The ``diffmvae`` command: ``fit`` / ``validate`` / ``test`` through LightningCLI, ``sample`` for generation.
+"""The ``diffmvae`` command: ``fit`` / ``validate`` through LightningCLI, and the library's own commands.
 
 User errors (bad paths, config keys or values, modality names) end with one ``diffmvae: error: ...`` line and
 exit status 2; set ``DIFFMVAE_DEBUG=1`` for the traceback.
@@ -24,7 +24,32 @@ from diffmvae.store.build import configure_parsing
 
 log = logging.getLogger("diffmvae")
 
-LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
+LIGHTNING_SUBCOMMANDS = ("fit", "validate")
+SUMMARIES = {
+    "fit": "train a model from a config (LightningCLI; --config YAML, --trainer.* / --model.* / --data.* overrides)",
+    "validate": "the validation loss of a config's model (LightningCLI)",
+    "sample": "generate missing modalities from any subset of observed ones (or from the prior)",
+    "evaluate": "coherence, both Fréchet distances, latent probes and ELBO of trained runs",
+    "prior": "prior fit: fit the latent score prior of a trained run",
+    "classifiers": "classifiers fit: train the judges of evaluate on real data",
+    "export": "write a trained run as a model folder (safetensors, config, model card)",
+    "unite": "Unite-and-Conquer across separately trained models",
+    "pipeline": "a data set's experiment pipeline: fit, prior, evaluate, table and plots (resumable)",
+}
+
+COMMANDS = {
+    **{c: _lightning for c in LIGHTNING_SUBCOMMANDS},
+    "sample": _sample, "evaluate": _evaluate, "prior": _prior, "classifiers": _classifiers, "export": _export, "unite": unite_command,
+    "pipeline": _pipeline,
+}
+
+
+def usage() -> str:
+    """``diffmvae --help``: the commands, a line each."""
+    width = max(map(len, SUMMARIES))
+    lines = ["usage: diffmvae COMMAND [options]   (diffmvae COMMAND --help for a command's options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in SUMMARIES.items()]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,15 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     configure_parsing()
-
-    commands = {
-        "sample": _sample, "prior": _prior, "evaluate": _evaluate, "classifiers": _classifiers, "export": _export, "unite": unite_command,
-        "pipeline": _pipeline,
-        **{c: _lightning for c in LIGHTNING_SUBCOMMANDS},
-    }
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print(f"usage: diffmvae {{{','.join(commands)}}} ...  (diffmvae COMMAND --help for its options)", file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    commands = COMMANDS
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if not argv or argv[0] not in commands:
+        what = f"unknown command {argv[0]!r}" if argv else "no command given"
+        print(f"diffmvae: error: {what}; one of {', '.join(commands)} (diffmvae --help lists them)", file=sys.stderr)
+        return 2
     try:
         return commands[argv[0]](argv if argv[0] in LIGHTNING_SUBCOMMANDS else argv[1:])
     except (DiffMVAEError, ValueError, KeyError, OSError) as e:

@@ -179,3 +179,16 @@ def test_building_refuses_foreign_class_paths_before_importing_them(tmp_path, mo
         with pytest.raises(DiffMVAEError, match="outside the packages"):
             build_data(spec, "test config")
     assert not (tmp_path / "imported").exists()
+
+
+def test_help_lists_every_command_and_nothing_it_cannot_run(capsys):
+    from diffmvae.commands.main import COMMANDS, SUMMARIES
+
+    assert set(SUMMARIES) == set(COMMANDS) and "test" not in COMMANDS  # the models have no test_step
+    assert main(["--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(any(line.split()[:1] == [name] for line in lines) for name in COMMANDS)
+    for argv, what in ((["test", "--config", "x.yaml"], "unknown command 'test'"), ([], "no command given")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith(f"diffmvae: error: {what}; one of fit, validate, sample")
