@@ -11,6 +11,7 @@ float64; the denoiser sees and returns ``dtype``. A new sampler is one new subcl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
@@ -103,6 +104,24 @@ class Sampler:
         raise NotImplementedError
 
 
+def run_chain(update: Callable[[Tensor, Tensor, Tensor, Tensor, Marginal], Tensor], denoise: Denoiser | Reestimating, marginal: Marginal,
+              shape: tuple[int, ...], t_grid: Tensor, *, generator: torch.Generator | None, device: torch.device | str,
+              anchor: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Marginal]:
+    """The chain DDIM-type samplers share: start at :meth:`Marginal.initial`, evaluate the denoiser at each time of
+    ``t_grid`` (float64 state, the network in ``dtype``), and move ``x`` to the next time with
+    ``update(x, x0, t, s, marginal)``; at ``s = 0`` the clean estimate is the sample. Returns it and the last marginal."""
+    step = as_step(denoise)
+    x = marginal.initial(shape, t_grid[0], anchor, generator, device)
+    for t, s in zip(t_grid[:-1], t_grid[1:]):
+        t_b, s_b = t.expand(shape[0]), s.expand(shape[0])
+        x0, marginal = step(x.to(dtype), t_b.to(dtype), marginal)
+        x0 = x0.double()
+        if s <= 0:
+            return x0.to(dtype), marginal
+        x = update(x, x0, t_b, s_b, marginal)
+    return x.to(dtype), marginal
+
+
 @dataclass(frozen=True)
 class DDIM(Sampler):
     """DDIM (Song et al. 2021, eq. 12): ``eta = 0`` integrates the probability-flow ODE deterministically,
@@ -120,15 +139,7 @@ class DDIM(Sampler):
             raise ValueError(f"eta must be >= 0, got {self.eta}")
 
     def run(self, denoise, marginal, shape, *, timesteps=None, generator=None, device="cpu", start=1.0, anchor=None, dtype=torch.float32):
-        step = as_step(denoise)
-        t_grid = time_grid(self.steps, timesteps, device, start)
-        x = marginal.initial(shape, t_grid[0], anchor, generator, device)
-        for t, s in zip(t_grid[:-1], t_grid[1:]):
-            t_b, s_b = t.expand(shape[0]), s.expand(shape[0])
-            x0, marginal = step(x.to(dtype), t_b.to(dtype), marginal)
-            x0 = x0.double()
-            if s <= 0:
-                return x0.to(dtype), marginal
+        def update(x: Tensor, x0: Tensor, t_b: Tensor, s_b: Tensor, marginal: Marginal) -> Tensor:
             # Implied noise, then the step to s (eq. 12), in offset-free coordinates.
             eps = marginal.noise_of(x, x0, t_b)
             (alpha_t, sigma_t), (alpha_s, sigma_s) = marginal.alpha_sigma(t_b), marginal.alpha_sigma(s_b)
@@ -136,7 +147,10 @@ class DDIM(Sampler):
             x = marginal.mean(x0, s_b) + expand((sigma_s**2 - std**2).clamp_min(0).sqrt(), x) * eps
             if self.eta > 0:
                 x = x + expand(std, x) * randn(shape, generator, device, torch.float64)
-        return x.to(dtype), marginal
+            return x
+
+        return run_chain(update, denoise, marginal, shape, time_grid(self.steps, timesteps, device, start), generator=generator,
+                         device=device, anchor=anchor, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -179,20 +193,16 @@ class DPMSolverPP(Sampler):
             t_grid = logsnr_grid(marginal.process.schedule, self.steps, timesteps, device, start)
         else:
             t_grid = time_grid(self.steps, timesteps, device, start)
-        x = marginal.initial(shape, t_grid[0], anchor, generator, device)
-        previous: tuple[Tensor, Tensor] | None = None  # (x0, h) of the step before
-        for t, s in zip(t_grid[:-1], t_grid[1:]):
-            t_b, s_b = t.expand(shape[0]), s.expand(shape[0])
-            x0, marginal = step(x.to(dtype), t_b.to(dtype), marginal)
-            x0 = x0.double()
-            if s <= 0:
-                return x0.to(dtype), marginal
+        previous: list[tuple[Tensor, Tensor]] = []  # (x0, h) of the step before
+
+        def update(x: Tensor, x0: Tensor, t_b: Tensor, s_b: Tensor, marginal: Marginal) -> Tensor:
             (alpha_t, sigma_t), (alpha_s, sigma_s) = marginal.alpha_sigma(t_b), marginal.alpha_sigma(s_b)
             h = torch.log(alpha_s.double() / sigma_s.double()) - torch.log(alpha_t.double() / sigma_t.double())
-            d = x0 if previous is None else x0 + expand(h / (2 * previous[1]), x0) * (x0 - previous[0])
-            x = marginal.mean(d, s_b) + expand(sigma_s.double(), x) * marginal.noise_of(x, d, t_b)
-            previous = (x0, h)
-        return x.to(dtype), marginal
+            d = x0 if not previous else x0 + expand(h / (2 * previous[-1][1]), x0) * (x0 - previous[-1][0])
+            previous.append((x0, h))
+            return marginal.mean(d, s_b) + expand(sigma_s.double(), x) * marginal.noise_of(x, d, t_b)
+
+        return run_chain(update, denoise, marginal, shape, t_grid, generator=generator, device=device, anchor=anchor, dtype=dtype)
 
 
 def langevin_step(x: Tensor, score: Tensor, snr: float, generator: torch.Generator | None) -> Tensor:
