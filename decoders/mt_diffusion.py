@@ -178,7 +178,6 @@ class MTDiffusionDecoder(Decoder):
         # samplers step on it; Ancestral(T) is Algorithm 1's DDPM step.
         self.process = DDPMProcess(timesteps=timesteps, prediction=prediction, sampler=sampler if sampler is not None else Ancestral(steps=timesteps),
                                    forward=AggregatedForward(schedule if schedule is not None else VPSchedule(), timesteps, offsets))
-        self.timesteps, self.prediction = timesteps, self.process.prediction
         generator = torch.Generator().manual_seed(seed)
         for m, a in self.aggregate.items():
             if a.kind == "embedding":
@@ -204,6 +203,14 @@ class MTDiffusionDecoder(Decoder):
     def sampler(self) -> Sampler:
         """The default sampler."""
         return self.process.sampler
+
+    @property
+    def timesteps(self) -> int:
+        return self.process.timesteps
+
+    @property
+    def prediction(self) -> Prediction:
+        return self.process.prediction
 
     # ------------------------------------------------------------------ encoders and conditions
     def term_weights(self) -> dict[str, float]:
@@ -331,8 +338,8 @@ class MTDiffusionDecoder(Decoder):
             _, heads = self.network(marginal.sample(x0, t, randn(tuple(x0.shape), generator, device, dtype)), t, cond)
             estimates = {m: self.estimate(m, h) for m, h in heads.items()}
             return self.outputs(targets, None, estimates)
-        _, enc = self.condition(z, values, batch, device)
-        start = self.forward_process.given(ChainState(enc, values, {}))
+        cond, enc = self.condition(z, values, batch, device)
+        start = self.forward_process.given(ChainState(enc, values, {}, cond))
         x, end = sampling.sampler_for(self.sampler).run(Algorithm1(self, z, frozenset(fixed)), start, (batch, *self.shape),
                                                         timesteps=self.timesteps, generator=generator, device=device, dtype=dtype)
         return self.outputs(targets, x, end.cond.estimates)
@@ -352,12 +359,14 @@ class MTDiffusionDecoder(Decoder):
 @dataclass(frozen=True)
 class ChainState(Mapping):
     """The forward condition of Algorithm 1's chain at one step: the encodings ``{modality: E_i}`` the aggregated
-    marginal offsets by (this mapping), the ``current`` values of the conditioning modalities (given, or estimated), and
-    the heads' estimates of the last step."""
+    marginal offsets by (this mapping), the ``current`` values of the conditioning modalities (given, or estimated),
+    the heads' estimates of the last step, and the network's condition built from ``current`` (with the encodings, by
+    one :meth:`MTDiffusionDecoder.condition` call)."""
 
     enc: Mapping[str, Tensor]
     current: Mapping[str, Tensor]
     estimates: Mapping[str, Tensor]
+    network: Condition
 
     def __getitem__(self, name: str) -> Tensor:
         return self.enc[name]
@@ -382,11 +391,10 @@ class Algorithm1(Reestimating):
     def step(self, z_t: Tensor, t: Tensor, marginal: Marginal) -> tuple[Tensor, Marginal]:
         dec, state = self.decoder, marginal.cond
         batch, device = z_t.shape[0], z_t.device
-        cond, _ = dec.condition(self.z, state.current, batch, device)
-        out, heads = dec.network(z_t, t, cond)
+        out, heads = dec.network(z_t, t, state.network)
         estimates = {m: dec.estimate(m, h) for m, h in heads.items()}
         values = {m: estimates[m] if m in estimates and m not in self.fixed else v for m, v in state.current.items()}
-        _, enc = dec.condition(self.z, values, batch, device)
-        following = dec.forward_process.given(ChainState(enc, values, estimates))
+        cond, enc = dec.condition(self.z, values, batch, device)
+        following = dec.forward_process.given(ChainState(enc, values, estimates, cond))
         alpha, sigma = following.alpha_sigma(t)
         return to_x0(dec.prediction, out, following.remove_offset(z_t, t), alpha, sigma).clamp(-1, 1), following

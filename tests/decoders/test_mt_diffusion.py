@@ -61,8 +61,8 @@ def test_algorithm1_steps_return_a_new_marginal_and_change_nothing_in_place():
     given one (its encodings, values and estimates) is left as it was, so a step can be repeated exactly."""
     dec = tiny("U-E").eval()
     values = {"label": torch.nn.functional.one_hot(torch.tensor([1, 2, 3]), 10).float()}
-    _, enc = dec.condition(None, values, 3, torch.device("cpu"))
-    start = dec.forward_process.given(ChainState(enc, values, {}))
+    cond, enc = dec.condition(None, values, 3, torch.device("cpu"))
+    start = dec.forward_process.given(ChainState(enc, values, {}, cond))
     before = {k: v.clone() for k, v in enc.items()}
     step = Algorithm1(dec, None, frozenset())
     z_t, t = torch.randn(3, 3, 8, 8), torch.full((3,), 0.5)
