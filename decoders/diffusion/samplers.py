@@ -188,7 +188,6 @@ class DPMSolverPP(Sampler):
             raise ValueError(f"dpmpp_2m grid must be logsnr or time, got {self.grid!r}")
 
     def run(self, denoise, marginal, shape, *, timesteps=None, generator=None, device="cpu", start=1.0, anchor=None, dtype=torch.float32):
-        step = as_step(denoise)
         if self.grid == "logsnr":
             t_grid = logsnr_grid(marginal.process.schedule, self.steps, timesteps, device, start)
         else:
