@@ -24,6 +24,7 @@ from diffmvae.devices import add_device_arguments, pick_device
 from diffmvae.evaluation.classifier import predict
 from diffmvae.evaluation.frechet import FeatureExtractor, PixelPCA, frechet_distance
 from diffmvae.evaluation.runs import classifiers_for_run
+from diffmvae.evaluation.suite import EvalSettings
 from diffmvae.generation.sampling import write_samples
 from diffmvae.generation.unite import UniteSpec, check_member, null_needed, unite_batch
 from diffmvae.io import DiffMVAEError, atomic_write, check_out_dir
@@ -150,8 +151,10 @@ def run_unite(
             raise DiffMVAEError(f"{member.ckpt}: its {split} examples are not the same as {spec.members[0].ckpt}'s (labels differ); "
                                 "composed models must read the same examples")
     clfs = judge_for(runs[0], spec.target, classifiers, progress) if evaluate else None
-    # the label-free feature space: the pixel PCA of the first model's real training images of the target
-    pca = PixelPCA.fit(collate_split(runs[0].datamodule.dataset("train"), 2000)[spec.target]) if evaluate else None
+    # the label-free feature space, as diffmvae evaluate fits it: the pixel PCA of the first model's real training images
+    pca_settings = EvalSettings()
+    pca = (PixelPCA.fit(collate_split(runs[0].datamodule.dataset("train"), pca_settings.pca_train)[spec.target], pca_settings.pca_components)
+           if evaluate else None)
     count = next(iter(data[0].values())).shape[0]
     jobs = [("composed", spec, models, data)]
     if alone and len(spec.members) > 1:

@@ -294,10 +294,13 @@ def evaluate_model(
         extractors = {m: FeatureExtractor(c) for m, c in classifiers.items() if c.has_features}
     subsets = subsets_by_size(model.modalities, settings.max_subsets, settings.seed)
     parts = settings.parts
+    pca = bool({"conditional", "unconditional"} & set(parts)) and settings.pca_components > 0
+    probes = "probes" in parts and model.has_latent and labels.dim() == 1  # linear probes on posterior means (class labels)
+    limit = max(settings.pca_train if pca else 0, settings.probe_train if probes else 0)
+    train = collate_split(datamodule.dataset("train"), limit) if limit else {}  # one pass serves the PCA and the probes
     label_free: dict[str, nn.Module] = {}
-    if {"conditional", "unconditional"} & set(parts) and settings.pca_components:
-        train = collate_split(datamodule.dataset("train"), settings.pca_train)
-        label_free = {m: PixelPCA.fit(train[m], settings.pca_components) for m in model.modalities
+    if pca:
+        label_free = {m: PixelPCA.fit(train[m][:settings.pca_train], settings.pca_components) for m in model.modalities
                       if m in specs and specs[m].is_image and m in train}
     rows = []
     if "conditional" in parts:
@@ -306,9 +309,9 @@ def evaluate_model(
     if "unconditional" in parts and model.can_generate(()):
         rows += unconditional_metrics(model, test, prior, n, classifiers, extractors, seed=settings.seed, sampling=sampling,
                                       label_free=label_free)
-    if "probes" in parts and model.has_latent and labels.dim() == 1:  # linear probes on posterior means (class labels)
-        train = collate_split(datamodule.dataset("train"), settings.probe_train)
-        rows += latent_probe_rows(model, train, {**test, label_key: labels}, label_key, subsets, progress)
+    if probes:
+        probe_train = {k: take_rows(v, 0, settings.probe_train) for k, v in train.items()}
+        rows += latent_probe_rows(model, probe_train, {**test, label_key: labels}, label_key, subsets, progress)
     elbo = elbo_on_split(model, test, seed=settings.seed) if "elbo" in parts else {}
     rows += [{"metric": key if key in ("elbo", "objective") else f"term/{key}", "k": len(model.modalities), "target": "all", "value": v}
              for key, v in elbo.items()]
