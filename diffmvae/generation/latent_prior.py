@@ -24,10 +24,7 @@ from tqdm.auto import tqdm
 from diffmvae.data.batches import map_batch
 from diffmvae.devices import pick_device
 from diffmvae.devices import precision as autocast
-from diffmvae.io import (
-    DiffMVAEError,
-    check_writable,
-)
+from diffmvae.io import DiffMVAEError, check_writable
 from diffmvae.model.posterior import product_of_experts, reparameterize
 from diffmvae.model.vae import MultimodalVAE
 from diffmvae.store.build import build

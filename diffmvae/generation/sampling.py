@@ -96,6 +96,7 @@ def generate_from_subset(
         stop = min(start + chunk_size, n)
         obs = {m: take_rows(batch[m], start, stop, device) for m in given}
         with torch.no_grad():
+            # composition only when asked for: a user's model written to the interface before it had the argument still works
             out = model.generate(obs or None, stop - start, sampling=sampling, generator=generator, prior=prior,
                                  **({"composition": composition} if composition is not None and given else {}))
         # float32 under autocast too
