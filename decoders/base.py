@@ -141,6 +141,12 @@ class Decoder(nn.Module):
         the default raises (a diffusion decoder's loss is a bound or a surrogate, see :meth:`bound_terms`)."""
         raise NotImplementedError(f"{type(self).__name__} has no exact likelihood")
 
+    def portable_args(self) -> dict[str, Any]:
+        """``init_args`` that rebuild this decoder from its config alone, with nothing read from the author's disk
+        (a pretrained network's sizes instead of its folder; the weights travel in the model's state): ``{}`` for
+        decoders that read no files."""
+        return {}
+
     # ------------------------------------------------------------------ capabilities: composition and guidance
     @property
     def can_compose(self) -> bool:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from decoders.base import Decoder, Observed, skipped
 from decoders.sampling import SamplingSettings, TextSampling
-from encoders.text import build_transformer
+from encoders.text import build_transformer, transformer_args
 
 Inject = Literal["embedding", "prefix", "both"]
 
@@ -71,6 +71,9 @@ class TextDecoder(Decoder):
         positions = self.gpt.config.n_positions
         if max_length + (self.to_prefix is not None) > positions:
             raise ValueError(f"max_length {max_length} (+1 prefix) exceeds the decoder's n_positions {positions}")
+
+    def portable_args(self) -> dict[str, Any]:
+        return transformer_args(self.gpt)
 
     def bound_terms(self) -> frozenset[str]:
         return frozenset({"nll"})

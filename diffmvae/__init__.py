@@ -9,5 +9,13 @@ from diffmvae.model import ELBORecord, JointDiffusion, MultimodalModel, Multimod
 from diffmvae.training import TrainingModule
 from diffmvae.version import __version__
 
-__all__ = ["JointDiffusion", "ELBORecord", "MultimodalModel", "MultimodalVAE", "TrainingModule", "__version__", "product_of_experts",
-           "subset_mask"]
+__all__ = [
+           "ELBORecord",
+           "JointDiffusion",
+           "MultimodalModel",
+           "MultimodalVAE",
+           "TrainingModule",
+           "__version__",
+           "product_of_experts",
+           "subset_mask",
+]

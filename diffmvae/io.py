@@ -126,9 +126,18 @@ def check_writable(folder: str | os.PathLike, what: str) -> None:
         raise DiffMVAEError(f"{what} {folder} is not writable: {e.strerror or one_line(e)}") from e
 
 
-def check_out_dir(out: str | os.PathLike) -> Path:
-    """An output folder (``--out``) as a Path, refused before any work when it is a file or cannot be written."""
-    out = Path(out)
+def refuse_existing(path: str | os.PathLike, overwrite: bool, what: str = "--out") -> Path:
+    """The rule of every command that writes: an existing output is refused, naming it, unless ``--overwrite``."""
+    path = Path(path)
+    if not overwrite and path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise DiffMVAEError(f"{what} {path} already exists; pass --overwrite to replace it, or choose another (nothing was written)")
+    return path
+
+
+def check_out_dir(out: str | os.PathLike, overwrite: bool = True) -> Path:
+    """An output folder (``--out``) as a Path, refused before any work when it is a file, cannot be written, or
+    (``overwrite=False``) already holds files."""
+    out = refuse_existing(out, overwrite)
     if out.exists() and not out.is_dir():
         raise DiffMVAEError(f"--out {out} exists and is not a directory")
     check_writable(out, "--out")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -32,6 +33,12 @@ class Encoder(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def portable_args(self) -> dict[str, Any]:
+        """``init_args`` that rebuild this encoder from its config alone, with nothing read from the author's disk
+        (a pretrained network's sizes instead of its folder; the weights travel in the model's state): ``{}`` for
+        encoders that read no files."""
+        return {}
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Returns ``(mu, logvar)``, each ``[B, latent_dim]``."""

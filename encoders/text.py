@@ -24,6 +24,13 @@ def check_local_dir(path: str | Path, what: str) -> Path:
     return folder
 
 
+def transformer_args(network: Any) -> dict[str, Any]:
+    """``{"pretrained": None, "config": ...}``: the init arguments that rebuild a network loaded from a pretrained
+    folder from its sizes alone (its weights are in the model's state dict), so a model folder needs no other path."""
+    config = {k: v for k, v in network.config.to_diff_dict().items() if not k.startswith("_") and k not in ("transformers_version", "architectures")}
+    return {"pretrained": None, "config": config}
+
+
 def build_transformer(kind: str, pretrained: str | None, config: Mapping[str, Any] | None, what: str) -> Any:
     """A transformers model of ``kind`` (``bert`` / ``gpt2``) from a local directory, or built from ``config``."""
     if (pretrained is None) == (config is None):
@@ -60,6 +67,9 @@ class TextEncoder(Encoder):
             raise ValueError(f"unknown pooling {pooling!r}; choose cls or mean")
         self.bert, self.pooling = bert, pooling
         self.vocab_size = bert.config.vocab_size
+
+    def portable_args(self) -> dict[str, Any]:
+        return transformer_args(self.bert)
 
     def features(self, x: Mapping[str, Tensor]) -> Tensor:
         """Pooled states of the text's ``encoder_input_ids`` when the data has a separate encoder tokenization (BERT's

@@ -24,13 +24,13 @@ def make_cub(root: Path, classes: int = 3, per_class: int = 4, captions: int = 1
     Captions say ``"a bird of class C caption K"``. Returns ``{id: (name, class, is_train, box)}``."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
-    (root / "text").mkdir()
+    (root / "text_c10").mkdir()
     rows: dict[int, tuple] = {}
     i = 0
     for c in range(1, classes + 1):
         folder = f"{c:03d}.Bird_{c}"
         (root / "images" / folder).mkdir()
-        (root / "text" / folder).mkdir()
+        (root / "text_c10" / folder).mkdir()
         for k in range(per_class):
             i += 1
             name = f"{folder}/Bird_{c}_{k:04d}_{i}.jpg"
@@ -39,7 +39,7 @@ def make_cub(root: Path, classes: int = 3, per_class: int = 4, captions: int = 1
             a = np.zeros((size, size, 3), dtype=np.uint8)
             a[y : y + size // 2, x : x + size // 2] = (40 * c % 256, 200, 255 - 60 * c % 256)
             Image.fromarray(a).save(root / "images" / name, quality=100)
-            (root / "text" / name).with_suffix(".txt").write_text("".join(f"a bird of class {c} caption {j}\n" for j in range(captions)))
+            (root / "text_c10" / name).with_suffix(".txt").write_text("".join(f"a bird of class {c} caption {j}\n" for j in range(captions)))
             rows[i] = (name, c, i % 2 == 1, box)
     (root / "images.txt").write_text("".join(f"{i} {r[0]}\n" for i, r in rows.items()))
     (root / "image_class_labels.txt").write_text("".join(f"{i} {r[1]}\n" for i, r in rows.items()))

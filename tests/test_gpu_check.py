@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_runs_on_the_cpu_and_reports_its_three_numbers():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, str(ROOT / "experiments/benchmarks/gpu_check.py"), "--accelerator", "cpu", "--steps", "3",
-                          "--batch-size", "4", "--n", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                          "--batch_size", "4", "--n", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     steps = re.search(r"training: ([0-9.]+) steps/s", out.stdout)
     images = re.search(r"sampling \(DDIM-50, m1\.\.m4 given m0\): ([0-9.]+) images/s, peak memory n/a \(CPU\), finite: True", out.stdout)

@@ -10,8 +10,27 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonargparse import Namespace
 
 from diffmvae.io import DiffMVAEError, atomic_write, check_writable, one_line
+
+CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
+
+
+def derive_run_dirs(trainer: Any) -> Path:
+    """Every folder of a run from one setting, ``trainer.default_root_dir`` (default: the working directory, as in
+    Lightning): a config that names no logger gets a CSV logger writing ``ROOT/metrics.csv``, and a checkpoint
+    callback without a ``dirpath`` writes ``ROOT/checkpoints``. Folders a config names itself are kept. Edits the
+    parsed trainer config in place and returns the root."""
+
+    root = Path(trainer.default_root_dir or ".")
+    trainer.default_root_dir = str(root)
+    if trainer.get("logger") is None or trainer.logger is True:
+        trainer.logger = Namespace(class_path=CSV_LOGGER, init_args=Namespace(save_dir=str(root), name="", version=""))
+    for cb in trainer.get("callbacks") or []:
+        if isinstance(cb, Namespace) and str(cb.get("class_path", "")).endswith("ModelCheckpoint") and cb.init_args.get("dirpath") is None:
+            cb.init_args.dirpath = str(root / "checkpoints")
+    return root
 
 
 def fixed_logger_dirs(loggers: Any) -> list[Path]:
@@ -117,3 +136,25 @@ def check_data(model: Any, datamodule: Any) -> None:
                             f"it has {', '.join(specs)}")
     for decoder in model.decoders.values():
         decoder.check_specs(specs)
+
+
+def check_fresh_root(root: Path) -> None:
+    """A new run (no ``--ckpt_path``) refuses a root that already holds a run's last checkpoint, saying how to
+    resume it or where else to start."""
+    last = root / "checkpoints" / "last.ckpt"
+    if last.exists():
+        raise DiffMVAEError(f"{root} already holds a run; resume it with --ckpt_path {last}, or start another with "
+                            "--trainer.default_root_dir DIR (nothing was overwritten)")
+
+
+def check_data_folders(data: Any) -> None:
+    """A data module's ``root`` (and any other ``*_root`` folder it names) exists, before Lightning or
+    any model is built: one line naming the key and the folder."""
+    args = data.get("init_args") if isinstance(data, Namespace) else None
+    if not isinstance(args, Namespace):
+        return
+    for key, value in args.items():
+        if (key == "root" or key.endswith("_root")) and isinstance(value, (str, Path)) and value and "://" not in str(value):
+            if not Path(value).is_dir():
+                raise DiffMVAEError(f"--data.init_args.{key} {value} is not a folder (the data set's files are read from there; "
+                                    "diffmvae never downloads)")

@@ -7,11 +7,12 @@ import time
 from typing import Optional
 
 import lightning as L
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
 from diffmvae.commands.common import _parse_config, fit_arguments, seed_torch
 from diffmvae.devices import add_device_arguments, pick_device, precision
 from diffmvae.evaluation.runs import fit_classifiers
+from diffmvae.store.build import user_class_paths
 
 log = logging.getLogger("diffmvae")
 
@@ -24,7 +25,7 @@ def _classifiers(argv: list[str]) -> int:
     p.add_argument("--config", action=ActionConfigFile, help="YAML with data / epochs / ... keys")
     p.add_subclass_arguments(L.LightningDataModule, "data", instantiate=False, help="the real data, as in a fit config")
     p.add_argument("--out", type=Optional[str], default=None, help="classifier file (default: runs/classifiers/<data key>.pt)")
-    p.add_argument("--overwrite", type=bool, default=False)
+    p.add_argument("--overwrite", action=ActionYesNo, default=False, help="replace an existing output")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -35,7 +36,8 @@ def _classifiers(argv: list[str]) -> int:
     seed_torch(cfg.seed)
     start = time.perf_counter()
     with precision(cfg.precision, device):
-        path = fit_classifiers(cfg.data.as_dict(), cfg.out, overwrite=cfg.overwrite, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        data = cfg.data.as_dict()  # a data module of the user's is trusted: they named it here
+        path = fit_classifiers(data, cfg.out, trusted=user_class_paths(data), overwrite=cfg.overwrite, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                                seed=cfg.seed, device=device)
     log.info("wrote %s in %.0fs", path, time.perf_counter() - start)
     return 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
 
 import torch
 from jsonargparse import ArgumentError
@@ -12,6 +14,40 @@ from diffmvae.io import DiffMVAEError, one_line
 from diffmvae.store.build import parser_error
 
 SAMPLING_OPTIONS = ("sampler", "steps", "eta", "guidance", "start")
+MAX_ERROR = 300  # characters of an error line
+
+
+def short(message: str) -> str:
+    """An error message cut to one line of at most :data:`MAX_ERROR` characters."""
+    message = " ".join(message.split())
+    return message if len(message) <= MAX_ERROR else message[: MAX_ERROR - 3] + "..."
+
+
+def dash_hint(message: str) -> str:
+    """``message`` with the underscore spelling of a dash-spelled flag it complains about (flags use underscores)."""
+    flags = re.findall(r"--[a-z]+(?:-[a-z]+)+", message)
+    return message + "".join(f" (flags use underscores: --{f[2:].replace('-', '_')})" for f in flags[:1])
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of the library's own commands: errors are one ``DiffMVAEError`` line (not usage text and exit),
+    a flag spelled with dashes is answered with its underscore spelling, and an empty value (``--given ''``) is
+    refused instead of being read as "nothing"."""
+
+    def error(self, message: str) -> NoReturn:
+        raise DiffMVAEError(dash_hint(message))
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed = super().parse_args(args, namespace)
+        refuse_empty(vars(parsed))
+        return parsed
+
+
+def refuse_empty(values: Mapping[str, Any]) -> None:
+    """One line naming the first option given an empty string (alone or in a repeated option's list)."""
+    for key, value in values.items():
+        if value == "" or (isinstance(value, list) and "" in value):
+            raise DiffMVAEError(f"--{key} is empty; give a value or leave the option out")
 TEXT_OPTIONS = {"text_strategy": "strategy", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p"}
 
 
@@ -27,10 +63,10 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", type=float, default=None,
                    help="time in (0, 1] where sampling begins: 1 (default) samples the model exactly; below 1 refines the "
                         "decoder's noised mean image (recorded in the outputs)")
-    p.add_argument("--text-strategy", choices=("greedy", "sample"), default=None, help="how text decoders pick tokens (default: greedy)")
-    p.add_argument("--temperature", type=float, default=None, help="text sampling temperature (with --text-strategy sample)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (0: all)")
-    p.add_argument("--top-p", type=float, default=None, help="sample from the nucleus of this probability mass (1: all)")
+    p.add_argument("--text_strategy", choices=("greedy", "sample"), default=None, help="how text decoders pick tokens (default: greedy)")
+    p.add_argument("--temperature", type=float, default=None, help="text sampling temperature (with --text_strategy sample)")
+    p.add_argument("--top_k", type=int, default=None, help="sample among the k most likely tokens (0: all)")
+    p.add_argument("--top_p", type=float, default=None, help="sample from the nucleus of this probability mass (1: all)")
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -58,16 +94,18 @@ def sampling_settings(args: argparse.Namespace, module: Any) -> Any:
 def _config_error(e: BaseException) -> Exception:
     """A jsonargparse error as a one-line DiffMVAEError naming the innermost class and its complaint."""
 
-    return DiffMVAEError(parser_error(one_line(e)))
+    return DiffMVAEError(short(dash_hint(parser_error(one_line(e)))))
 
 
 def _parse_config(parser: Any, argv: list[str]) -> Any:
     """``parser.parse_args(argv)`` for a jsonargparse parser, its errors turned into one-line DiffMVAEErrors."""
 
     try:
-        return parser.parse_args(argv)
+        cfg = parser.parse_args(argv)
     except ArgumentError as e:
         raise _config_error(e) from e
+    refuse_empty(dict(cfg.items()))
+    return cfg
 
 
 def seed_torch(seed: int) -> None:

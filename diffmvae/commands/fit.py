@@ -12,13 +12,17 @@ from lightning.pytorch.cli import LightningCLI
 from diffmvae.commands.checks import (
     check_config_files,
     check_data,
+    check_data_folders,
+    check_fresh_root,
     check_logger_dirs,
     check_run_dirs,
+    derive_run_dirs,
     keep_metrics_for_resume,
     merge_resumed_metrics,
 )
 from diffmvae.commands.common import _config_error
 from diffmvae.io import DiffMVAEError, one_line
+from diffmvae.store.build import TRUSTED_KEY, user_class_paths
 from diffmvae.training.checkpoint_io import read_training_checkpoint
 
 
@@ -28,9 +32,13 @@ def _lightning(argv: list[str]) -> int:
     class DiffMVAECLI(LightningCLI):
         def before_instantiate_classes(self) -> None:
             if self.subcommand != "fit":
+                check_data_folders(self.config[self.subcommand].get("data"))
                 return
+            check_data_folders(self.config[self.subcommand].get("data"))
+            root = derive_run_dirs(self.config[self.subcommand].trainer)
             loggers = self.config[self.subcommand].trainer.get("logger")
             if self.config[self.subcommand].get("ckpt_path") is None:
+                check_fresh_root(root)
                 check_logger_dirs(loggers)
             else:
                 kept_metrics[:] = [keep_metrics_for_resume(loggers)]
@@ -55,16 +63,16 @@ def _lightning(argv: list[str]) -> int:
             ckpt_cb = self.trainer.checkpoint_callback
             last = Path(ckpt_cb.dirpath) / "last.ckpt" if ckpt_cb is not None and ckpt_cb.dirpath else None
             if cfg.get("ckpt_path") is None and last is not None and last.exists():
-                raise DiffMVAEError(
-                    f"{last} already exists; resume with --ckpt_path {last} or write elsewhere with "
-                    f"--trainer.default_root_dir/--trainer.callbacks (nothing was overwritten)"
-                )
+                raise DiffMVAEError(f"{last} already exists; resume with --ckpt_path {last} or start another run with "
+                                    "--trainer.default_root_dir DIR (nothing was overwritten)")
             check_run_dirs(self.trainer)
             check_data(self.model.model, self.datamodule)
+            model, data = cfg.model.as_dict(), cfg.data.as_dict()
             self.model.run_config = {
-                "model": cfg.model.as_dict(),
-                "data": cfg.data.as_dict(),
+                "model": model,
+                "data": data,
                 "seed_everything": cfg.get("seed_everything"),
+                TRUSTED_KEY: user_class_paths({"model": model, "data": data}),
             }
 
     check_config_files(argv)

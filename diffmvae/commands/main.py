@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from diffmvae.commands.classifiers import _classifiers
+from diffmvae.commands.common import dash_hint, short
 from diffmvae.commands.evaluate import _evaluate
 from diffmvae.commands.export import _export
 from diffmvae.commands.fit import _lightning
@@ -20,7 +22,7 @@ from diffmvae.commands.prior import _prior
 from diffmvae.commands.sample import _sample
 from diffmvae.commands.unite import unite_command
 from diffmvae.io import DiffMVAEError, one_line
-from diffmvae.store.build import configure_parsing
+from diffmvae.store.build import configure_parsing, parser_error
 
 log = logging.getLogger("diffmvae")
 
@@ -47,14 +49,39 @@ COMMANDS = {
 def usage() -> str:
     """``diffmvae --help``: the commands, a line each."""
     width = max(map(len, SUMMARIES))
-    lines = ["usage: diffmvae COMMAND [options]   (diffmvae COMMAND --help for a command's options)", "", "commands:"]
+    lines = ["usage: diffmvae COMMAND [options] [--verbose]   (diffmvae COMMAND --help for a command's options)", "", "commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, text in SUMMARIES.items()]
+    lines += ["", "Flags are written with underscores (--n_samples, --trainer.max_steps); switches take no value (--overwrite).",
+              "--verbose keeps Lightning's start-up lines and library warnings in the output."]
     return "\n".join(lines)
+
+
+def quiet_libraries() -> None:
+    """Keep Lightning's start-up chatter (accelerator lines, tips, seed lines), transformers' weight-loading bars
+    and advisories, and the deprecation notices of the packages underneath out of a command's output; ``--verbose``
+    keeps them. Settings the user made in the environment win."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if "transformers" in sys.modules:  # imported already (by the caller of main): the variables above are read at import
+        from transformers.utils import logging as transformers_logging  # heavy: only when transformers is imported already
+
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", message=r".*(does not have many workers|num_workers|LitLogger|litmodels).*")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if "--verbose" in argv:
+        argv.remove("--verbose")
+    else:
+        quiet_libraries()
 
     configure_parsing()
     commands = COMMANDS
@@ -72,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # An OSError the library did not name (a full disk or a read-only folder met inside Lightning or a logger).
         message = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else one_line(e)
-        print(f"diffmvae: error: {message}", file=sys.stderr)
+        print(f"diffmvae: error: {short(dash_hint(parser_error(message)))}", file=sys.stderr)
         return 2
 
 

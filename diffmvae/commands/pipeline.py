@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 
 import yaml
 
+from diffmvae.commands.common import CommandParser
 from diffmvae.io import DiffMVAEError
 from diffmvae.pipeline.run import run_pipeline
 from diffmvae.pipeline.spec import load_pipeline
@@ -16,16 +16,16 @@ log = logging.getLogger("diffmvae")
 
 
 def _pipeline(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="diffmvae pipeline", description="A data set's experiment pipeline: fit, prior fit, evaluate, "
+    p = CommandParser(prog="diffmvae pipeline", description="A data set's experiment pipeline: fit, prior fit, evaluate, "
                                 "table and plots; finished stages are skipped, so running it again resumes.")
     p.add_argument("--config", required=True, help="pipeline YAML, e.g. experiments/polydigits/pipeline.yaml")
     p.add_argument("--out", default=None, help="output folder (default: the YAML's 'out')")
     p.add_argument("--only", action="append", default=[], help="run only this run's stages (repeatable); the report covers all")
-    p.add_argument("--dry-run", action="store_true", help="list the stages still to run and their commands, run nothing")
+    p.add_argument("--dry_run", action="store_true", help="list the stages still to run and their commands, run nothing")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set KEY (a.b.c, or **.name at any depth) in every derived fit config; VALUE is YAML (repeatable)")
-    p.add_argument("--fit-arg", action="append", default=[], help="an argument appended to every fit, e.g. --fit-arg=--data.init_args.root=DIR")
-    p.add_argument("--prior-arg", action="append", default=[], help="an argument appended to every prior fit, e.g. --prior-arg=--fit.steps=10")
+    p.add_argument("--fit_arg", action="append", default=[], help="an argument appended to every fit, e.g. --fit_arg=--data.init_args.root=DIR")
+    p.add_argument("--prior_arg", action="append", default=[], help="an argument appended to every prior fit, e.g. --prior_arg=--fit.steps=10")
     args = p.parse_args(argv)
     start = time.perf_counter()
     spec = load_pipeline(args.config, args.out)

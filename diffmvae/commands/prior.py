@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Literal, Optional
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
 from diffmvae.commands.common import _parse_config, fit_arguments, seed_torch
 from diffmvae.devices import add_device_arguments, pick_device
@@ -25,7 +25,7 @@ def _prior(argv: list[str]) -> int:
     p.add_argument("--config", action=ActionConfigFile, help="YAML with prior / fit / family keys")
     p.add_argument("--ckpt", type=str, required=True, help="model checkpoint written by `diffmvae fit` (only read)")
     p.add_argument("--out", type=Optional[str], default=None, help="prior checkpoint (default: CKPT's name with .prior.ckpt)")
-    p.add_argument("--overwrite", type=bool, default=False, help="replace an existing prior checkpoint")
+    p.add_argument("--overwrite", action=ActionYesNo, default=False, help="replace an existing output")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--family", type=AggregateFamily, default="mixture", help="aggregate posterior: mixture (MoPoE q(z|X)) or joint")
     p.add_argument("--split", type=Literal["train", "val", "test"], default="train")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 
 import torch
 
-from diffmvae.commands.common import add_sampling_arguments, sampling_settings
+from diffmvae.commands.common import CommandParser, add_sampling_arguments, sampling_settings
 from diffmvae.commands.unite import add_composition_arguments, composition_from
 from diffmvae.devices import add_device_arguments, pick_device, precision
+from diffmvae.generation.inputs import read_inputs
 from diffmvae.generation.sampling import (
     choose_prior,
     generate_from_subset,
@@ -26,18 +26,22 @@ log = logging.getLogger("diffmvae")
 
 
 def _sample(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="diffmvae sample", description="Generate missing modalities from any subset.")
+    p = CommandParser(prog="diffmvae sample", description="Generate missing modalities from any subset.")
     p.add_argument("--ckpt", required=True, help="checkpoint written by `diffmvae fit`, or a model folder (`diffmvae export`)")
     p.add_argument("--given", default="none", help="observed modalities, comma separated, or 'none' (prior)")
-    p.add_argument("--n", type=int, default=64, help="number of examples")
+    p.add_argument("--n", type=int, default=64, help="number of examples (with --inputs: as many as the inputs hold)")
+    p.add_argument("--inputs", action="append", default=[], metavar="FILE.npz|MODALITY=IMAGE[,IMAGE...]",
+                   help="read the --given modalities from your own files instead of the data set (repeatable): an .npz with "
+                        "one array per modality, or image files per modality")
     p.add_argument("--out", required=True, help="output directory (grid.png, samples.npz)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="where observed examples come from")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--no_ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--prior", default="auto", choices=("auto", "score", "gaussian"),
                    help="prior for --given none: the score prior (default when the model has one) or N(0, I)")
-    p.add_argument("--prior-ckpt", default=None, help="score prior checkpoint (default: CKPT's name with .prior.ckpt)")
-    p.add_argument("--prior-steps", type=int, default=None, help="DDIM steps of the score prior (default: its own, 50)")
+    p.add_argument("--prior_ckpt", default=None, help="score prior checkpoint (default: CKPT's name with .prior.ckpt)")
+    p.add_argument("--prior_steps", type=int, default=None, help="DDIM steps of the score prior (default: its own, 50)")
     add_sampling_arguments(p)
     add_composition_arguments(p)
     add_device_arguments(p)
@@ -46,7 +50,7 @@ def _sample(argv: list[str]) -> int:
     composition = composition_from(args)
     if args.n < 1:
         raise DiffMVAEError(f"--n must be >= 1, got {args.n}")
-    check_out_dir(args.out)
+    check_out_dir(args.out, overwrite=args.overwrite)
     start = time.perf_counter()
     run = load_run(args.ckpt, use_ema=not args.no_ema, device=device)
     model = run.module.model
@@ -58,7 +62,12 @@ def _sample(argv: list[str]) -> int:
         model.check_composition(composition, given, sampling)
     prior, prior_name = choose_prior(args.prior, args.prior_ckpt, args.ckpt, model, steps=args.prior_steps) if not given else (None, None)
     generator = torch.Generator().manual_seed(args.seed)
-    batch = select_examples(run.datamodule.dataset(args.split), args.n, generator)
+    if args.inputs:
+        if not given:
+            raise DiffMVAEError("--inputs needs --given (the modalities they hold)")
+        batch, args.n = read_inputs(args.inputs, given, run.datamodule.specs, run.datamodule.encode_text)
+    else:
+        batch = select_examples(run.datamodule.dataset(args.split), args.n, generator)
     with precision(args.precision, device):
         samples = generate_from_subset(model, batch, given, args.n, generator=generator, sampling=sampling, prior=prior,
                                        composition=composition)

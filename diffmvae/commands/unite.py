@@ -18,7 +18,7 @@ import yaml
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from diffmvae.commands.common import add_sampling_arguments, sampling_overrides
+from diffmvae.commands.common import CommandParser, add_sampling_arguments, sampling_overrides
 from diffmvae.data.batches import collate_split
 from diffmvae.devices import add_device_arguments, pick_device
 from diffmvae.evaluation.classifier import predict
@@ -35,13 +35,13 @@ log = logging.getLogger("diffmvae")
 
 
 def add_composition_arguments(p: argparse.ArgumentParser) -> None:
-    """``--compose/--weights/--poe-weight``: Unite-and-Conquer within one model (:class:`diffmvae.unite.Composition`)."""
+    """``--compose/--weights/--poe_weight``: Unite-and-Conquer within one model (:class:`diffmvae.unite.Composition`)."""
     p.add_argument("--compose", default=None,
                    help="compose the diffusion decoders' predictions from several sources of the observed modalities: 'each' (one "
                         "per modality, its own z ~ q(z|x_m)), 'each+poe' (and the PoE latent), 'poe', subsets like 'm0;m2;m0+m2', "
                         "or a YAML file with sources / weights / poe_weight (needs decoders trained with cond_dropout)")
     p.add_argument("--weights", default=None, help="composition weights: one for every source, or one per listed subset (default 1)")
-    p.add_argument("--poe-weight", type=float, default=None, help="weight of the PoE source of 'each+poe' (default: --weights)")
+    p.add_argument("--poe_weight", type=float, default=None, help="weight of the PoE source of 'each+poe' (default: --weights)")
     p.add_argument("--draws", type=int, default=1, help="latents drawn per source, each a source with the source's weight (default 1)")
 
 
@@ -50,7 +50,7 @@ def composition_from(args: argparse.Namespace) -> Any:
 
     if args.compose is None:
         if args.weights is not None or args.poe_weight is not None or args.draws != 1:
-            raise DiffMVAEError("--weights, --poe-weight and --draws need --compose")
+            raise DiffMVAEError("--weights, --poe_weight and --draws need --compose")
         return None
     if args.compose.endswith((".yaml", ".yml")):
 
@@ -69,7 +69,7 @@ def composition_from(args: argparse.Namespace) -> Any:
 
 
 def unite_command(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="diffmvae unite", description="Unite-and-Conquer across models: generate one target modality "
+    p = CommandParser(prog="diffmvae unite", description="Unite-and-Conquer across models: generate one target modality "
                                 "from separately trained checkpoints, each conditioned on what it was trained on, composed at sampling time.")
     p.add_argument("--config", default=None, help="YAML with target and models (ckpt, given, weight, reliability); see diffmvae.unite")
     p.add_argument("--ckpt", action="append", default=None, help="a checkpoint (repeat; instead of --config, with --target and --given)")
@@ -81,6 +81,7 @@ def unite_command(argv: list[str]) -> int:
     p.add_argument("--n", type=int, default=None, help="examples of --split to condition on (default: all)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--evaluate", action="store_true", help="judge the target's coherence and FD, composed and each model alone")
     p.add_argument("--classifiers", default=None, help="classifier file (default: the one for the first model's data, trained if missing)")
     add_sampling_arguments(p)
@@ -92,6 +93,7 @@ def unite_command(argv: list[str]) -> int:
     spec = UniteSpec.from_file(args.config) if args.config else UniteSpec.from_mapping(unite_mapping(args), "the command line")
     if args.n is not None and args.n < 1:
         raise DiffMVAEError(f"--n must be >= 1, got {args.n}")
+    check_out_dir(args.out, overwrite=args.overwrite)
     start = time.perf_counter()
     metrics = run_unite(spec, args.out, n=args.n, seed=args.seed, split=args.split, sampling=sampling_overrides(args),
                         evaluate=args.evaluate, classifiers=args.classifiers, device=device)

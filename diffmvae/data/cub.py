@@ -68,7 +68,7 @@ class CUB(Dataset):
     views_per_epoch = True
 
     def __init__(self, root: str | Path, split: Split = "train", image_size: int = 64, captions_per_image: int = 10, val_fraction: float = 0.1,
-                 seed: int = 0, text_dir: str = "text") -> None:
+                 seed: int = 0, text_dir: str = "text_c10") -> None:
         if split not in ("train", "val", "test"):
             raise ValueError(f"unknown split {split!r}; choose train, val or test")
         if captions_per_image < 1 or image_size < 4:
@@ -152,15 +152,16 @@ class CUBDataModule(MultimodalDataModule):
     drawn afresh each epoch), and the class ``label`` (0..199) for probes and the judges of coherence.
 
     Args:
-        root: the CUB folder (``images.txt``, ``images/``, ``text/``, ...).
+        root: the CUB folder (``images.txt``, ``images/``, ``text_c10/``, ...).
         image_size: 64 in Wesego & Rooshenas 2024.
-        captions_per_image: captions each ``text/<name>.txt`` must hold (10 in Reed et al.'s release).
+        captions_per_image: captions each ``text_c10/<name>.txt`` must hold (10 in Reed et al.'s release).
         tokenizer: a local tokenizer folder (GPT-2's for the decoder, as Optimus); default: a word-level tokenizer
             trained in memory on the training captions (``vocab_size`` at most).
         encoder_tokenizer: a second local tokenizer folder for the text encoder (BERT's).
         max_length: caption tokens, ``[BOS]`` and ``[EOS]`` included.
         val_fraction, seed: the seeded part of the official training split held out for validation.
-        text_dir: the caption folder under ``root``.
+        text_dir: the caption folder under ``root``: ``text_c10`` in Reed et al.'s release of the captions (Reed et al.
+            2016, "Learning Deep Representations of Fine-Grained Visual Descriptions"); set it when yours is named otherwise.
     """
 
     def __init__(
@@ -175,7 +176,7 @@ class CUBDataModule(MultimodalDataModule):
         batch_size: int = 64,
         val_fraction: float = 0.1,
         seed: int = 0,
-        text_dir: str = "text",
+        text_dir: str = "text_c10",
         missing_rate: float = 0.0,
         num_workers: int = 0,
     ) -> None:
@@ -199,9 +200,6 @@ class CUBDataModule(MultimodalDataModule):
         if split not in self._cub:
             self._cub[split] = self.cub(split)
         return self._cub[split]
-
-    def decode_text(self, name: str, ids: Any) -> list[str]:
-        return self.tokenizer.decode(ids)
 
     def make_dataset(self, split: Split) -> Dataset:
         base = self.raw_split(split)

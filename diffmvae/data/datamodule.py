@@ -5,11 +5,13 @@ argument (recorded by ``save_hyperparameters``), so it lands in the run's config
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from diffmvae.data.captions import Captioned, captions_for, parse_digit
@@ -19,6 +21,7 @@ from diffmvae.data.polydigits import BACKGROUND_SCALE, TEXTURE_CONTRAST, TEXTURE
 from diffmvae.data.polymnist import PolyMNIST
 from diffmvae.data.spec import ModalitySpec, image_spec
 from diffmvae.data.text import TextModality
+from diffmvae.io import DiffMVAEError
 
 # Settings of how data is loaded, not of what the data is: left out of cache keys.
 LOADER_SETTINGS = ("batch_size", "num_workers", "missing_rate")
@@ -87,6 +90,7 @@ class MultimodalDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size, self.num_workers, self.missing_rate, self.seed = batch_size, num_workers, check_fraction("missing_rate", missing_rate), seed
         self._sets: dict[str, Dataset] = {}
+        self.text: TextModality | None = None  # a data set with captions sets its text modality
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -100,6 +104,26 @@ class MultimodalDataModule(L.LightningDataModule):
 
     def make_dataset(self, split: Split) -> Dataset:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ text modalities (``self.text``, when set)
+    def _text(self, name: str) -> TextModality:
+        if self.text is None or not self.specs.get(name) or not self.specs[name].is_text:
+            raise DiffMVAEError(f"{type(self).__name__} has no text modality {name!r}")
+        return self.text
+
+    def decode_text(self, name: str, ids: Any) -> list[str]:
+        """The strings of a text modality's token ids."""
+        return self._text(name).decode(ids)
+
+    def encode_text(self, name: str, texts: Sequence[str]) -> dict[str, Tensor]:
+        """A text modality's tensors for ``texts`` (what its examples hold)."""
+        return self._text(name).encode(texts)
+
+    def portable_files(self, folder: Path) -> dict[str, str]:
+        """Write under ``folder`` what this data needs beyond its config to rebuild its modalities elsewhere (a text
+        modality's tokenizer, which is otherwise trained from the data or read from the author's disk); returns the
+        init arguments that read those files, as paths relative to ``folder``."""
+        return self.text.save(folder, "tokenizer") if self.text is not None else {}
 
     def dataset(self, split: Split) -> Dataset:
         """The (cached) dataset of ``split``; only ``train`` gets missing modalities."""
@@ -245,10 +269,6 @@ class PolyDigitsDataModule(MultimodalDataModule):
         if self.text is None:
             raise ValueError("this PolyDigits data set has no captions (captions: false)")
         return self.text.tokenizer
-
-    def decode_text(self, name: str, ids: Any) -> list[str]:
-        """The strings of a text modality's token ids."""
-        return self.tokenizer.decode(ids)
 
     @staticmethod
     def parse_label(text: str) -> int:

@@ -61,6 +61,17 @@ class TextTokenizer:
         return out
 
 
+def save_tokenizer(tokenizer: TextTokenizer, folder: str | Path) -> Path:
+    """Write ``tokenizer`` to ``folder`` as a transformers fast tokenizer (``tokenizer.json`` with its begin, end and
+    padding tokens named), which :func:`load_tokenizer` reads back with the same ids."""
+    from transformers import PreTrainedTokenizerFast  # heavy: transformers (~2 s to import) only when a tokenizer is saved
+
+    tok = tokenizer.tokenizer
+    names = {key: tok.id_to_token(i) for key, i in (("bos_token", tokenizer.bos_id), ("eos_token", tokenizer.eos_id), ("pad_token", tokenizer.pad_id))}
+    PreTrainedTokenizerFast(tokenizer_object=tok, **names).save_pretrained(str(folder))
+    return Path(folder)
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> TextTokenizer:
     """A word-level tokenizer trained in memory on ``texts`` (lower-cased, split on whitespace and punctuation), for
     data sets that ship none; deterministic for the same texts."""
@@ -140,6 +151,14 @@ class TextModality:
 
         keys = ("input_ids", "attention_mask", *(("encoder_input_ids", "encoder_attention_mask") if self.encoder_tokenizer else ()))
         return ModalitySpec("text", (self.max_length,), num_classes=self.tokenizer.vocab_size, text_keys=keys)
+
+    def save(self, folder: Path, name: str) -> dict[str, str]:
+        """Save the tokenizer (and the encoder's) under ``folder`` as ``name`` (``name``-encoder); returns the data
+        module's init arguments that read them back, as paths relative to ``folder``."""
+        out = {"tokenizer": str(save_tokenizer(self.tokenizer, folder / name).relative_to(folder))}
+        if self.encoder_tokenizer is not None:
+            out["encoder_tokenizer"] = str(save_tokenizer(self.encoder_tokenizer, folder / f"{name}-encoder").relative_to(folder))
+        return out
 
     def encode(self, texts: Sequence[str]) -> dict[str, Tensor]:
         return encode_texts(texts, self.tokenizer, self.max_length, self.encoder_tokenizer)

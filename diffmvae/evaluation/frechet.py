@@ -98,7 +98,7 @@ class InceptionExtractor(nn.Module):
         if not weights.is_file():
             raise DiffMVAEError(f"Inception weights file {weights} does not exist")
         try:
-            from torchmetrics.image.fid import NoTrainInceptionV3  # heavy: Inception only with --inception-weights
+            from torchmetrics.image.fid import NoTrainInceptionV3  # heavy: Inception only with --inception_weights
             from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE  # heavy: as above
         except ImportError as e:  # pragma: no cover - depends on the torchmetrics build
             raise DiffMVAEError(f"Inception FID is unavailable in this torchmetrics ({e})") from e

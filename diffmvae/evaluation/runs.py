@@ -24,9 +24,9 @@ from diffmvae.evaluation.frechet import InceptionExtractor
 from diffmvae.evaluation.report import write_report
 from diffmvae.evaluation.suite import EvalSettings, evaluate_model
 from diffmvae.generation.sampling import choose_prior, sampling_record
-from diffmvae.io import DiffMVAEError, check_out_dir, check_writable
+from diffmvae.io import DiffMVAEError, check_out_dir, check_writable, refuse_existing
 from diffmvae.model.composition import Composition
-from diffmvae.store.build import build_data
+from diffmvae.store.build import build_data, trusted_of
 from diffmvae.store.load import LoadedRun, load_run
 
 log = logging.getLogger(__name__)
@@ -42,32 +42,34 @@ def judged_data(data_config: dict[str, Any]) -> dict[str, Any]:
     return {**data_config, "init_args": init}
 
 
-def data_key(data_config: dict[str, Any]) -> str:
+def data_key(data_config: dict[str, Any], trusted: Sequence[str] = ()) -> str:
     """A file-name key for the real data a classifier set is trained on: the data module's class, recipe version and
     every data setting, defaults included (:meth:`~diffmvae.data.MultimodalDataModule.cache_key`), of
     :func:`judged_data`."""
-    key = build_data(judged_data(data_config), "the data config").cache_key()
+    key = build_data(judged_data(data_config), "the data config", trusted).cache_key()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{key['class']}{'-v' + str(key['version']) if key['version'] is not None else ''}-{digest}"
 
 
-def fit_classifiers(data_config: dict[str, Any], out: str | Path | None = None, *, overwrite: bool = False, progress: bool = True, **settings: Any) -> Path:
-    """Train and save one classifier per image modality of the data described by ``data_config``."""
-    path = Path(out) if out else CLASSIFIER_DIR / f"{data_key(data_config)}.pt"
-    if path.exists() and not overwrite:
-        raise DiffMVAEError(f"{path} already exists; pass --overwrite true or choose --out (nothing was overwritten)")
+def fit_classifiers(data_config: dict[str, Any], out: str | Path | None = None, *, overwrite: bool = False, progress: bool = True,
+                    trusted: Sequence[str] = (), **settings: Any) -> Path:
+    """Train and save one classifier per image modality of the data described by ``data_config`` (a data module
+    outside the library is built only when its class path is in ``trusted``)."""
+    path = Path(out) if out else CLASSIFIER_DIR / f"{data_key(data_config, trusted)}.pt"
+    refuse_existing(path, overwrite)
     check_writable(path.parent, "the classifiers' folder")
-    classifiers, accuracy = fit_classifier_set(build_data(judged_data(data_config), "the data config"), progress=progress, **settings)
+    classifiers, accuracy = fit_classifier_set(build_data(judged_data(data_config), "the data config", trusted), progress=progress, **settings)
     return save_classifier_set(path, classifiers, accuracy, judged_data(data_config))
 
 
 def classifiers_for_run(run: LoadedRun, path: str | Path | None, progress: bool = True) -> tuple[dict, dict[str, float], Path]:
     """The classifier set at ``path``, or the cached one for the run's data (trained and saved when missing)."""
     if path is None:
-        path = CLASSIFIER_DIR / f"{data_key(run.config['data'])}.pt"
+        trusted = trusted_of(run.config, "the run's config")
+        path = CLASSIFIER_DIR / f"{data_key(run.config['data'], trusted)}.pt"
         if not Path(path).is_file():
             log.info("no classifiers for this data yet: training them on its train split (saved to %s)", path)
-            fit_classifiers(run.config["data"], path, progress=progress)
+            fit_classifiers(run.config["data"], path, progress=progress, trusted=trusted)
     classifiers, accuracy, _ = load_classifier_set(path)
     specs = run.datamodule.specs
     missing = [m for m in run.module.model.modalities if specs[m].judge == "classifier" and m not in classifiers]

@@ -59,11 +59,11 @@ class EvalSettings:
         if unknown or not self.parts:
             raise DiffMVAEError(f"--parts must name some of {', '.join(PARTS)}, got {unknown[0] if unknown else 'none'!r}")
         if self.n_samples is not None and self.n_samples < 1:
-            raise DiffMVAEError(f"--n-samples must be >= 1, got {self.n_samples}")
+            raise DiffMVAEError(f"--n_samples must be >= 1, got {self.n_samples}")
         if self.pca_components < 0 or self.pca_train < 2:
-            raise DiffMVAEError(f"--pca-components must be >= 0 and --pca-train >= 2, got {self.pca_components}, {self.pca_train}")
+            raise DiffMVAEError(f"--pca_components must be >= 0 and --pca_train >= 2, got {self.pca_components}, {self.pca_train}")
         if self.max_subsets < 1 or self.probe_train < 2:
-            raise DiffMVAEError(f"--max-subsets must be >= 1 and --probe-train >= 2, got {self.max_subsets}, {self.probe_train}")
+            raise DiffMVAEError(f"--max_subsets must be >= 1 and --probe_train >= 2, got {self.max_subsets}, {self.probe_train}")
 
 
 def subsets_by_size(modalities: Sequence[str], max_subsets: int, seed: int) -> dict[int, list[tuple[str, ...]]]:

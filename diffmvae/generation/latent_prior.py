@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from diffmvae.data.batches import map_batch
 from diffmvae.devices import pick_device
 from diffmvae.devices import precision as autocast
-from diffmvae.io import DiffMVAEError, check_writable
+from diffmvae.io import DiffMVAEError, check_writable, refuse_existing
 from diffmvae.model.posterior import product_of_experts, reparameterize
 from diffmvae.model.vae import MultimodalVAE
 from diffmvae.store.build import build
@@ -109,8 +109,7 @@ def fit_prior_for_checkpoint(
     out = Path(out) if out is not None else default_prior_path(model_ckpt)
     if out.resolve() == model_ckpt.resolve():
         raise DiffMVAEError(f"--out {out} is the model checkpoint itself; a prior is written beside it, never into it")
-    if out.exists() and not overwrite:
-        raise DiffMVAEError(f"{out} already exists; pass --overwrite true or choose --out (nothing was overwritten)")
+    refuse_existing(out, overwrite)
     check_writable(out.parent, "the prior's folder")
     config = PriorFitConfig(**fit_args)
     run = load_run(model_ckpt)

@@ -62,12 +62,12 @@ def choose_prior(
     if choice == "gaussian" or (choice == "auto" and not prior_ckpt and not path.is_file()):
         return model.prior, "gaussian"
     if not path.is_file():
-        raise DiffMVAEError(f"no score prior at {path}; fit one with `diffmvae prior fit --ckpt {model_ckpt}` or pass --prior-ckpt")
+        raise DiffMVAEError(f"no score prior at {path}; fit one with `diffmvae prior fit --ckpt {model_ckpt}` or pass --prior_ckpt")
     prior = load_prior(path, model, model_ckpt).to(model.device_of())
     if steps is None:
         return prior, "score"
     if steps < 1:
-        raise DiffMVAEError(f"--prior-steps must be >= 1, got {steps}")
+        raise DiffMVAEError(f"--prior_steps must be >= 1, got {steps}")
     return prior.with_steps(steps), f"score (DDIM-{steps})"
 
 

@@ -47,19 +47,19 @@ def stages(spec: PipelineSpec) -> list[Stage]:
         out.append(Stage(run.name, "fit", tuple(fit), write_config))
         priors = [p for p in spec.priors if p == "gaussian" or run.model.prior is not None]
         if run.model.prior is not None:
-            argv = ["prior", "fit", "--ckpt", str(ckpt), "--config", str(run.model.prior), "--overwrite", "true", *run.model.prior_args, *spec.prior_args]
+            argv = ["prior", "fit", "--ckpt", str(ckpt), "--config", str(run.model.prior), "--overwrite", *run.model.prior_args, *spec.prior_args]
             out.append(Stage(run.name, "prior", tuple(argv)))
         ev = spec.evaluate
         common = ["--ckpt", str(ckpt), "--names", run.name, "--seed", str(ev.get("seed", 0)), *ev["args"]]
         for key in ("n_samples", "max_subsets"):
             if ev.get(key) is not None:
-                common += [f"--{key.replace('_', '-')}", str(ev[key])]
+                common += [f"--{key}", str(ev[key])]
         if spec.classifiers:
             common += ["--classifiers", str(spec.classifiers)]
         for i, prior in enumerate(priors):
             parts = [] if i == 0 else ["--parts", "unconditional"]
             name = "evaluate" if i == 0 else f"unconditional_{prior}"
-            out.append(Stage(run.name, name, ("evaluate", *common, "--prior", prior, "--out", str(folder / name), *parts)))
+            out.append(Stage(run.name, name, ("evaluate", *common, "--prior", prior, "--out", str(folder / name), "--overwrite", *parts)))
     return out
 
 

@@ -140,8 +140,9 @@ def _callbacks(trainer: dict) -> list:
 
 
 def relocate(config: dict, folder: Path) -> dict:
-    """``config`` writing into ``folder``: ``default_root_dir``, a CSV/TensorBoard logger's ``save_dir/name/version``
-    and the checkpoint callback's ``dirpath`` (``folder/checkpoints``)."""
+    """``config`` writing into ``folder``: ``default_root_dir`` (from which ``fit`` derives the logger's and the
+    checkpoints' folders), and the folders a config names itself: a CSV/TensorBoard logger's ``save_dir/name/version``
+    and a checkpoint callback's ``dirpath`` (``folder/checkpoints``)."""
     cfg = copy.deepcopy(config)
     trainer = cfg.setdefault("trainer", {})
     trainer["default_root_dir"] = str(folder)
@@ -150,8 +151,8 @@ def relocate(config: dict, folder: Path) -> dict:
         if isinstance(logger, dict) and "init_args" in logger and "save_dir" in logger["init_args"]:
             logger["init_args"].update(save_dir=str(folder.parent), name=folder.name, version="")
     for cb in _callbacks(trainer):
-        if isinstance(cb, dict) and cb.get("class_path", "").endswith("ModelCheckpoint"):
-            cb.setdefault("init_args", {})["dirpath"] = str(folder / "checkpoints")
+        if isinstance(cb, dict) and cb.get("class_path", "").endswith("ModelCheckpoint") and (cb.get("init_args") or {}).get("dirpath"):
+            cb["init_args"]["dirpath"] = str(folder / "checkpoints")
     return cfg
 
 

@@ -1,7 +1,9 @@
 """Objects from configs, one way: every ``class_path`` / ``init_args`` spec is built by jsonargparse, the parser that
 ``diffmvae fit`` (LightningCLI) builds a run with, so a stored config rebuilds exactly what training built (its
 dataclasses, samplers and nested modules from their type hints). Before jsonargparse imports anything, every
-``class_path`` must name a class of the library's packages, so a config never imports a module it should not.
+``class_path`` must name a class of the library's packages or one the run itself named when it was trained (the
+user's own data modules and decoders, recorded as the run's trusted class paths), so a config never imports a
+module it should not.
 """
 
 from __future__ import annotations
@@ -37,11 +39,30 @@ def class_paths(spec: Any) -> Iterator[str]:
             yield from class_paths(value)
 
 
-def check_class_paths(spec: Any, where: str, packages: Sequence[str] = LIBRARY_PACKAGES) -> None:
-    """One line (``DiffMVAEError``) when a ``class_path`` of ``spec`` is outside ``packages``; nothing is imported."""
+def user_class_paths(spec: Any) -> list[str]:
+    """The ``class_path`` values of ``spec`` outside the library's packages: the user's own classes, which a run
+    records as the code it trusts (:data:`TRUSTED_KEY`)."""
+    return sorted({p for p in class_paths(spec) if p.split(".")[0] not in LIBRARY_PACKAGES})
+
+
+TRUSTED_KEY = "trusted_class_paths"
+
+
+def trusted_of(config: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    """The class paths a stored run config trusts besides the library's (written by ``fit`` from its config)."""
+    trusted = config.get(TRUSTED_KEY) or []
+    if not isinstance(trusted, list) or not all(isinstance(t, str) for t in trusted):
+        raise DiffMVAEError(f"{where}: {TRUSTED_KEY} must be a list of class paths")
+    return tuple(trusted)
+
+
+def check_class_paths(spec: Any, where: str, trusted: Sequence[str] = ()) -> None:
+    """One line (``DiffMVAEError``) when a ``class_path`` of ``spec`` is neither in the library's packages nor one of
+    ``trusted`` (the classes the run named itself); nothing is imported before this check."""
     for path in class_paths(spec):
-        if path.split(".")[0] not in packages:
-            raise DiffMVAEError(f"{where}: class_path {path!r} is outside the packages {', '.join(packages)}")
+        if path.split(".")[0] not in LIBRARY_PACKAGES and path not in trusted:
+            raise DiffMVAEError(f"{where}: class_path {path!r} is outside the packages {', '.join(LIBRARY_PACKAGES)} and not one "
+                                f"the run named (its {TRUSTED_KEY}); it is not imported")
 
 
 def parser_error(text: str) -> str:
@@ -58,10 +79,11 @@ def parser_error(text: str) -> str:
     return f"{prefix}({where}): {what}"[:400]
 
 
-def build(specs: Mapping[str, Any], bases: Mapping[str, type], where: str, packages: Sequence[str] = LIBRARY_PACKAGES) -> dict[str, Any]:
+def build(specs: Mapping[str, Any], bases: Mapping[str, type], where: str, trusted: Sequence[str] = ()) -> dict[str, Any]:
     """``{key: object}`` built from ``specs[key]`` (a ``class_path`` / ``init_args`` spec of a subclass of
-    ``bases[key]``) by jsonargparse; a spec that does not build is one line starting with ``where``."""
-    check_class_paths({key: specs[key] for key in bases}, where, packages)
+    ``bases[key]``) by jsonargparse; a spec that does not build is one line starting with ``where``. Classes outside
+    the library are imported only when listed in ``trusted``."""
+    check_class_paths({key: specs[key] for key in bases}, where, trusted)
     configure_parsing()
     parser = ArgumentParser(exit_on_error=False)
     for key, base in bases.items():
@@ -78,10 +100,10 @@ def build(specs: Mapping[str, Any], bases: Mapping[str, type], where: str, packa
 
 def build_run(config: Mapping[str, Any], where: str) -> tuple[L.LightningModule, L.LightningDataModule]:
     """The LightningModule and the DataModule of a run config (``model`` and ``data``, as ``diffmvae fit`` stored them)."""
-    built = build(config, {"model": L.LightningModule, "data": L.LightningDataModule}, where)
+    built = build(config, {"model": L.LightningModule, "data": L.LightningDataModule}, where, trusted_of(config, where))
     return built["model"], built["data"]
 
 
-def build_data(spec: Mapping[str, Any], where: str) -> L.LightningDataModule:
+def build_data(spec: Mapping[str, Any], where: str, trusted: Sequence[str] = ()) -> L.LightningDataModule:
     """The DataModule of a ``data`` config."""
-    return build({"data": spec}, {"data": L.LightningDataModule}, where)["data"]
+    return build({"data": spec}, {"data": L.LightningDataModule}, where, trusted)["data"]

@@ -15,6 +15,7 @@ it accepts a checkpoint. The folder can be uploaded as it is (``huggingface_hub.
 from __future__ import annotations
 
 import json
+import copy
 import os
 import shutil
 import tempfile
@@ -25,8 +26,18 @@ from typing import Any
 import yaml
 
 import diffmvae
-from diffmvae.io import DiffMVAEError, check_writable, file_sha256, save_safetensors, tensors_for_safetensors, writing
-from diffmvae.store.load import CARD, CONFIG, FOLDER_FORMAT, FOLDER_VERSION, PRIOR, WEIGHTS, load_run
+from diffmvae.io import (
+    DiffMVAEError,
+    check_writable,
+    file_sha256,
+    refuse_existing,
+    save_safetensors,
+    tensors_for_safetensors,
+    writing,
+)
+from diffmvae.store.build import TRUSTED_KEY, trusted_of
+from diffmvae.model.vae import MultimodalVAE
+from diffmvae.store.load import CARD, CONFIG, FOLDER_FORMAT, FOLDER_VERSION, PRIOR, RELATIVE_KEY, WEIGHTS, LoadedRun, load_run
 from diffmvae.store.prior_file import default_prior_path, load_prior, read_prior_file, save_prior
 
 
@@ -44,8 +55,7 @@ def export_model(ckpt: str | os.PathLike, out: str | os.PathLike, *, prior_ckpt:
     ``overwrite``."""
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise DiffMVAEError(f"{out} already exists; pass --overwrite or choose another --out (nothing was overwritten)")
+    refuse_existing(out, overwrite)
     if is_model_folder(ckpt):
         raise DiffMVAEError(f"{ckpt} is already a model folder; export reads a `diffmvae fit` checkpoint")
     check_writable(out.parent, "--out's folder")
@@ -54,7 +64,7 @@ def export_model(ckpt: str | os.PathLike, out: str | os.PathLike, *, prior_ckpt:
     prior_path = Path(prior_ckpt) if prior_ckpt else default_prior_path(ckpt)
     prior = load_prior(prior_path, model, ckpt) if prior_path.is_file() else None
     if prior_ckpt and prior is None:
-        raise DiffMVAEError(f"--prior-ckpt {prior_ckpt} does not exist")
+        raise DiffMVAEError(f"--prior_ckpt {prior_ckpt} does not exist")
     table = evaluation_table(evaluation) if evaluation else None
     with writing(out):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -68,8 +78,10 @@ def export_model(ckpt: str | os.PathLike, out: str | os.PathLike, *, prior_ckpt:
                 save_prior(tmp / PRIOR, prior, record["prior"], tmp, model, record.get("fit", {}))
             trained = {"global_step": int(run.checkpoint.get("global_step", 0)), "epoch": int(run.checkpoint.get("epoch", 0)),
                        "source_checkpoint": Path(ckpt).name}
+            model_spec, data_spec, relative = portable_config(run, tmp)
             config = {"format": FOLDER_FORMAT, "version": FOLDER_VERSION, "diffmvae_version": diffmvae.__version__,
-                      "model": run.config["model"], "data": run.config["data"], "trained": trained,
+                      "model": model_spec, "data": data_spec, RELATIVE_KEY: relative,
+                      TRUSTED_KEY: list(trusted_of(run.config, f"checkpoint {ckpt}")), "trained": trained,
                       "files": {WEIGHTS: {"sha256": weights_sha}, **({PRIOR: {"sha256": file_sha256(tmp / PRIOR)}} if prior is not None else {})}}
             (tmp / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
             (tmp / CARD).write_text(model_card(run, config, prior is not None, table, out.name))
@@ -78,6 +90,24 @@ def export_model(ckpt: str | os.PathLike, out: str | os.PathLike, *, prior_ckpt:
             if tmp.exists():
                 shutil.rmtree(tmp)
     return out
+
+
+def portable_config(run: LoadedRun, folder: Path) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """The run's model and data configs made to need nothing outside ``folder``: each encoder and decoder rebuilt
+    from its own sizes (:meth:`~decoders.Decoder.portable_args`: a pretrained network's config instead of its
+    folder; the weights are in ``model.safetensors``), and the data's files (a text modality's tokenizer) saved
+    into ``folder``. Returns ``(model, data, the config keys holding paths relative to the folder)``."""
+    model_spec, data_spec = copy.deepcopy(run.config["model"]), copy.deepcopy(run.config["data"])
+    files = run.datamodule.portable_files(folder)
+    data_spec.setdefault("init_args", {}).update(files)
+    model = run.module.model
+    if isinstance(model, MultimodalVAE):
+        inner = model_spec["init_args"]["model"].setdefault("init_args", {})
+        for group, modules in (("encoders", model.encoders), ("decoders", model.decoders)):
+            for key, spec in (inner.get(group) or {}).items():
+                if isinstance(spec, dict) and key in modules:
+                    spec.setdefault("init_args", {}).update(modules[key].portable_args())
+    return model_spec, data_spec, [f"data.init_args.{key}" for key in files]
 
 
 def replace_dir(new: Path, out: Path) -> None:

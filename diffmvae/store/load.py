@@ -12,13 +12,14 @@ import torch
 import yaml
 
 from diffmvae.io import DiffMVAEError, file_sha256, read_safetensors
-from diffmvae.store.build import build_run
+from diffmvae.store.build import TRUSTED_KEY, build_run
 from diffmvae.training.checkpoint_io import read_checkpoint
 
 # A model folder's format name and its files (written by :mod:`diffmvae.store.folder`).
 FOLDER_FORMAT = "diffmvae-model-folder"
 FOLDER_VERSION = 1
 WEIGHTS, CONFIG, PRIOR, CARD = "model.safetensors", "config.yaml", "prior.safetensors", "README.md"
+RELATIVE_KEY = "paths_in_folder"  # the config keys (a.b.c) whose values are paths relative to the folder
 
 
 @dataclass
@@ -61,6 +62,21 @@ def _load_checkpoint(path: str | Path, use_ema: bool) -> LoadedRun:
     return LoadedRun(module, datamodule, config, ckpt)
 
 
+def resolve_in_folder(config: dict[str, Any], key: str, folder: Path) -> None:
+    """Make the value at ``key`` (``a.b.c``) of ``config``, a path relative to the model folder, absolute; one line
+    when the key is missing or the path leaves the folder."""
+    *parents, last = key.split(".")
+    node = config
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or not isinstance(node.get(last), str):
+        raise DiffMVAEError(f"{folder / CONFIG}: {RELATIVE_KEY} names {key}, which holds no path")
+    target = (folder / node[last]).resolve()
+    if not target.is_relative_to(folder.resolve()):
+        raise DiffMVAEError(f"{folder / CONFIG}: {key} ({node[last]}) is outside the model folder")
+    node[last] = str(target)
+
+
 def load_folder(path: str | Path) -> LoadedRun:
     """Rebuild a model folder written by ``diffmvae export``: ``config.yaml`` (safe YAML, library classes only) and
     ``model.safetensors`` (checked against the sha256 the config records). No pickle is read."""
@@ -78,6 +94,8 @@ def load_folder(path: str | Path) -> LoadedRun:
     expected = (config.get("files") or {}).get(WEIGHTS, {}).get("sha256")
     if expected and file_sha256(path / WEIGHTS) != expected:
         raise DiffMVAEError(f"{path / WEIGHTS} does not match the sha256 in {CONFIG}: the file was changed or truncated after export")
+    for key in config.get(RELATIVE_KEY) or []:
+        resolve_in_folder(config, str(key), path)
     state, _ = read_safetensors(path / WEIGHTS, "model weights")
     module, datamodule = build_run(config, f"{path / CONFIG}: its config does not build a model")
     try:
@@ -86,4 +104,5 @@ def load_folder(path: str | Path) -> LoadedRun:
         first = str(e).strip().splitlines()[0]
         raise DiffMVAEError(f"{path / WEIGHTS} does not match the model of {CONFIG} ({first[:200]})") from e
     module.eval()
-    return LoadedRun(module, datamodule, {"model": config["model"], "data": config["data"]}, {"global_step": config.get("trained", {}).get("global_step", 0)})
+    kept = {key: config[key] for key in ("model", "data", TRUSTED_KEY) if key in config}
+    return LoadedRun(module, datamodule, kept, {"global_step": config.get("trained", {}).get("global_step", 0)})

@@ -1,7 +1,7 @@
 """GPU check: a few hundred training steps of the Diff-MVAE* config at PolyMNIST size (5 modalities, 3x28x28) in
 bf16-mixed, then DDIM-50 sampling; prints steps/s, images/s and peak GPU memory. CI never runs it.
 
-    python experiments/benchmarks/gpu_check.py [--steps 300] [--precision bf16-mixed] [--batch-size 128] [--n 256]
+    python experiments/benchmarks/gpu_check.py [--steps 300] [--precision bf16-mixed] [--batch_size 128] [--n 256]
 
 ``--accelerator cpu`` runs the same code on the CPU (no memory figures): the test suite does, at a tiny size, so the
 script cannot rot between the runs on a GPU.
@@ -59,7 +59,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--precision", default="bf16-mixed")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--n", type=int, default=256, help="images generated per modality for the sampling throughput")
     p.add_argument("--accelerator", default="gpu", choices=("gpu", "cpu"), help="cpu: a smoke run of the same code")
     args = p.parse_args()

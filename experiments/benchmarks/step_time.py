@@ -55,7 +55,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default="experiments/polydigits/quickstart.yaml")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=None, help="default: the config's")
+    p.add_argument("--batch_size", type=int, default=None, help="default: the config's")
     args = p.parse_args()
     with open(args.config) as f:
         config = yaml.safe_load(f)

@@ -27,7 +27,7 @@ from diffmvae.store.load import load_run
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--prior-ckpt", default=None)
+    p.add_argument("--prior_ckpt", default=None)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     add_sampling_arguments(p)

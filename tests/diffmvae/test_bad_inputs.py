@@ -59,7 +59,7 @@ def ws(tmp_path_factory):
     first.rename(first.with_name(f"{index}.{(int(digit) + 1) % 10}.png"))
     (root / "config_bad_yaml.yaml").write_text("model: [unclosed")
     rows = make_cub(root / "cub")
-    (root / "cub" / "text" / rows[2][0]).with_suffix(".txt").write_text("one caption\n" * 9)
+    (root / "cub" / "text_c10" / rows[2][0]).with_suffix(".txt").write_text("one caption\n" * 9)
     make_celebamask(root / "celeba")
     attributes = root / "celeba" / "CelebAMask-HQ-attribute-anno.txt"
     attributes.write_text(attributes.read_text().replace("Smiling", "Smile"))
@@ -106,8 +106,8 @@ ROWS = [
     ("config-bad-data-value", lambda w: ["fit", "--config", tiny_config(w, lambda c: set_path(c, ["data", "init_args", "num_modalities"], 11))],
      "num_modalities must be in 1..10, got 11"),
     ("fit-existing-run", lambda w: ["fit", "--config", str(w["cfg"]), "--trainer.logger.save_dir", str(w["root"] / "other_logs")],
-     "last.ckpt already exists; resume with --ckpt_path"),
-    ("fit-logger-folder-of-another-run", lambda w: ["fit", "--config", str(w["cfg"])],
+     "already holds a run; resume it with --ckpt_path"),
+    ("fit-logger-folder-of-another-run", lambda w: ["fit", "--config", str(w["cfg"]), "--trainer.default_root_dir", str(w["root"] / "new_root")],
      "metrics.csv already exists (the logger's folder belongs to another run)"),
     ("data-polymnist-missing-folder", lambda w: ["fit", "--config", tiny_config(w, lambda c: c.update(data=polymnist_data(w["root"] / "nowhere")))],
      "nowhere"),
@@ -133,14 +133,14 @@ ROWS = [
      "--steps apply to diffusion decoders, and this model has none"),
     ("sample-output-is-a-file", lambda w: ["sample", "--ckpt", str(w["ckpt"]), "--given", "m0", "--out", str(w["root"] / "text.ckpt")],
      "text.ckpt"),
-    ("prior-of-another-checkpoint", lambda w: ["sample", "--ckpt", str(w["other"]), "--given", "none", "--prior-ckpt",
+    ("prior-of-another-checkpoint", lambda w: ["sample", "--ckpt", str(w["other"]), "--given", "none", "--prior_ckpt",
                                                str(w["run"] / "checkpoints" / "last.prior.ckpt"), "--out", str(w["root"] / "out")],
      "was fitted to another model checkpoint"),
     ("prior-missing", lambda w: ["sample", "--ckpt", str(w["other"]), "--given", "none", "--prior", "score", "--out", str(w["root"] / "out")],
      "no score prior at"),
-    ("prior-not-a-prior", lambda w: ["sample", "--ckpt", str(w["ckpt"]), "--given", "none", "--prior-ckpt", str(w["ckpt"]),
+    ("prior-not-a-prior", lambda w: ["sample", "--ckpt", str(w["ckpt"]), "--given", "none", "--prior_ckpt", str(w["ckpt"]),
                                      "--out", str(w["root"] / "out")], "is not a latent-prior checkpoint"),
-    ("prior-fit-existing", lambda w: ["prior", "fit", "--ckpt", str(w["ckpt"]), *PRIOR_ARGS], "already exists; pass --overwrite true"),
+    ("prior-fit-existing", lambda w: ["prior", "fit", "--ckpt", str(w["ckpt"]), *PRIOR_ARGS], "already exists; pass --overwrite to replace it"),
     ("prior-fit-onto-the-checkpoint", lambda w: ["prior", "fit", "--ckpt", str(w["ckpt"]), "--out", str(w["ckpt"]), *PRIOR_ARGS],
      "is the model checkpoint itself"),
     ("prior-fit-bad-key", lambda w: ["prior", "fit", "--ckpt", str(w["ckpt"]), "--prior.chanels", "[8]"], "chanels"),
@@ -169,6 +169,24 @@ ROWS = [
     ("pipeline-unknown-key", lambda w: ["pipeline", "--config", str(w["root"] / "pipeline_bad_key.yaml")], "unknown key 'model'"),
     ("pipeline-missing-fit-config", lambda w: ["pipeline", "--config", str(w["root"] / "pipeline_missing_config.yaml")],
      "models.a.config: "),
+    ("sample-existing-out", lambda w: ["sample", "--ckpt", str(w["ckpt"]), "--given", "m0", "--out", str(w["root"] / "samples")],
+     "samples already exists; pass --overwrite to replace it"),
+    ("evaluate-existing-out", lambda w: ["evaluate", "--ckpt", str(w["ckpt"]), "--out", str(w["root"] / "samples")],
+     "samples already exists; pass --overwrite to replace it"),
+    ("unite-existing-out", lambda w: ["unite", "--ckpt", str(w["ckpt"]), "--target", "m1", "--given", "m0", "--out", str(w["root"] / "samples")],
+     "samples already exists; pass --overwrite to replace it"),
+    ("sample-empty-given", lambda w: ["sample", "--ckpt", str(w["ckpt"]), "--given", "", "--out", str(w["root"] / "out")],
+     "--given is empty; give a value or leave the option out"),
+    ("prior-fit-empty-out", lambda w: ["prior", "fit", "--ckpt", str(w["ckpt"]), "--out", "", *PRIOR_ARGS], "--out is empty"),
+    ("flag-spelled-with-dashes", lambda w: ["evaluate", "--ckpt", str(w["ckpt"]), "--out", str(w["root"] / "out"), "--max-subsets", "2"],
+     "unrecognized arguments: --max-subsets 2 (flags use underscores: --max_subsets)"),
+    ("switch-given-a-value", lambda w: ["export", "--ckpt", str(w["ckpt"]), "--out", str(w["root"] / "folder"), "--overwrite", "true"],
+     "unrecognized arguments: true"),
+    ("data-root-missing-before-lightning", lambda w: ["fit", "--config", tiny_config(w, lambda c: c.update(data={
+        "class_path": "diffmvae.data.CUBDataModule", "init_args": {"root": str(w["root"] / "no_cub")}}))],
+     "no_cub is not a folder"),
+    ("config-long-parser-message", lambda w: ["fit", "--config", tiny_config(w, lambda c: set_path(
+        c, ["model", "init_args", "model", "init_args", "encoders", "m1", "init_args", "channels"], "not a list"))], "channels"),
     ("command-unknown-subcommand", lambda w: ["prior", "train"], "the only prior command is `fit`"),
     ("fit-resume-truncated-checkpoint", lambda w: ["fit", "--config", str(w["cfg"]), "--ckpt_path", str(w["root"] / "truncated.ckpt")],
      "truncated.ckpt is not a readable checkpoint"),
@@ -183,9 +201,10 @@ ROWS = [
     ("prior-fit-out-under-a-file", lambda w: ["prior", "fit", "--ckpt", str(w["ckpt"]), "--out", str(w["root"] / "text.ckpt" / "p.ckpt"),
                                               *PRIOR_ARGS], "the prior's folder"),
     # A full disk (a file-size limit of 2 kB: see faulty.file_size_limit) while writing outputs that exist already.
-    ("disk-full-sample", lambda w: ["sample", "--ckpt", str(w["ckpt"]), "--given", "m0", "--n", "2", "--out", str(w["root"] / "samples")],
+    ("disk-full-sample", lambda w: ["sample", "--ckpt", str(w["ckpt"]), "--given", "m0", "--n", "2", "--out", str(w["root"] / "samples"),
+                                    "--overwrite"],
      "cannot write ", 2048),
-    ("disk-full-prior", lambda w: ["prior", "fit", "--ckpt", str(w["ckpt"]), "--overwrite", "true", *PRIOR_ARGS],
+    ("disk-full-prior", lambda w: ["prior", "fit", "--ckpt", str(w["ckpt"]), "--overwrite", *PRIOR_ARGS],
      "last.prior.ckpt: File too large (nothing there was replaced)", 2048),
 ]
 
@@ -206,11 +225,14 @@ def test_bad_input_is_one_line_and_loses_nothing(ws, capsys, row):
     before = snapshot(ws["root"])
     with file_size_limit(full_disk[0]) if full_disk else nullcontext():
         assert main(argv) == 2, name
-    err = capsys.readouterr().err.strip()
+    captured = capsys.readouterr()
+    err = captured.err.strip()
     assert "\n" not in err and "Traceback" not in err, err
     err = err.rsplit("\r", 1)[-1]  # what a terminal shows after a progress bar that was under way
     assert err.startswith("diffmvae: error: "), err
     assert message in err, err
+    assert len(err) <= len("diffmvae: error: ") + 300, f"{len(err)} characters: {err}"
+    assert not captured.out.strip(), f"{name}: Lightning or the library printed before the error: {captured.out[:200]}"
     after = snapshot(ws["root"])
     changed = [p for p, digest in before.items() if after.get(p) != digest]
     assert not changed, f"{name} changed or removed {changed}"

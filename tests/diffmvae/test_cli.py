@@ -87,11 +87,11 @@ def test_sample_bad_input_one_line(trained, tmp_path, capsys, args, message):
 
 
 def test_missing_and_corrupt_checkpoints(tmp_path, capsys):
-    assert main(["sample", "--ckpt", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path)]) == 2
+    assert main(["sample", "--ckpt", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    assert main(["sample", "--ckpt", str(bad), "--out", str(tmp_path)]) == 2
+    assert main(["sample", "--ckpt", str(bad), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a readable checkpoint" in err[0]
 
@@ -118,7 +118,7 @@ def test_existing_output_is_replaced_whole_never_half(trained, tmp_path, monkeyp
 
     monkeypatch.setattr(sampling.np, "savez", broken)
     with pytest.raises(RuntimeError):
-        main(["sample", "--ckpt", str(ckpt), "--given", "m1", "--n", "2", "--out", str(out), "--seed", "5"])
+        main(["sample", "--ckpt", str(ckpt), "--given", "m1", "--n", "2", "--out", str(out), "--seed", "5", "--overwrite"])
     assert ((out / "samples.npz").read_bytes(), (out / "grid.png").read_bytes()) == before
     assert sorted(p.name for p in out.iterdir()) == ["grid.png", "samples.npz"]
 
@@ -127,7 +127,7 @@ def test_fit_refuses_to_overwrite_a_run(trained, capsys):
     cfg, ckpt = trained
     before = ckpt.read_bytes()
     assert main(["fit", "--config", str(cfg)]) == 2
-    assert "already exists" in capsys.readouterr().err
+    assert "already holds a run; resume it with --ckpt_path" in capsys.readouterr().err
     assert ckpt.read_bytes() == before
 
 

@@ -74,7 +74,7 @@ def test_cub_errors_name_the_file(tmp_path):
         CUB(root)
     rows = make_cub(root)
     name = rows[1][0]
-    caption = (root / "text" / name).with_suffix(".txt")
+    caption = (root / "text_c10" / name).with_suffix(".txt")
     caption.write_text("only one caption\n" * 9)
     with pytest.raises(DiffMVAEError, match=f"{caption.name} has 9 captions, expected 10"):
         CUB(root, "train")

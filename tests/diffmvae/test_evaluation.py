@@ -113,8 +113,8 @@ def test_unconditional_coherence_counts_agreement():
 def test_evaluate_writes_json_csv_md_and_plot(trained, classifier_file, tmp_path):
     _, ckpt = trained
     out = tmp_path / "eval"
-    argv = ["evaluate", "--ckpt", str(ckpt), "--ckpt", str(ckpt), "--names", "a,b", "--out", str(out), "--n-samples", "12",
-            "--seed", "5", "--classifiers", str(classifier_file), "--probe-train", "16", "--prior", "gaussian"]
+    argv = ["evaluate", "--ckpt", str(ckpt), "--ckpt", str(ckpt), "--names", "a,b", "--out", str(out), "--n_samples", "12",
+            "--seed", "5", "--classifiers", str(classifier_file), "--probe_train", "16", "--prior", "gaussian"]
     assert main(argv) == 0
     summaries = json.loads((out / "metrics.json").read_text())
     assert [s["model"] for s in summaries] == ["a", "b"]
@@ -241,7 +241,7 @@ def test_elbo_is_reported_only_when_every_decoder_bounds_its_likelihood():
 
 
 def test_inception_fid_needs_a_local_file_and_the_extra(tmp_path, capsys):
-    assert main(["evaluate", "--ckpt", "x.ckpt", "--out", str(tmp_path), "--inception-weights", str(tmp_path / "none.pth")]) == 2
+    assert main(["evaluate", "--ckpt", "x.ckpt", "--out", str(tmp_path), "--inception_weights", str(tmp_path / "none.pth")]) == 2
     assert "x.ckpt does not exist" in capsys.readouterr().err
     from diffmvae.evaluation.frechet import InceptionExtractor
 

@@ -64,8 +64,8 @@ def test_joint_model_is_evaluated_where_the_metrics_apply(joint_run, tmp_path):
     clf.write_text(yaml.safe_dump({"data": {"class_path": "diffmvae.data.PolyDigitsDataModule",
                                             "init_args": {"num_modalities": 1, "label_modality": True, "train_length": 16}}, "epochs": 1}))
     assert main(["classifiers", "fit", "--config", str(clf), "--out", str(tmp_path / "clf.pt")]) == 0
-    assert main(["evaluate", "--ckpt", str(joint_run), "--out", str(out), "--n-samples", "6", "--classifiers", str(tmp_path / "clf.pt"),
-                 "--probe-train", "8"]) == 0
+    assert main(["evaluate", "--ckpt", str(joint_run), "--out", str(out), "--n_samples", "6", "--classifiers", str(tmp_path / "clf.pt"),
+                 "--probe_train", "8"]) == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert set(summary["coherence"]["conditional"]) == {"1"} and 0 <= summary["coherence"]["unconditional"] <= 1
     assert summary["latent_probe"] == {} and summary["prior"].startswith("none") and summary["elbo"] is None

@@ -81,9 +81,9 @@ def test_sample_uses_the_score_prior_by_default(with_prior, tmp_path):
     assert "label" not in runs["auto"].files  # unconditional samples have no true label
     np.testing.assert_array_equal(runs["auto"]["m0"], runs["again"]["m0"])
     assert not np.array_equal(runs["auto"]["m0"], runs["gaussian"]["m0"])
-    # --prior-steps is passed with the prior, recorded, and changes the draw (the prior file says 3 steps)
+    # --prior_steps is passed with the prior, recorded, and changes the draw (the prior file says 3 steps)
     assert main(["sample", "--ckpt", str(ckpt), "--given", "none", "--n", "6", "--out", str(tmp_path / "s2"), "--seed", "3",
-                 "--prior-steps", "2"]) == 0
+                 "--prior_steps", "2"]) == 0
     two = np.load(tmp_path / "s2" / "samples.npz")
     assert str(two["prior"]) == "score (DDIM-2)" and not np.array_equal(two["m0"], runs["auto"]["m0"])
 
@@ -115,15 +115,15 @@ def test_prior_fit_errors_are_one_line(argv, message, capsys):
 def test_sample_prior_errors(with_prior, tmp_path, capsys):
     ckpt, prior_path = with_prior
     base = ["sample", "--ckpt", str(ckpt), "--given", "none", "--n", "2", "--out", str(tmp_path / "o")]
-    assert main([*base, "--prior", "score", "--prior-ckpt", str(tmp_path / "missing.ckpt")]) == 2
+    assert main([*base, "--prior", "score", "--prior_ckpt", str(tmp_path / "missing.ckpt")]) == 2
     assert "no score prior at" in capsys.readouterr().err
     # A prior for another latent size: one line naming both sizes.
     raw = torch.load(prior_path, weights_only=True)
     raw["model"]["latent_dim"] = 8
     other = tmp_path / "other.prior.ckpt"
     torch.save(raw, other)
-    assert main([*base, "--prior-ckpt", str(other)]) == 2
+    assert main([*base, "--prior_ckpt", str(other)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "8-d latent" in err and "4 dimensions" in err
-    assert main([*base, "--prior-ckpt", str(ckpt)]) == 2
+    assert main([*base, "--prior_ckpt", str(ckpt)]) == 2
     assert "not a latent-prior checkpoint" in capsys.readouterr().err

@@ -42,7 +42,7 @@ def in_process(calls=None, fail_at=None):
 def tiny(spec, **sets):
     spec.overrides.update({**TINY, **sets})
     spec.prior_args = tuple(TINY_PRIOR)
-    spec.evaluate["args"] = (*spec.evaluate["args"], "--probe-train", "8")
+    spec.evaluate["args"] = (*spec.evaluate["args"], "--probe_train", "8")
     return spec
 
 
@@ -64,7 +64,13 @@ def test_config_surgery_keep_warm_start_relocate(tmp_path):
     assert callbacks[0] == {"class_path": "diffmvae.training.WarmStart", "init_args": {"ckpt": str(tmp_path / "a.ckpt")}}
     warmup = next(c for c in callbacks if c["class_path"].endswith("FeedForwardWarmup"))
     assert warmup["init_args"] == {"steps": 0, "freeze": ["encoders"]} and warm["trainer"]["max_steps"] == 3200 - 2000
-    moved = relocate(cfg, tmp_path / "out" / "run")
+    moved = relocate(cfg, tmp_path / "out" / "run")  # the paper config names no folder but its root: fit derives the rest
+    checkpoint = next(c for c in moved["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint"))
+    assert moved["trainer"]["default_root_dir"] == str(tmp_path / "out" / "run") and "logger" not in moved["trainer"]
+    assert "dirpath" not in checkpoint["init_args"]
+    cfg["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "x", "version": ""}}
+    next(c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint"))["init_args"]["dirpath"] = "runs/x/checkpoints"
+    moved = relocate(cfg, tmp_path / "out" / "run")  # folders a config names itself move too
     assert moved["trainer"]["logger"]["init_args"] == {"save_dir": str(tmp_path / "out"), "name": "run", "version": ""}
     assert next(c for c in moved["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint"))["init_args"]["dirpath"] == str(tmp_path / "out/run/checkpoints")
 

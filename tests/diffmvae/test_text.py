@@ -197,7 +197,7 @@ def test_captions_config_end_to_end(tmp_path):
         greedy = f["text/input_ids"]
         assert json.loads(str(f["sampling"]))["settings"]["text"]["strategy"] == "greedy"
     # text settings are sampling settings: passed per command, recorded, and they change the draw
-    assert main(["sample", "--ckpt", str(ckpt), "--given", "m0", "--n", "5", "--out", str(tmp_path / "s2"), "--text-strategy", "sample",
+    assert main(["sample", "--ckpt", str(ckpt), "--given", "m0", "--n", "5", "--out", str(tmp_path / "s2"), "--text_strategy", "sample",
                  "--temperature", "3"]) == 0
     with np.load(tmp_path / "s2" / "samples.npz") as f:
         assert json.loads(str(f["sampling"]))["settings"]["text"] == {"strategy": "sample", "temperature": 3.0, "top_k": 0, "top_p": 1.0}
@@ -208,8 +208,8 @@ def test_captions_config_end_to_end(tmp_path):
     clf_cfg = tmp_path / "clf.yaml"
     clf_cfg.write_text(yaml.safe_dump({"data": cfg["data"], "epochs": 1}))
     assert main(["classifiers", "fit", "--config", str(clf_cfg), "--out", str(tmp_path / "clf.pt")]) == 0
-    assert main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "e"), "--n-samples", "8", "--classifiers", str(tmp_path / "clf.pt"),
-                 "--probe-train", "16", "--prior", "gaussian"]) == 0
+    assert main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "e"), "--n_samples", "8", "--classifiers", str(tmp_path / "clf.pt"),
+                 "--probe_train", "16", "--prior", "gaussian"]) == 0
     summary = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert set(summary["text_nll_per_token"]) == {"text"} and summary["text_nll_per_token"]["text"] > 0
     rows = (tmp_path / "e" / "metrics.csv").read_text()

@@ -145,8 +145,8 @@ def test_sample_and_evaluate_compose_and_record_it(runs, classifier_file, tmp_pa
     spec = tmp_path / "compose.yaml"
     spec.write_text(yaml.safe_dump({"sources": "each+poe", "weights": 1.0, "poe_weight": 0.5}))
     ev = tmp_path / "e"
-    assert main(["evaluate", "--ckpt", str(runs["full"]), "--out", str(ev), "--n-samples", "6", "--classifiers", str(classifier_file),
-                 "--probe-train", "16", "--prior", "gaussian", "--compose", str(spec)]) == 0
+    assert main(["evaluate", "--ckpt", str(runs["full"]), "--out", str(ev), "--n_samples", "6", "--classifiers", str(classifier_file),
+                 "--probe_train", "16", "--prior", "gaussian", "--compose", str(spec)]) == 0
     summary = json.loads((ev / "metrics.json").read_text())
     assert summary["sampling"]["composition"] == {"sources": "each+poe", "weights": [1.0], "poe_weight": 0.5, "draws": 1}
     assert set(summary["coherence"]["conditional"]) == {"1", "2"}
@@ -202,4 +202,4 @@ def test_unite_refuses_feed_forward_targets_and_decoders_without_dropout(runs, t
     assert main([*base, "--ckpt", str(runs["a"]), "--ckpt", str(runs["b_plain"]), "--target", "m1", "--given", "m0", "--given", "m2"]) == 2
     assert "'m1' decoder was trained without condition dropout" in capsys.readouterr().err
     assert main(["sample", "--ckpt", str(runs["full"]), "--given", "m0", "--out", str(tmp_path / "y"), "--weights", "2"]) == 2
-    assert "--weights, --poe-weight and --draws need --compose" in capsys.readouterr().err
+    assert "--weights, --poe_weight and --draws need --compose" in capsys.readouterr().err
