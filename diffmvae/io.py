@@ -7,7 +7,7 @@ import io
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,14 @@ def writing(target: str | os.PathLike) -> Iterator[None]:
 def one_line(e: BaseException) -> str:
     """An exception's message on one line (its type's name when it has none)."""
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], cell: Callable[[Any], str] = str) -> str:
+    """A GitHub markdown table: a header of ``columns``, then one line per row with each value through ``cell``
+    (every table the library writes goes through here)."""
+    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:

@@ -26,11 +26,14 @@ class ScorePrior(nn.Module):
 
     Args:
         latent_dim: ``d``, the size of ``z``.
-        channels, emb_dim, attention: the :class:`~priors.unet1d.UNet1d` backbone's sizes.
+        channels: the :class:`~priors.unet1d.UNet1d` backbone's channels per level.
+        emb_dim: the size of its time embedding.
+        attention: self-attention at the coarsest level.
         prediction: what the backbone predicts, ``eps``, ``v`` (default) or ``x0``.
         timesteps: ``T`` of the discrete DDPM loss (1000).
         schedule: noise schedule; a :class:`~decoders.diffusion.CosineSchedule` by default.
-        sample_steps, eta: DDIM settings of :meth:`sample` (50 steps, deterministic).
+        sample_steps: DDIM steps of :meth:`sample` (50).
+        eta: DDIM's eta in :meth:`sample` (0: deterministic).
         clip_margin: the clean-latent clip range is the training latents' standardised range times this.
     """
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+from pathlib import Path
+
 import yaml
 
 from diffmvae.commands.common import CommandParser
@@ -22,6 +24,8 @@ def _pipeline(argv: list[str]) -> int:
     p.add_argument("--out", default=None, help="output folder (default: the YAML's 'out')")
     p.add_argument("--only", action="append", default=[], help="run only this run's stages (repeatable); the report covers all")
     p.add_argument("--dry_run", action="store_true", help="list the stages still to run and their commands, run nothing")
+    p.add_argument("--data_root", default=None, metavar="DIR",
+                   help="the data set's folder (its data.init_args.root) in every derived fit config: the one way to point a pipeline at its data")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set KEY (a.b.c, or **.name at any depth) in every derived fit config; VALUE is YAML (repeatable)")
     p.add_argument("--fit_arg", action="append", default=[], help="an argument appended to every fit, e.g. --fit_arg=--data.init_args.root=DIR")
@@ -34,6 +38,10 @@ def _pipeline(argv: list[str]) -> int:
         if not eq or not key:
             raise DiffMVAEError(f"--set takes KEY=VALUE, got {item!r}")
         spec.overrides[key] = yaml.safe_load(value)
+    if args.data_root is not None:
+        if not Path(args.data_root).is_dir():
+            raise DiffMVAEError(f"--data_root {args.data_root} is not a folder (the data set's files are read from there; diffmvae never downloads)")
+        spec.overrides["data.init_args.root"] = args.data_root
     spec.fit_args += tuple(args.fit_arg)
     spec.prior_args = tuple(args.prior_arg)
     files = run_pipeline(spec, only=args.only, dry_run=args.dry_run)

@@ -27,7 +27,7 @@ from diffmvae.evaluation.runs import classifiers_for_run
 from diffmvae.evaluation.suite import EvalSettings
 from diffmvae.generation.sampling import write_samples
 from diffmvae.generation.unite import UniteSpec, check_member, null_needed, unite_batch
-from diffmvae.io import DiffMVAEError, atomic_write, check_out_dir
+from diffmvae.io import DiffMVAEError, atomic_write, check_out_dir, markdown_table
 from diffmvae.model.composition import Composition, parse_floats
 from diffmvae.store.load import load_run
 
@@ -212,8 +212,7 @@ def judge(fake: Tensor, real: Tensor, labels: Tensor | None, classifier: Any, pc
 def write_unite_metrics(out: Path, metrics: Mapping[str, Mapping[str, float]], record: Mapping[str, Any]) -> None:
     """``metrics.json`` and ``metrics.md`` (one row per sampler of the target), written whole or not at all."""
 
-    lines = [f"# Unite-and-Conquer: {record['unite']['target']}", "",
-             "| source | coherence | FD (classifier features) | FD (pixel PCA) |", "|---|---|---|---|"]
-    lines += [f"| {name} | {m.get('coherence', float('nan')):.3f} | {m['fd']:.1f} | {m['fd_pca']:.2f} |" for name, m in metrics.items()]
+    table = markdown_table(["source", "coherence", "FD (classifier features)", "FD (pixel PCA)"],
+                           [(name, f"{m.get('coherence', float('nan')):.3f}", f"{m['fd']:.1f}", f"{m['fd_pca']:.2f}") for name, m in metrics.items()])
     atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps({"metrics": metrics, **record}, indent=2)))
-    atomic_write(out / "metrics.md", lambda p: p.write_text("\n".join(lines) + "\n"))
+    atomic_write(out / "metrics.md", lambda p: p.write_text(f"# Unite-and-Conquer: {record['unite']['target']}\n\n{table}"))

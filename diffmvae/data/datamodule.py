@@ -175,8 +175,10 @@ class PolyDigitsDataModule(MultimodalDataModule):
         batch_size: examples per step (per process under DDP).
         seed: dataset seed (pairing and crops), independent of the training seed.
         train_length: training examples (default: one per handwriting instance, 1257).
-        texture_contrast, texture_means, background_scale: the texture recipe
-            (:func:`diffmvae.data.polydigits.background`; ``texture_contrast: 1.0`` is the harder variant).
+        texture_contrast: contrast of the background textures (:func:`diffmvae.data.polydigits.background`;
+            ``1.0`` is the harder variant).
+        texture_means: the two brightness levels a texture's mean is moved to (the nearer one).
+        background_scale: the photo downscale before a texture is cropped (larger: smoother crops).
         label_modality: the digit label is also a modality named ``label`` (a categorical one; its own value is the
             judge of coherence), for models that generate labels (MT-Diffusion's image-label task).
         masked: image modalities that get a masked copy ``<m>_masked`` (and the mask ``<m>_mask``): random

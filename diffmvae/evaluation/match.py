@@ -14,25 +14,27 @@ def binary(x: Tensor) -> np.ndarray:
     return (x.detach().float().flatten(1) >= 0.5).cpu().numpy()
 
 
-def _counts(true: Tensor, generated: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pair(true: Tensor, generated: Tensor) -> tuple[np.ndarray, np.ndarray]:
     t, g = binary(true), binary(generated)
     if t.shape != g.shape:
         raise ValueError(f"true and generated values differ in shape: {list(true.shape)} vs {list(generated.shape)}")
-    return (t & g).sum(1), (~t & g).sum(1), (t & ~g).sum(1)
+    return t, g
 
 
 def f1_samples(true: Tensor, generated: Tensor) -> float:
-    """Mean per-example F1 ``2 tp / (2 tp + fp + fn)`` of the 0/1 entries (attributes, or mask pixels)."""
-    tp, fp, fn = _counts(true, generated)
-    denominator = 2 * tp + fp + fn
-    return float(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 1.0).mean())
+    """Mean per-example F1 ``2 tp / (2 tp + fp + fn)`` of the 0/1 entries (attributes, or mask pixels): scikit-learn's
+    ``f1_score(average="samples", zero_division=1)``."""
+    from sklearn.metrics import f1_score  # heavy: scikit-learn only when values are matched
+
+    return float(f1_score(*_pair(true, generated), average="samples", zero_division=1))
 
 
 def iou(true: Tensor, generated: Tensor) -> float:
-    """Mean per-example intersection over union ``tp / (tp + fp + fn)`` of the 0/1 entries."""
-    tp, fp, fn = _counts(true, generated)
-    union = tp + fp + fn
-    return float(np.where(union > 0, tp / np.maximum(union, 1), 1.0).mean())
+    """Mean per-example intersection over union ``tp / (tp + fp + fn)`` of the 0/1 entries: scikit-learn's
+    ``jaccard_score(average="samples", zero_division=1)``."""
+    from sklearn.metrics import jaccard_score  # heavy: scikit-learn only when values are matched
+
+    return float(jaccard_score(*_pair(true, generated), average="samples", zero_division=1))
 
 
 def match_rows(k: int, target: str, true: Tensor, generated: Tensor) -> list[dict]:

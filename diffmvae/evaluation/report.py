@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from diffmvae.io import check_out_dir, write_files
+from diffmvae.io import check_out_dir, markdown_table, write_files
 
 COLUMNS = ["model", "metric", "k", "target", "value"]
 FILES = ("metrics.json", "metrics.csv", "metrics.md", "metrics.png")
@@ -27,12 +27,7 @@ def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
     """A GitHub markdown table of the summary: one row per model, metric and k (``mean`` targets), models as columns."""
     mean = table[table["target"].isin(["mean", "all"])]
     wide = mean.pivot_table(index=["metric", "k"], columns="model", values="value", sort=False).reset_index()
-    header = "| " + " | ".join(map(str, wide.columns)) + " |"
-    lines = [header, "|" + "---|" * len(wide.columns)]
-    for _, row in wide.iterrows():
-        cells = [f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in row.tolist()]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(list(wide.columns), wide.itertuples(index=False), lambda v: f"{v:.{digits}g}" if isinstance(v, float) else str(v))
 
 
 def plot_metrics(table: pd.DataFrame, path: Path) -> None:

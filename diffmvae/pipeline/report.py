@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from diffmvae.io import DiffMVAEError, atomic_write
+from diffmvae.io import DiffMVAEError, atomic_write, markdown_table
 from diffmvae.pipeline.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
@@ -66,14 +66,11 @@ def write_pipeline_report(spec: PipelineSpec) -> list[Path]:
 
 def _markdown(table: Any) -> str:
     cols = [c for c in table.columns if c != "run"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in table.iterrows():
-        cells = []
-        for c in cols:
-            v = row[c]
-            cells.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}" if isinstance(v, float) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+
+    def cell(v: Any) -> str:
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    return markdown_table(cols, table[cols].itertuples(index=False), cell)
 
 
 def _plot(table: Any, x: str | None, path: Path) -> None:

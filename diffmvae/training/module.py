@@ -53,9 +53,11 @@ class TrainingModule(L.LightningModule):
             diffusion decoders); 1 where not given.
         term_weights: weight per term kind (``mean_nll``, ``diffusion``, ...) or per term name (``m0/mean_nll``), over
             the defaults the decoders declare (``Decoder.term_weights``).
-        lr, weight_decay: AdamW settings. Gradient clipping is the Trainer's ``gradient_clip_val``.
-        lr_schedule, warmup_steps: ``constant`` or ``cosine`` decay to zero over the run's optimizer steps
+        lr: AdamW's learning rate. Gradient clipping is the Trainer's ``gradient_clip_val``.
+        weight_decay: AdamW's weight decay.
+        lr_schedule: ``constant`` or ``cosine`` decay to zero over the run's optimizer steps
             (``trainer.estimated_stepping_batches``), after a linear warm-up.
+        warmup_steps: optimizer steps of the linear warm-up.
         lr_restarts: steps where the schedule starts again (a staging callback adds the end of its warm-up).
         sampling: the run's default :class:`~decoders.SamplingSettings` (for ``diffmvae sample`` / ``evaluate`` when
             they are given none, and the sample grids); exact sampling by default.

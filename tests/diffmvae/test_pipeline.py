@@ -127,7 +127,7 @@ def run_paper_pipeline(dataset, data, tmp_path, monkeypatch, **sets):
     per model (MoPoE, Diff-MVAE, Diff-MVAE*) and prior; returns the score-prior rows."""
     monkeypatch.chdir(ROOT)
     spec = tiny(load_pipeline(ROOT / f"experiments/{dataset}/pipeline.yaml", out=str(tmp_path / "out")), **sets)
-    spec.fit_args = (f"--data.init_args.root={data}",)
+    spec.overrides["data.init_args.root"] = str(data)  # what `diffmvae pipeline --data_root DATA` sets
     monkeypatch.chdir(tmp_path)  # classifier caches land under tmp_path/runs
     table = pd.read_csv(run_pipeline(spec, launcher=in_process())[0])
     assert set(table["model"]) == {"mopoe", "diffmvae", "diffmvae_star"} and len(table) == 6
