@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from jsonargparse import Namespace
 
+from diffmvae.data.datamodule import MultimodalDataModule
 from diffmvae.io import DiffMVAEError, atomic_write, check_writable, one_line
 
 CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
@@ -136,6 +137,11 @@ def check_data(model: Any, datamodule: Any) -> None:
                             f"it has {', '.join(specs)}")
     for decoder in model.decoders.values():
         decoder.check_specs(specs)
+    if isinstance(datamodule, MultimodalDataModule):
+        n = len(datamodule.dataset("train"))
+        if n < datamodule.batch_size:  # training batches drop the last partial one: nothing would be trained
+            raise DiffMVAEError(f"the training split has {n} examples, fewer than one batch (--data.init_args.batch_size "
+                                f"{datamodule.batch_size}); nothing would be trained")
 
 
 def check_fresh_root(root: Path) -> None:

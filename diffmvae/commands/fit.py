@@ -33,6 +33,9 @@ def _lightning(argv: list[str]) -> int:
         def before_instantiate_classes(self) -> None:
             if self.subcommand != "fit":
                 check_data_folders(self.config[self.subcommand].get("data"))
+                trainer = self.config[self.subcommand].trainer
+                if trainer.get("logger") is None:  # validating writes no log into the run it reads
+                    trainer.logger = False
                 return
             check_data_folders(self.config[self.subcommand].get("data"))
             root = derive_run_dirs(self.config[self.subcommand].trainer)
@@ -91,7 +94,7 @@ def _lightning(argv: list[str]) -> int:
     except ArgumentError as e:
         raise _config_error(e) from e
     except ModuleNotFoundError as e:
-        raise DiffMVAEError(f"{one_line(e)} (a logger needs its extra: pip install 'diffmvae[tensorboard]' or 'diffmvae[mlflow]')") from e
+        raise DiffMVAEError(f"{one_line(e)} (a logger needs its extra: pip install -e '.[tensorboard]' or '.[mlflow]' from the repository)") from e
     finally:
         if kept_metrics and kept_metrics[0]:  # the resume failed: its history goes back into metrics.csv
             merge_resumed_metrics(*kept_metrics.pop(), None)

@@ -1,7 +1,7 @@
 """The README's bad-input table, one test per row: each input ends with one `diffmvae: error: ...` line (no traceback),
 exit status 2, and every file the user had is byte for byte as it was (outputs are not created).
 
-The rows are also checked against README.md, so the table there and these tests cannot drift apart.
+The rows are also checked against docs/bad-input.md, so the table there and these tests cannot drift apart.
 """
 
 import hashlib
@@ -20,7 +20,7 @@ from diffmvae.commands.main import main
 
 PRIOR_ARGS = ["--prior.channels", "[8,8]", "--prior.emb_dim", "8", "--fit.steps", "3", "--fit.batch_size", "8",
               "--fit.statistics_samples", "32", "--fit.warmup_steps", "1", "--prior.sample_steps", "3"]
-README = Path(__file__).resolve().parents[2] / "README.md"
+BAD_INPUT_PAGE = Path(__file__).resolve().parents[2] / "docs" / "bad-input.md"
 
 
 class Marker:
@@ -185,6 +185,8 @@ ROWS = [
     ("data-root-missing-before-lightning", lambda w: ["fit", "--config", tiny_config(w, lambda c: c.update(data={
         "class_path": "diffmvae.data.CUBDataModule", "init_args": {"root": str(w["root"] / "no_cub")}}))],
      "no_cub is not a folder"),
+    ("fit-fewer-examples-than-a-batch", lambda w: ["fit", "--config", tiny_config(w, lambda c: c["data"]["init_args"].update(
+        train_length=4, batch_size=8))], "the training split has 4 examples, fewer than one batch"),
     ("config-long-parser-message", lambda w: ["fit", "--config", tiny_config(w, lambda c: set_path(
         c, ["model", "init_args", "model", "init_args", "encoders", "m1", "init_args", "channels"], "not a list"))], "channels"),
     ("command-unknown-subcommand", lambda w: ["prior", "train"], "the only prior command is `fit`"),
@@ -241,7 +243,7 @@ def test_bad_input_is_one_line_and_loses_nothing(ws, capsys, row):
     assert not (ws["root"] / "marker.txt").exists(), "a checkpoint was unpickled unsafely"
 
 
-def test_the_readme_lists_every_row():
-    text = README.read_text()
+def test_the_docs_list_every_row():
+    text = BAD_INPUT_PAGE.read_text()
     missing = [row[0] for row in ROWS if f"`{row[0]}`" not in text]
-    assert not missing, f"README's bad-input table lacks {missing}"
+    assert not missing, f"docs/bad-input.md lacks {missing}"
