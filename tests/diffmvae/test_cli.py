@@ -192,3 +192,25 @@ def test_help_lists_every_command_and_nothing_it_cannot_run(capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and err.startswith(f"diffmvae: error: {what}; one of fit, validate, sample")
+
+
+def test_lightning_chatter_only_with_verbose(tmp_path):
+    """A fit prints none of Lightning's start-up lines (accelerator, tips, seed) unless --verbose; both train."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(copy_config()))  # no folders named: each run's come from its default_root_dir
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    outputs = {}
+    for name, extra in (("quiet", []), ("verbose", ["--verbose"])):
+        root = tmp_path / name
+        done = subprocess.run([sys.executable, "-m", "diffmvae", "fit", "--config", str(path), "--trainer.default_root_dir", str(root), *extra], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert any((root / "checkpoints").glob("*.ckpt")) and (root / "metrics.csv").is_file()
+        outputs[name] = done.stdout + done.stderr
+    for chatter in ("GPU available", "Seed set to"):
+        assert chatter not in outputs["quiet"] and chatter in outputs["verbose"], chatter
