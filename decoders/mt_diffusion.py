@@ -11,8 +11,10 @@ the other modalities, with a shared UNet predicting the noise and modality heads
 * Reverse model: the library's UNet with :class:`Head` s reading its middle block (-M) or its output block (-E).
 * Loss (eq. 6, Algorithm 2): the library's DDPM loss (the simple eps loss on the aggregated marginal, the network
   also returning its heads' outputs), summed over the main modality's dimensions, plus the heads' losses
-  (cross-entropy for labels, ``||x - x_hat||^2 / 2`` for images) weighted by ``head_weight`` x the number of main
-  dimensions, which is eq. 6's ``lambda`` for the per-dimension eps loss the paper uses.
+  (cross-entropy for labels, ``||x - x_hat||^2 / 2`` summed over pixels for images), each weighted so that eq. 6's
+  ``lambda`` (``head_weight``) applies per dimension, against the per-dimension eps loss the paper uses: ``lambda``
+  times the number of main dimensions for a label's cross-entropy, ``lambda`` per pixel for an image head
+  (:meth:`MTDiffusionDecoder.term_weights`).
 * Inference (Algorithm 1): every conditioning modality that is not given starts random and is re-estimated from its
   head at every step (:class:`Algorithm1`, a re-estimating denoiser: each step returns the marginal the chain
   continues on, so the sampler carries the state); the step is the library's sampler on the aggregated marginal (``Ancestral(T)`` is Algorithm 1's
@@ -214,8 +216,12 @@ class MTDiffusionDecoder(Decoder):
 
     # ------------------------------------------------------------------ encoders and conditions
     def term_weights(self) -> dict[str, float]:
-        weight = self.head_weight * math.prod(self.shape)
-        return {self.head_term(m): weight for m in self.heads_spec}
+        """Eq. 6's ``lambda`` per dimension of each head's modality, against the eps loss summed over the ``D`` main
+        dimensions: a label head's cross-entropy (one number per example) gets ``lambda * D``; an image head's loss,
+        already summed over its own ``D_i`` pixels, gets ``lambda * D / D_i`` (``lambda`` per pixel when the head's
+        image has the main shape)."""
+        dims = math.prod(self.shape)
+        return {self.head_term(m): self.head_weight * dims / (dims if head.kind == "image" else 1) for m, head in self.heads_spec.items()}
 
     def head_term(self, name: str) -> str:
         return f"{name}/head" if name in self.modalities else f"{self.main}/head_{name}"

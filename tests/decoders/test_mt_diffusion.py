@@ -78,9 +78,20 @@ def test_algorithm1_steps_return_a_new_marginal_and_change_nothing_in_place():
 
 
 def test_head_weight_is_eq6_lambda_per_dimension():
+    """Against the eps loss summed over the D = 3*8*8 main dimensions: a label head's cross-entropy weighs lambda * D
+    (lambda against the per-dimension eps loss), an image head's loss, summed over its D pixels, lambda per pixel."""
     dec = tiny("U-E", head_weight=0.1)
     assert dec.term_weights() == {"label/head": pytest.approx(0.1 * 3 * 8 * 8)}
     assert JointDiffusion(dec).modalities == ("img", "label")
+    image = tiny("U-E image", head_weight=0.1)
+    assert image.term_weights() == {"src/head": pytest.approx(0.1)}
+    # the weighted image-head term is lambda times the per-pixel head loss times D: lambda against the per-dimension eps loss
+    record = JointDiffusion(image).elbo({m: v for m, v in batch().items() if m in ("img", "src")}, generator=torch.Generator().manual_seed(0))
+    head = record.terms["src/head"]
+    per_pixel = head / (3 * 8 * 8)
+    weighted = record.loss(term_weights=JointDiffusion(image).default_term_weights())
+    eps_per_dim = record.terms["img/diffusion"] / (3 * 8 * 8)
+    torch.testing.assert_close(weighted, 3 * 8 * 8 * (eps_per_dim + 0.1 * per_pixel), rtol=1e-5, atol=1e-4)
 
 
 def test_given_conditions_stay_fixed_and_missing_ones_are_re_estimated():
