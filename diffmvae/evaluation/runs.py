@@ -20,7 +20,8 @@ from diffmvae.evaluation.classifier import (
     load_classifier_set,
     save_classifier_set,
 )
-from diffmvae.evaluation.frechet import InceptionExtractor
+from diffmvae.data.batches import collate_split
+from diffmvae.evaluation.frechet import InceptionExtractor, PixelPCA
 from diffmvae.evaluation.report import write_report
 from diffmvae.evaluation.suite import EvalSettings, evaluate_model
 from diffmvae.generation.sampling import choose_prior, sampling_record
@@ -82,6 +83,14 @@ def classifiers_for_run(run: LoadedRun, path: str | Path | None, progress: bool 
         classifiers.update({f"{m}@parser": ParserJudge(lambda ids, m=m: run.datamodule.decode_text(m, ids), run.datamodule.parse_label)
                             for m, spec in specs.items() if spec.is_text and m in run.module.model.modalities})
     return classifiers, accuracy, Path(path)
+
+
+def label_free_features(run: LoadedRun, names: Sequence[str], settings: EvalSettings = EvalSettings()) -> dict[str, PixelPCA]:
+    """The pixel PCA of each image modality in ``names``, fitted on the run's real training images as ``diffmvae
+    evaluate`` fits it (``settings.pca_components`` axes of ``settings.pca_train`` images): the feature space of the
+    label-free Fréchet distance the experiment scripts report beside the classifier one."""
+    train = collate_split(run.datamodule.dataset("train"), settings.pca_train)
+    return {m: PixelPCA.fit(train[m], settings.pca_components) for m in names if run.datamodule.specs[m].is_image}
 
 
 def evaluate_checkpoints(

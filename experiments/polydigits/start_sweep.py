@@ -26,19 +26,23 @@ from decoders import SamplingSettings
 from diffmvae.commands.common import add_sampling_arguments, sampling_settings
 from diffmvae.data.batches import collate_split
 from diffmvae.evaluation import FeatureExtractor, conditional_coherence, frechet_distance
-from diffmvae.evaluation.runs import classifiers_for_run
+from diffmvae.evaluation.runs import classifiers_for_run, label_free_features
 from diffmvae.generation.sampling import parse_given
 from diffmvae.io import atomic_write
 from diffmvae.store.load import load_run
 
 
-def judge(model, test, given, z, classifiers, extractors, seed, sampling=SamplingSettings()) -> dict:
+def judge(model, test, given, z, classifiers, extractors, pcas, seed, sampling=SamplingSettings()) -> dict:
+    """Coherence and both Fréchet distances (classifier features; label-free pixel PCA) of the generated modalities."""
     with torch.no_grad():
         out = model.decode(z, given={m: test[m] for m in given}, sampling=sampling, generator=torch.Generator().manual_seed(seed))
+    out = {m: x for m, x in out.items() if m not in given}
     coherence = conditional_coherence(out, test["label"], given, classifiers)
     fd = {m: frechet_distance(test[m], x, extractors[m]) for m, x in out.items()}
+    fd_pca = {m: frechet_distance(test[m], x, pcas[m]) for m, x in out.items()}
     return {"coherence": float(np.mean(list(coherence.values()))), "fd": float(np.mean(list(fd.values()))),
-            "per_modality": {m: {"coherence": round(coherence[m], 4), "fd": round(fd[m], 2)} for m in out}}
+            "fd_pca": float(np.mean(list(fd_pca.values()))),
+            "per_modality": {m: {"coherence": round(coherence[m], 4), "fd": round(fd[m], 2), "fd_pca": round(fd_pca[m], 3)} for m in out}}
 
 
 def latents(model, test, given, seed):
@@ -68,19 +72,20 @@ def main() -> None:
     test = collate_split(run.datamodule.dataset("test"))
     classifiers, _, _ = classifiers_for_run(run, args.classifiers)
     extractors = {m: FeatureExtractor(c) for m, c in classifiers.items()}
+    pcas = label_free_features(run, model.modalities)
     z = latents(model, test, given, args.seed)
     rows = []
     for start in starts:
         sampling = base.replace(start=start)
         described = next(iter(model.describe_sampling(sampling).values()))
         row = {"start": start, "sampler": f"{described['sampler']}-{described['steps']}",
-               **judge(model, test, given, z, classifiers, extractors, args.seed + 1, sampling)}
+               **judge(model, test, given, z, classifiers, extractors, pcas, args.seed + 1, sampling)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     reference = None
     if args.reference:
         ref = load_run(args.reference).module.model
-        reference = judge(ref, test, given, latents(ref, test, given, args.seed), classifiers, extractors, args.seed + 1)
+        reference = judge(ref, test, given, latents(ref, test, given, args.seed), classifiers, extractors, pcas, args.seed + 1)
         print(json.dumps({"reference": args.reference, **reference}), flush=True)
     out = Path(args.out) if args.out else Path(args.ckpt).parent
     fig = Figure(figsize=(5, 3.6))

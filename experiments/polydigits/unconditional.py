@@ -19,7 +19,7 @@ import torch
 from diffmvae.commands.common import add_sampling_arguments, sampling_settings
 from diffmvae.data.batches import collate_split
 from diffmvae.evaluation import FeatureExtractor, frechet_distance, unconditional_coherence
-from diffmvae.evaluation.runs import classifiers_for_run
+from diffmvae.evaluation.runs import classifiers_for_run, label_free_features
 from diffmvae.generation.sampling import choose_prior
 from diffmvae.store.load import load_run
 
@@ -38,6 +38,7 @@ def main() -> None:
     test = collate_split(run.datamodule.dataset("test"))
     classifiers, _, _ = classifiers_for_run(run, None)
     extractors = {m: FeatureExtractor(c) for m, c in classifiers.items()}
+    pcas = label_free_features(run, model.modalities)
     for choice in ("gaussian", "score"):
         prior, name = choose_prior(choice, args.prior_ckpt, args.ckpt, model)
         start = time.perf_counter()
@@ -46,9 +47,11 @@ def main() -> None:
             samples = model.decode(z, sampling=sampling, generator=torch.Generator().manual_seed(args.seed + 1))
         seconds = time.perf_counter() - start
         fd = {m: frechet_distance(test[m], samples[m], extractors[m]) for m in model.modalities}
+        fd_pca = {m: frechet_distance(test[m], samples[m], pcas[m]) for m in model.modalities}
         coh = unconditional_coherence(samples, classifiers)
         print(json.dumps({"prior": name, "n": args.n, "fd_mean": round(sum(fd.values()) / len(fd), 2),
-                          "fd": {m: round(v, 2) for m, v in fd.items()}, "coherence": {k: round(v, 4) for k, v in coh.items()},
+                          "fd": {m: round(v, 2) for m, v in fd.items()},
+                          "fd_pca_mean": round(sum(fd_pca.values()) / len(fd_pca), 3), "fd_pca": {m: round(v, 3) for m, v in fd_pca.items()}, "coherence": {k: round(v, 4) for k, v in coh.items()},
                           "sample_seconds": round(seconds, 2),
                           "sampling": model.describe_sampling(sampling)}), flush=True)
 
