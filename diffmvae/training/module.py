@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -30,6 +30,16 @@ log = logging.getLogger(__name__)
 def split_batch(batch: Mapping[str, Any], modalities: Sequence[str]) -> tuple[dict[str, Any], Tensor | None]:
     """A collated batch to ``(x, present)``: the modality entries and the optional ``[B, M]`` mask."""
     return {m: batch[m] for m in modalities if m in batch}, batch.get("present")
+
+
+Reduction = Literal["sum", "mean"]
+
+
+def dimensions(value: Any) -> int:
+    """The number of dimensions of one example of a modality's batch: pixels times channels of an image, the entries
+    of a vector, 1 for a label, the tokens of a text modality (``input_ids``' length)."""
+    tensor = value["input_ids"] if isinstance(value, Mapping) else value
+    return math.prod(tensor.shape[1:])
 
 
 def staged_lr_factor(step: int, *, schedule: LRSchedule, warmup: int, total: int, restarts: Sequence[int] = ()) -> float:
@@ -62,6 +72,10 @@ class TrainingModule(L.LightningModule):
         sampling: the run's default :class:`~decoders.SamplingSettings` (for ``diffmvae sample`` / ``evaluate`` when
             they are given none, and the sample grids); exact sampling by default.
         seed: seed of the training-noise generator (default: ``seed_everything``'s, else 0); each process adds its rank.
+        likelihood_reduction: how each modality's terms enter the objective: ``sum`` over its dimensions (a
+            log-likelihood, the ELBO as written; the default) or ``mean``, divided by its number of dimensions (pixels
+            times channels, entries, caption tokens; :func:`dimensions`), as Wesego & Rooshenas (2024, §6.3-6.4) train
+            MoPoE next to Diff-MVAE with a small ``beta``. The KL is not divided.
     """
 
     def __init__(
@@ -77,6 +91,7 @@ class TrainingModule(L.LightningModule):
         lr_restarts: Sequence[int] = (),
         sampling: SamplingSettings | None = None,
         seed: int | None = None,
+        likelihood_reduction: Reduction = "sum",
     ) -> None:
         super().__init__()
         self.model = model
@@ -87,7 +102,9 @@ class TrainingModule(L.LightningModule):
             raise ValueError(f"unknown lr_schedule {lr_schedule!r}; expected one of {', '.join(get_args(LRSchedule))}")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        self.beta, self.modality_weights = beta, dict(modality_weights or {})
+        if likelihood_reduction not in get_args(Reduction):
+            raise ValueError(f"unknown likelihood_reduction {likelihood_reduction!r}; expected sum or mean")
+        self.beta, self.modality_weights, self.likelihood_reduction = beta, dict(modality_weights or {}), likelihood_reduction
         self.term_weights = {**model.default_term_weights(), **(term_weights or {})}
         self.lr, self.weight_decay, self.lr_schedule, self.warmup_steps = lr, weight_decay, lr_schedule, warmup_steps
         self.lr_restarts = sorted(set(lr_restarts))
@@ -151,7 +168,7 @@ class TrainingModule(L.LightningModule):
     def _step(self, batch: Mapping[str, Any], stage: str, generator: torch.Generator) -> Tensor:
         x, present = split_batch(batch, self.model.modalities)
         record = self.model.elbo(x, present, generator=generator, skip=self.skip_terms)
-        loss = record.loss(self.beta, self.modality_weights, self.term_weights).mean()
+        loss = record.loss(self.beta, self.weights_for(x), self.term_weights).mean()
         if not torch.isfinite(loss):
             bad = [n for n, v in record.terms.items() if not torch.isfinite(v).all()]
             raise DiffMVAEError(f"{stage} step {self.global_step}: the loss is not finite (term {bad[0] if bad else 'weights'}); "
@@ -161,6 +178,13 @@ class TrainingModule(L.LightningModule):
         for name, value in record.means().items():
             self.log(f"{stage}/{name}", value, batch_size=n, sync_dist=stage != "train")
         return loss
+
+    def weights_for(self, x: Mapping[str, Any]) -> dict[str, float]:
+        """The per-modality weights of the objective for the batch ``x``: ``modality_weights``, divided by each
+        modality's number of dimensions under ``likelihood_reduction: mean``."""
+        if self.likelihood_reduction == "sum":
+            return self.modality_weights
+        return {m: self.modality_weights.get(m, 1.0) / dimensions(x[m]) for m in self.model.modalities if m in x}
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train", self.noise_generator("train"))

@@ -1,4 +1,5 @@
 import pytest
+import torch
 from conftest import tiny_image_vae
 
 from decoders.optim import lr_factor
@@ -65,3 +66,20 @@ def test_a_non_finite_loss_stops_the_run_in_one_line_and_keeps_the_last_good_che
     assert saved == ["step=1.ckpt", "step=2.ckpt", "step=3.ckpt"]  # nothing written at or after the bad step
     good = torch.load(tmp_path / "steps" / "step=3.ckpt", weights_only=True)  # (load_run rebuilds library classes only)
     assert good["global_step"] == 3 and all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
+
+
+def test_likelihood_reduction_mean_divides_each_modality_by_its_dimensions(mixed_vae):
+    """`mean`: an image modality's terms are divided by its C*H*W = 192 dimensions, a label's by 1, the KL by
+    nothing; `sum` is the ELBO as written; beta and the modality weights reach the objective either way."""
+
+    g = torch.Generator().manual_seed(0)
+    x = {"img": torch.rand(5, 3, 8, 8, generator=g), "label": torch.randint(0, 10, (5,), generator=g)}
+    record = mixed_vae.elbo(x, generator=torch.Generator().manual_seed(1))
+    img = sum(v for k, v in record.terms.items() if k.startswith("img/"))
+    label = sum(v for k, v in record.terms.items() if k.startswith("label/"))
+    for reduction, scale in (("sum", 1.0), ("mean", 1 / 192)):
+        module = TrainingModule(mixed_vae, beta=0.25, modality_weights={"img": 2.0}, likelihood_reduction=reduction)
+        loss = record.loss(module.beta, module.weights_for(x), module.term_weights)
+        torch.testing.assert_close(loss, 2.0 * scale * img + label + 0.25 * record.terms["kl"])
+    with pytest.raises(ValueError, match="likelihood_reduction"):
+        TrainingModule(mixed_vae, likelihood_reduction="average")
