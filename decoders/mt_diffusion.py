@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,7 @@ from decoders.unet import Condition, UNet2d
 
 EncoderKind = Literal["identity", "embedding", "backbone"]
 HeadKind = Literal["image", "label"]
+LabelEstimates = Literal["hard", "soft"]
 HeadPosition = Literal["mid", "out"]
 
 
@@ -139,6 +140,9 @@ class MTDiffusionDecoder(Decoder):
             modality; inside a VAE, where other decoders generate those, only the main one). Heads of modalities it
             does not generate are auxiliary (their terms are named ``<main>/head_<modality>``).
         seed: seed of the fixed ``embedding`` patterns.
+        label_estimates: how Algorithm 1 re-estimates a label that is not given: ``hard`` (the head's most likely
+            class, one-hot: the kind of value training shows the encoders; the default) or ``soft`` (its class
+            probabilities, a mixture of the class patterns).
     """
 
     def __init__(
@@ -161,7 +165,11 @@ class MTDiffusionDecoder(Decoder):
         head_weight: float = 0.1,
         modalities: Sequence[str] = (),
         seed: int = 0,
+        label_estimates: LabelEstimates = "hard",
     ) -> None:
+        if label_estimates not in get_args(LabelEstimates):
+            raise ValueError(f"unknown label_estimates {label_estimates!r}; choose hard or soft")
+        self.label_estimates = label_estimates
         self.aggregate = dict(aggregate or {})
         self.heads_spec = dict(heads or {})
         super().__init__(modalities or ((main,) if latent_dim else (main, *self.heads_spec)), latent_dim)
@@ -320,8 +328,13 @@ class MTDiffusionDecoder(Decoder):
         return {**sampling.sampler_for(self.sampler).describe(), "guidance": 1.0, "start": 1.0, "exact": True}
 
     def estimate(self, name: str, head_output: Tensor) -> Tensor:
-        """A head's output as a value of its modality: class probabilities, or an image in [-1, 1]."""
-        return head_output.softmax(-1) if self.heads_spec[name].kind == "label" else head_output
+        """A head's output as a value of its modality: a label's most likely class one-hot (``label_estimates:
+        hard``) or its class probabilities (``soft``), or an image in [-1, 1]."""
+        if self.heads_spec[name].kind != "label":
+            return head_output
+        if self.label_estimates == "soft":
+            return head_output.softmax(-1)
+        return F.one_hot(head_output.argmax(-1), head_output.shape[-1]).to(head_output.dtype)
 
     def generate(self, z: Tensor | None, given: Observed, *, targets: Sequence[str], sampling: SamplingSettings = SamplingSettings(),
                  generator: torch.Generator | None = None) -> dict[str, Tensor]:

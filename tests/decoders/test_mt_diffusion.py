@@ -77,6 +77,22 @@ def test_algorithm1_steps_return_a_new_marginal_and_change_nothing_in_place():
     assert torch.equal(held.cond.current["label"], values["label"])
 
 
+@pytest.mark.parametrize("estimates", ["hard", "soft"])
+def test_algorithm1_re_estimates_labels_hard_by_default(estimates):
+    """Hard re-estimation continues on a one-hot label (what training shows the encoder); soft on the head's class
+    probabilities, a mixture of class patterns."""
+    dec = tiny("U-E", **({} if estimates == "hard" else {"label_estimates": "soft"})).eval()
+    torch.nn.init.normal_(dec.head_nets["label"].net[-1].weight, std=1.0)
+    values = {"label": torch.full((3, 10), 0.1)}
+    cond, enc = dec.condition(None, values, 3, torch.device("cpu"))
+    start = dec.forward_process.given(ChainState(enc, values, {}, cond))
+    with torch.no_grad():
+        _, following = Algorithm1(dec, None, frozenset()).step(torch.randn(3, 3, 8, 8), torch.full((3,), 0.5), start)
+    label = following.cond.current["label"]
+    one_hot = bool(((label == 0) | (label == 1)).all() and torch.equal(label.sum(-1), torch.ones(3)))
+    assert one_hot == (estimates == "hard") and torch.allclose(label.sum(-1), torch.ones(3))
+
+
 def test_head_weight_is_eq6_lambda_per_dimension():
     """Against the eps loss summed over the D = 3*8*8 main dimensions: a label head's cross-entropy weighs lambda * D
     (lambda against the per-dimension eps loss), an image head's loss, summed over its D pixels, lambda per pixel."""
