@@ -12,7 +12,8 @@ a :class:`~decoders.diffusion.DiffusionProcess`, and how ``z`` reaches the backb
   process, the samplers and any composition of predictions work in image coordinates for every conditioning.
 
 With a mean head, the decoder adds the head's own likelihood term ``<m>/mean_nll`` (``-log p(x | mean(z))``), so
-the head trains inside the same ELBO. One decoder may serve several image modalities of the same shape
+the head trains inside the same ELBO; with ``mean_head_loss: false`` it contributes only its diffusion term, one
+term per modality as eq. 17 of Wesego & Rooshenas (2024) has it, and the head learns through that term. One decoder may serve several image modalities of the same shape
 (``modalities``): one UNet for all of them (it tells them apart by their mean images), one mean head each.
 """
 
@@ -52,6 +53,10 @@ class DiffusionDecoder(Decoder):
             and for ``residual`` no shift.
         detach_mean: the backbone sees the mean without back-propagating into the head (the head learns from
             its likelihood only).
+        mean_head_loss: whether the mean head adds its own likelihood term ``<m>/mean_nll`` (the default). Without
+            it the decoder contributes one term for each modality, its diffusion loss, as eq. 17 of Wesego &
+            Rooshenas (2024) has it: the mean head is then part of the decoder's parameterisation and learns only
+            through the diffusion term (the mean is not detached, whatever ``detach_mean`` says).
         modalities: the image modalities this decoder generates with one UNet (default: the one it is keyed by).
     """
 
@@ -73,6 +78,7 @@ class DiffusionDecoder(Decoder):
         cond_dropout: float = 0.0,
         detach_mean: bool = True,
         modalities: Sequence[str] = (),
+        mean_head_loss: bool = True,
     ) -> None:
         super().__init__(modalities, latent_dim)
         if conditioning not in ("film", "mean_channels", "residual"):
@@ -80,7 +86,8 @@ class DiffusionDecoder(Decoder):
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         self.process = process if process is not None else DDPMProcess()
-        self.conditioning, self.cond_dropout, self.detach_mean = conditioning, cond_dropout, detach_mean
+        self.conditioning, self.cond_dropout, self.detach_mean = conditioning, cond_dropout, detach_mean and mean_head_loss
+        self.mean_head_loss = mean_head_loss
         self.shape = (image_channels, image_size, image_size)
         self.head_args = (latent_dim, image_channels, image_size, tuple(mean_channels), mean_hidden, likelihood, scale)
         self.mean_heads = nn.ModuleDict()
@@ -128,7 +135,8 @@ class DiffusionDecoder(Decoder):
         """``<m>/mean_nll`` (the mean head's likelihood) and ``<m>/diffusion`` (plus ``<m>/diffusion_recon`` and
         ``<m>/diffusion_prior`` for VDM) for every target in ``example``; all targets share one UNet call."""
         targets = [m for m in self.modalities if m in example]
-        terms = {f"{m}/mean_nll": self.mean_heads[m].nll(z, example[m]) for m in targets if m in self.mean_heads and not skipped("mean_nll", skip)}
+        terms = {f"{m}/mean_nll": self.mean_heads[m].nll(z, example[m]) for m in targets
+                 if self.mean_head_loss and m in self.mean_heads and not skipped("mean_nll", skip)}
         if not targets or skipped("diffusion", skip):
             return terms
         batch = z.shape[0]

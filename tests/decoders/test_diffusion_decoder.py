@@ -212,3 +212,21 @@ def test_sampling_settings_change_generation_not_the_decoder():
     assert (near - mean).abs().mean() < 0.02 and (full - mean).abs().mean() > 0.1  # start -> 0 returns the mean
     assert all(torch.equal(v, dec.state_dict()[k]) for k, v in state.items())
     assert dec.process.sampler == DDIM(20)  # the process keeps its default: settings are values, not state
+
+
+@pytest.mark.parametrize("mean_head_loss", [True, False])
+def test_one_term_per_modality_without_the_mean_heads_loss(mean_head_loss):
+    """mean_head_loss false: the decoder's only term for its modality is the diffusion loss (eq. 17), and the mean
+    head still learns, through that term (its mean is not detached); true: the head's likelihood is a second term and
+    the diffusion term does not reach the head (detach_mean)."""
+    dec = open_up(tiny(mean_head_loss=mean_head_loss))
+    x, z = torch.rand(3, 3, 8, 8), torch.randn(3, 4, requires_grad=True)
+    terms = dec.loss(z, observed({"img": x}), generator=torch.Generator().manual_seed(0))
+    assert set(terms) == ({"img/diffusion", "img/mean_nll"} if mean_head_loss else {"img/diffusion"})
+    terms["img/diffusion"].sum().backward()
+    head_grads = [p.grad for p in dec.mean_heads["img"].parameters()]
+    if mean_head_loss:
+        assert all(g is None for g in head_grads)
+    else:
+        assert all(g is not None for g in head_grads) and any(g.abs().sum() > 0 for g in head_grads)
+        assert z.grad is not None and z.grad.abs().sum() > 0  # through the head, the diffusion term reaches z and the encoders

@@ -220,3 +220,28 @@ def test_touching_idle_parameters_changes_no_step(tmp_path, monkeypatch):
     a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     reached = parameters_in_graph(a(torch.ones(1, 2)).sum())
     assert reached == {id(a.weight), id(a.bias)} and id(b.weight) not in reached
+
+
+def test_in_joint_training_the_diffusion_term_reaches_the_encoders():
+    """Eq. 17 trained jointly: a Diff-MVAE whose diffusion decoders contribute one term each (no mean-head loss)
+    has one ELBO term per modality plus the KL, and the diffusion terms alone give every encoder a gradient."""
+    from decoders import DiffusionDecoder
+    from decoders.diffusion import DDIM, DDPMProcess
+    from diffmvae.model.vae import MultimodalVAE
+    from encoders import ConvImageEncoder
+
+    torch.manual_seed(0)
+    names = ("m0", "m1")
+    encoders = {m: ConvImageEncoder(4, image_size=8, channels=(4, 4), hidden_dim=8) for m in names}
+    decoders = {m: DiffusionDecoder(4, DDPMProcess(sampler=DDIM(3)), image_size=8, unet_channels=(8, 8), emb_dim=16, mean_channels=(8,),
+                                    mean_hidden=8, mean_head_loss=False) for m in names}
+    for dec in decoders.values():  # the UNet's output layer starts at zero: give it weights, as a few steps would
+        torch.nn.init.normal_(dec.net.out[-1].weight, std=0.1)
+    model = MultimodalVAE(encoders, decoders, 4)
+    x = {m: torch.rand(6, 3, 8, 8) for m in names}
+    record = model.elbo(x, generator=torch.Generator().manual_seed(0))
+    assert set(record.terms) == {"m0/diffusion", "m1/diffusion", "kl"}
+    sum(record.terms[f"{m}/diffusion"].sum() for m in names).backward()
+    for m in names:
+        grads = [p.grad for p in model.encoders[m].parameters()]
+        assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0, m
