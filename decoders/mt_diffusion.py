@@ -415,5 +415,6 @@ class Algorithm1(Reestimating):
         values = {m: estimates[m] if m in estimates and m not in self.fixed else v for m, v in state.current.items()}
         cond, enc = dec.condition(self.z, values, batch, device)
         following = dec.forward_process.given(ChainState(enc, values, estimates, cond))
-        alpha, sigma = following.alpha_sigma(t)
-        return to_x0(dec.prediction, out, following.remove_offset(z_t, t), alpha, sigma).clamp(-1, 1), following
+        alpha, sigma = marginal.alpha_sigma(t)
+        # z_t carries the offset of the values it was drawn with (the incoming marginal's), not the new estimates'
+        return to_x0(dec.prediction, out, marginal.remove_offset(z_t, t), alpha, sigma).clamp(-1, 1), following

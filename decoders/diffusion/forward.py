@@ -79,6 +79,17 @@ class Marginal:
         offset = self.process.offset(t, self.cond)
         return x_t if offset is None else x_t - offset.to(x_t.dtype)
 
+    def add_offset(self, y_t: Tensor, t: Tensor) -> Tensor:
+        """``x_t = y_t + offset_t(c)``, the inverse of :meth:`remove_offset`."""
+        offset = self.process.offset(t, self.cond)
+        return y_t if offset is None else y_t + offset.to(y_t.dtype)
+
+    def rebase(self, x_t: Tensor, t: Tensor, previous: Marginal) -> Tensor:
+        """``x_t``, which carries ``previous``'s offset, moved to this marginal's: the same offset-free point
+        ``y_t``, so a chain whose forward condition changes (re-estimated modalities) removes exactly the offset it
+        added and continues with the new one."""
+        return x_t if previous is self else self.add_offset(previous.remove_offset(x_t, t), t)
+
     def sample(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """``x_t = E[x_t | x_0, c] + sigma_t eps``."""
         _, sigma = self.process.alpha_sigma(t)

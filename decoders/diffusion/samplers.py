@@ -114,10 +114,13 @@ def run_chain(update: Callable[[Tensor, Tensor, Tensor, Tensor, Marginal], Tenso
     x = marginal.initial(shape, t_grid[0], anchor, generator, device)
     for t, s in zip(t_grid[:-1], t_grid[1:]):
         t_b, s_b = t.expand(shape[0]), s.expand(shape[0])
-        x0, marginal = step(x.to(dtype), t_b.to(dtype), marginal)
+        x0, following = step(x.to(dtype), t_b.to(dtype), marginal)
         x0 = x0.double()
         if s <= 0:
-            return x0.to(dtype), marginal
+            return x0.to(dtype), following
+        # a re-estimating denoiser moved the chain to a new forward condition: continue from the same offset-free
+        # point, in the new marginal's coordinates (the offset removed is the one x carries)
+        x, marginal = following.rebase(x, t_b, marginal), following
         x = update(x, x0, t_b, s_b, marginal)
     return x.to(dtype), marginal
 

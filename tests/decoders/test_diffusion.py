@@ -28,7 +28,7 @@ from decoders.diffusion import (
     to_eps,
     to_x0,
 )
-from decoders.diffusion.parameterization import check_prediction, expand
+from decoders.diffusion.parameterization import Reestimating, check_prediction, expand
 from decoders.diffusion.samplers import logsnr_grid
 
 SCHEDULES = [VPSchedule(), CosineSchedule(), LinearLogSNR()]
@@ -370,6 +370,28 @@ class Drift(ForwardProcess):
     def offset(self, t, cond):
         alpha, _ = self.alpha_sigma(t)
         return expand(1 - alpha, cond) * cond
+
+
+@pytest.mark.parametrize("sampler", [DDIM(200), DPMSolverPP(20)], ids=["ddim", "dpmpp"])
+def test_a_forward_condition_changed_mid_chain_keeps_the_closed_form_moments(sampler):
+    """A re-estimating denoiser (MT-Diffusion's Algorithm 1) moves the chain from the offset of c1 to that of c2 at
+    t = 1/2. The offset-free chain is unchanged, so the exact denoiser of N(MEAN, VAR) data still gives those moments:
+    the chain removes exactly the offset it added. (Subtracting c2's offset from a point drawn with c1's shifts the
+    mean by about (c1 - c2)(1 - alpha) alpha_s / alpha_t, which is several units here.)"""
+    schedule = CosineSchedule()
+    forward = Drift(schedule)
+    c1, c2 = torch.tensor([6.0, -4.0, 3.0]).expand(20_000, 3), torch.tensor([-6.0, 4.0, -3.0]).expand(20_000, 3)
+    exact = gaussian_denoiser(schedule, MEAN, VAR)
+
+    class Switching(Reestimating):
+        def step(self, x_t, t, marginal):
+            x0 = exact(marginal.remove_offset(x_t, t), t)  # the offset x_t carries is the incoming marginal's
+            return x0, forward.given(c2) if bool((t <= 0.5).all()) else marginal
+
+    x, last = sampler.run(Switching(), forward.given(c1), (20_000, 3), timesteps=1000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(last.cond, c2)
+    torch.testing.assert_close(x.double().mean(0), MEAN, atol=0.05, rtol=0)
+    torch.testing.assert_close(x.double().var(0), VAR, rtol=0.12, atol=0)
 
 
 def test_a_new_forward_process_is_one_class_the_losses_and_samplers_follow():
