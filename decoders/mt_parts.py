@@ -1,0 +1,88 @@
+"""The configuration pieces of an MT-Diffusion decoder (:mod:`decoders.mt_diffusion`): how each modality conditions
+the diffusion (:class:`Aggregate`, the encoder ``E_i``), the heads that predict modalities from the shared UNet
+(:class:`Head`), and the heads' networks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from decoders.diffusion.aggregation import WeightSchedule
+
+EncoderKind = Literal["identity", "embedding", "backbone"]
+HeadKind = Literal["image", "label"]
+LabelEstimates = Literal["hard", "soft"]
+HeadPosition = Literal["mid", "out"]
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """How one modality conditions the diffusion (the encoder ``E_i``).
+
+    Attributes:
+        kind: ``identity`` (an image modality of the main one's shape, scaled to [-1, 1]), ``embedding`` (a label:
+            a fixed random pattern per class in the diffusion space) or ``backbone`` (a label entering the UNet's
+            embedding; it adds no offset).
+        num_classes: the classes of a label modality.
+        weight: its weight schedule ``w_t`` (default :class:`PaperWeight`); unused for ``backbone``.
+        scale: the patterns' standard deviation for ``embedding``.
+    """
+
+    kind: EncoderKind = "identity"
+    num_classes: int | None = None
+    weight: WeightSchedule | None = None
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("identity", "embedding", "backbone"):
+            raise ValueError(f"unknown encoder kind {self.kind!r}; choose identity, embedding or backbone")
+        if self.kind != "identity" and not self.num_classes:
+            raise ValueError(f"a {self.kind!r} encoder is for labels and needs num_classes")
+
+
+@dataclass(frozen=True)
+class Head:
+    """A modality head ``D_i`` on the shared backbone: ``kind`` ``label`` (``num_classes`` logits from pooled features)
+    or ``image`` (``channels`` at the main image's size, from the output block); ``position`` ``mid`` (the middle
+    block, the -M variant) or ``out`` (the last up block, -E)."""
+
+    kind: HeadKind = "label"
+    position: HeadPosition = "out"
+    num_classes: int | None = None
+    channels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("image", "label"):
+            raise ValueError(f"unknown head kind {self.kind!r}; choose image or label")
+        if self.position not in ("mid", "out"):
+            raise ValueError(f"unknown head position {self.position!r}; choose mid or out")
+        if self.kind == "label" and not self.num_classes:
+            raise ValueError("a label head needs num_classes")
+        if self.kind == "image" and self.position != "out":
+            raise ValueError("an image head reads the output block: position 'out'")
+
+
+class LabelHead(nn.Module):
+    """Pooled backbone features ``[B, C, h, w] -> logits [B, K]``."""
+
+    def __init__(self, channels: int, num_classes: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features.mean(dim=(2, 3)))
+
+
+class ImageHead(nn.Module):
+    """Output-block features ``[B, C, H, W] -> image [B, channels, H, W]`` in [-1, 1]."""
+
+    def __init__(self, channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.GroupNorm(math.gcd(8, channels), channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return torch.tanh(self.net(features))
