@@ -161,6 +161,10 @@ def check_data_folders(data: Any) -> None:
         return
     for key, value in args.items():
         if (key == "root" or key.endswith("_root")) and isinstance(value, (str, Path)) and value and "://" not in str(value):
-            if not Path(value).is_dir():
-                raise DiffMVAEError(f"--data.init_args.{key} {value} is not a folder (the data set's files are read from there; "
-                                    "diffmvae never downloads)")
+            check_data_root(value, f"--data.init_args.{key}")
+
+
+def check_data_root(folder: str | Path, flag: str) -> None:
+    """One line naming ``flag`` when the data folder ``folder`` does not exist."""
+    if not Path(folder).is_dir():
+        raise DiffMVAEError(f"{flag} {folder} is not a folder (the data set's files are read from there; diffmvae never downloads)")

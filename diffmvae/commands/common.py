@@ -14,6 +14,7 @@ from diffmvae.io import DiffMVAEError, one_line
 from diffmvae.store.build import parser_error
 
 SAMPLING_OPTIONS = ("sampler", "steps", "eta", "guidance", "start")
+TEXT_OPTIONS = {"text_strategy": "strategy", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p"}
 MAX_ERROR = 300  # characters of an error line
 
 
@@ -48,7 +49,7 @@ def refuse_empty(values: Mapping[str, Any]) -> None:
     for key, value in values.items():
         if value == "" or (isinstance(value, list) and "" in value):
             raise DiffMVAEError(f"--{key} is empty; give a value or leave the option out")
-TEXT_OPTIONS = {"text_strategy": "strategy", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p"}
+
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -94,7 +95,7 @@ def sampling_settings(args: argparse.Namespace, module: Any) -> Any:
 def _config_error(e: BaseException) -> Exception:
     """A jsonargparse error as a one-line DiffMVAEError naming the innermost class and its complaint."""
 
-    return DiffMVAEError(short(dash_hint(parser_error(one_line(e)))))
+    return DiffMVAEError(parser_error(one_line(e)))
 
 
 def _parse_config(parser: Any, argv: list[str]) -> Any:

@@ -10,7 +10,6 @@ from diffmvae.commands.unite import add_composition_arguments, composition_from
 from diffmvae.devices import add_device_arguments, pick_device
 from diffmvae.evaluation.runs import evaluate_checkpoints
 from diffmvae.evaluation.suite import PARTS, EvalSettings
-from diffmvae.io import check_out_dir
 
 log = logging.getLogger("diffmvae")
 
@@ -39,7 +38,6 @@ def _evaluate(argv: list[str]) -> int:
     args = p.parse_args(argv)
     device = pick_device(args.accelerator, args.devices)
     composition = composition_from(args)
-    check_out_dir(args.out, overwrite=args.overwrite)
     seed_torch(args.seed)
     start = time.perf_counter()
     settings = EvalSettings(n_samples=args.n_samples, seed=args.seed, max_subsets=args.max_subsets, probe_train=args.probe_train,
@@ -47,6 +45,7 @@ def _evaluate(argv: list[str]) -> int:
                             inception_weights=args.inception_weights, parts=tuple(p for p in args.parts.split(",") if p))
     names = args.names.split(",") if args.names else None
     paths = evaluate_checkpoints(args.ckpt, args.out, settings=settings, names=names, classifiers=args.classifiers, prior=args.prior,
-                                 sampling=sampling_overrides(args), device=device, precision=args.precision, composition=composition)
+                                 sampling=sampling_overrides(args), device=device, precision=args.precision, composition=composition,
+                                 overwrite=args.overwrite)
     log.info("wrote %s in %.0fs", ", ".join(map(str, paths)), time.perf_counter() - start)
     return 0

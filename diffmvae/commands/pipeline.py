@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 import time
 
-from pathlib import Path
-
 import yaml
 
+from diffmvae.commands.checks import check_data_root
 from diffmvae.commands.common import CommandParser
 from diffmvae.io import DiffMVAEError
 from diffmvae.pipeline.run import run_pipeline
@@ -39,8 +38,7 @@ def _pipeline(argv: list[str]) -> int:
             raise DiffMVAEError(f"--set takes KEY=VALUE, got {item!r}")
         spec.overrides[key] = yaml.safe_load(value)
     if args.data_root is not None:
-        if not Path(args.data_root).is_dir():
-            raise DiffMVAEError(f"--data_root {args.data_root} is not a folder (the data set's files are read from there; diffmvae never downloads)")
+        check_data_root(args.data_root, "--data_root")
         spec.overrides["data.init_args.root"] = args.data_root
     spec.fit_args += tuple(args.fit_arg)
     spec.prior_args = tuple(args.prior_arg)

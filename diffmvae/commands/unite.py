@@ -23,8 +23,7 @@ from diffmvae.data.batches import collate_split
 from diffmvae.devices import add_device_arguments, pick_device
 from diffmvae.evaluation.classifier import predict
 from diffmvae.evaluation.frechet import FeatureExtractor, PixelPCA, frechet_distance
-from diffmvae.evaluation.runs import classifiers_for_run
-from diffmvae.evaluation.suite import EvalSettings
+from diffmvae.evaluation.runs import classifiers_for_run, label_free_features
 from diffmvae.generation.sampling import write_samples
 from diffmvae.generation.unite import UniteSpec, check_member, null_needed, unite_batch
 from diffmvae.io import DiffMVAEError, atomic_write, check_out_dir, markdown_table
@@ -93,10 +92,10 @@ def unite_command(argv: list[str]) -> int:
     spec = UniteSpec.from_file(args.config) if args.config else UniteSpec.from_mapping(unite_mapping(args), "the command line")
     if args.n is not None and args.n < 1:
         raise DiffMVAEError(f"--n must be >= 1, got {args.n}")
-    check_out_dir(args.out, overwrite=args.overwrite)
     start = time.perf_counter()
     metrics = run_unite(spec, args.out, n=args.n, seed=args.seed, split=args.split, sampling=sampling_overrides(args),
-                        evaluate=args.evaluate, classifiers=args.classifiers, device=device)
+                        evaluate=args.evaluate, classifiers=args.classifiers, device=device,
+                        overwrite=args.overwrite)
     for name, m in metrics.items():
         log.info("%-28s coherence %.3f  FD %.1f", name, m.get("coherence", float("nan")), m["fd"])
     log.info("wrote %s in %.0fs", args.out, time.perf_counter() - start)
@@ -133,13 +132,15 @@ def run_unite(
     chunk_size: int = 256,
     progress: bool = True,
     device: torch.device | str = "cpu",
+    overwrite: bool = True,
 ) -> dict[str, Any]:
     """Load the checkpoints, check everything, then sample ``target`` for ``n`` examples of ``split`` (all by default)
     from the composition and write ``samples.npz`` / ``grid.png`` into ``out``; with ``evaluate``, also the target's
     coherence and Fréchet distance, for the composition and (``alone``) for each model by itself, into
-    ``metrics.json`` / ``metrics.md``. Returns the metrics (empty without ``evaluate``)."""
+    ``metrics.json`` / ``metrics.md``. Returns the metrics (empty without ``evaluate``). An ``out`` that holds files is
+    refused unless ``overwrite``."""
 
-    out = check_out_dir(out)
+    out = check_out_dir(out, overwrite=overwrite)
     runs = [load_run(m.ckpt, device=device) for m in spec.members]
     models = [r.module.model for r in runs]
     settings = [r.module.sampling.replace(**(sampling or {})) for r in runs]
@@ -154,9 +155,7 @@ def run_unite(
                                 "composed models must read the same examples")
     clfs = judge_for(runs[0], spec.target, classifiers, progress) if evaluate else None
     # the label-free feature space, as diffmvae evaluate fits it: the pixel PCA of the first model's real training images
-    pca_settings = EvalSettings()
-    pca = (PixelPCA.fit(collate_split(runs[0].datamodule.dataset("train"), pca_settings.pca_train)[spec.target], pca_settings.pca_components)
-           if evaluate else None)
+    pca = label_free_features(runs[0], [spec.target])[spec.target] if evaluate else None
     count = next(iter(data[0].values())).shape[0]
     jobs = [("composed", spec, models, data)]
     if alone and len(spec.members) > 1:

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -57,6 +57,12 @@ class PixelPCA(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return (x.flatten(1).to(self.mean.dtype) - self.mean) @ self.components.T
+
+
+def pixel_pcas(train: Mapping[str, Tensor], names: Iterable[str], count: int, components: int) -> dict[str, PixelPCA]:
+    """The label-free feature space of each modality in ``names``: a :class:`PixelPCA` with ``components`` axes,
+    fitted on the first ``count`` real training images of ``train`` (a collated split)."""
+    return {m: PixelPCA.fit(train[m][:count], components) for m in names}
 
 
 def model_input_shape(model: nn.Module) -> tuple[int, int, int]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from diffmvae.data.batches import collate_split
 from diffmvae.devices import precision as autocast
 from diffmvae.evaluation.classifier import (
     AttributeJudge,
@@ -20,8 +21,7 @@ from diffmvae.evaluation.classifier import (
     load_classifier_set,
     save_classifier_set,
 )
-from diffmvae.data.batches import collate_split
-from diffmvae.evaluation.frechet import InceptionExtractor, PixelPCA
+from diffmvae.evaluation.frechet import InceptionExtractor, PixelPCA, pixel_pcas
 from diffmvae.evaluation.report import write_report
 from diffmvae.evaluation.suite import EvalSettings, evaluate_model
 from diffmvae.generation.sampling import choose_prior, sampling_record
@@ -90,7 +90,7 @@ def label_free_features(run: LoadedRun, names: Sequence[str], settings: EvalSett
     evaluate`` fits it (``settings.pca_components`` axes of ``settings.pca_train`` images): the feature space of the
     label-free Fréchet distance the experiment scripts report beside the classifier one."""
     train = collate_split(run.datamodule.dataset("train"), settings.pca_train)
-    return {m: PixelPCA.fit(train[m], settings.pca_components) for m in names if run.datamodule.specs[m].is_image}
+    return pixel_pcas(train, [m for m in names if run.datamodule.specs[m].is_image], settings.pca_train, settings.pca_components)
 
 
 def evaluate_checkpoints(
@@ -106,16 +106,18 @@ def evaluate_checkpoints(
     device: torch.device | str = "cpu",
     precision: str = "32-true",
     composition: Composition | None = None,
+    overwrite: bool = True,
 ) -> list[Path]:
     """Evaluate every checkpoint with one classifier set and write ``metrics.{json,csv,md,png}`` into ``out``; with a
-    ``composition``, conditional generation composes its sources (Unite-and-Conquer within each model)."""
+    ``composition``, conditional generation composes its sources (Unite-and-Conquer within each model). An ``out``
+    that holds files is refused unless ``overwrite`` (``diffmvae evaluate`` passes its ``--overwrite``)."""
 
     if not ckpts:
         raise DiffMVAEError("give at least one --ckpt")
     names = list(names) if names else _default_names(ckpts)
     if len(names) != len(ckpts) or len(set(names)) != len(names):
         raise DiffMVAEError(f"--names needs {len(ckpts)} distinct names, got {names}")
-    check_out_dir(out)
+    check_out_dir(out, overwrite=overwrite)
     runs = [load_run(c, device=device) for c in ckpts]
     first = runs[0].module.model.modalities
     for ckpt, run in zip(ckpts, runs):

@@ -25,7 +25,7 @@ from decoders import SamplingSettings
 from diffmvae.data.batches import collate_split, num_rows, take_rows
 from diffmvae.evaluation.classifier import predict
 from diffmvae.evaluation.coherence import unconditional_coherence
-from diffmvae.evaluation.frechet import FeatureExtractor, InceptionExtractor, PixelPCA, frechet_distance
+from diffmvae.evaluation.frechet import FeatureExtractor, InceptionExtractor, frechet_distance, pixel_pcas
 from diffmvae.evaluation.match import f1_samples, match_rows
 from diffmvae.generation.sampling import generate_from_subset
 from diffmvae.io import DiffMVAEError
@@ -300,8 +300,8 @@ def evaluate_model(
     train = collate_split(datamodule.dataset("train"), limit) if limit else {}  # one pass serves the PCA and the probes
     label_free: dict[str, nn.Module] = {}
     if pca:
-        label_free = {m: PixelPCA.fit(train[m][:settings.pca_train], settings.pca_components) for m in model.modalities
-                      if m in specs and specs[m].is_image and m in train}
+        label_free = pixel_pcas(train, [m for m in model.modalities if m in specs and specs[m].is_image and m in train],
+                                settings.pca_train, settings.pca_components)
     rows = []
     if "conditional" in parts:
         rows += conditional_metrics(model, test, labels, subsets, classifiers, extractors, seed=settings.seed, sampling=sampling, progress=progress,

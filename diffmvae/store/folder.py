@@ -14,8 +14,8 @@ it accepts a checkpoint. The folder can be uploaded as it is (``huggingface_hub.
 
 from __future__ import annotations
 
-import json
 import copy
+import json
 import os
 import shutil
 import tempfile
@@ -35,8 +35,8 @@ from diffmvae.io import (
     tensors_for_safetensors,
     writing,
 )
-from diffmvae.store.build import TRUSTED_KEY, trusted_of
 from diffmvae.model.vae import MultimodalVAE
+from diffmvae.store.build import TRUSTED_KEY, trusted_of
 from diffmvae.store.load import CARD, CONFIG, FOLDER_FORMAT, FOLDER_VERSION, PRIOR, RELATIVE_KEY, WEIGHTS, LoadedRun, load_run
 from diffmvae.store.prior_file import default_prior_path, load_prior, read_prior_file, save_prior
 

@@ -25,10 +25,10 @@ from diffmvae.data import PolyDigits
 from diffmvae.data.batches import collate_split
 from diffmvae.data.captions import parse_digit
 from diffmvae.evaluation import FeatureExtractor, conditional_coherence, frechet_distance
-from diffmvae.evaluation.frechet import PixelPCA
-from diffmvae.evaluation.suite import EvalSettings
 from diffmvae.evaluation.classifier import load_classifier_set
+from diffmvae.evaluation.frechet import pixel_pcas
 from diffmvae.evaluation.runs import CLASSIFIER_DIR, data_key, fit_classifiers
+from diffmvae.evaluation.suite import EvalSettings
 
 
 def main() -> None:
@@ -55,7 +55,8 @@ def main() -> None:
     # the label-free distance of `diffmvae evaluate`: PCA of the pixels of real training images (its defaults)
     settings = EvalSettings()
     train = collate_split(PolyDigits("train", len(names), seed=0, length=6000), settings.pca_train)
-    fd_pca = {m: frechet_distance(real[m], samples[m], PixelPCA.fit(train[m], settings.pca_components)) for m in scores}
+    pcas = pixel_pcas(train, list(scores), settings.pca_train, settings.pca_components)
+    fd_pca = {m: frechet_distance(real[m], samples[m], pcas[m]) for m in scores}
     labels = data["label"].tolist()
     captions = {m: float(np.mean([parse_digit(str(t)) == y for t, y in zip(data[m], labels)])) for m in texts if m not in given}
     print(json.dumps({"given": given, "per_modality": scores, "coherence": round(mean, 4), "n": len(data["label"]),
