@@ -20,7 +20,7 @@ term per modality as eq. 17 of Wesego & Rooshenas (2024) has it, and the head le
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,7 @@ from decoders.sampling import SamplingSettings
 from decoders.unet import Condition, UNet2d
 
 Conditioning = Literal["film", "mean_channels", "residual"]
+TargetSampling = Literal["all", "one"]
 DIFFUSION_TERMS = {"diffusion": "diffusion", "recon": "diffusion_recon", "prior": "diffusion_prior"}
 
 
@@ -58,6 +59,11 @@ class DiffusionDecoder(Decoder):
             Rooshenas (2024) has it: the mean head is then part of the decoder's parameterisation and learns only
             through the diffusion term (the mean is not detached, whatever ``detach_mean`` says).
         modalities: the image modalities this decoder generates with one UNet (default: the one it is keyed by).
+        target_sampling: ``all`` (default): every example's diffusion term is computed for each of its modalities
+            (the UNet runs on ``M B`` images a step). ``one``: for each example one of its modalities is drawn
+            uniformly and its diffusion term is weighted by the example's number of modalities, an unbiased
+            estimate of the same sum (as the mixture ELBO draws one subset per example): the UNet runs on ``B``
+            images a step, and each modality's logged term is that estimate of it.
     """
 
     def __init__(
@@ -79,15 +85,18 @@ class DiffusionDecoder(Decoder):
         detach_mean: bool = True,
         modalities: Sequence[str] = (),
         mean_head_loss: bool = True,
+        target_sampling: TargetSampling = "all",
     ) -> None:
         super().__init__(modalities, latent_dim)
         if conditioning not in ("film", "mean_channels", "residual"):
             raise ValueError(f"unknown conditioning {conditioning!r}; choose film, mean_channels or residual")
+        if target_sampling not in get_args(TargetSampling):
+            raise ValueError(f"unknown target_sampling {target_sampling!r}; choose all or one")
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         self.process = process if process is not None else DDPMProcess()
         self.conditioning, self.cond_dropout, self.detach_mean = conditioning, cond_dropout, detach_mean and mean_head_loss
-        self.mean_head_loss = mean_head_loss
+        self.mean_head_loss, self.target_sampling = mean_head_loss, target_sampling
         self.shape = (image_channels, image_size, image_size)
         self.head_args = (latent_dim, image_channels, image_size, tuple(mean_channels), mean_hidden, likelihood, scale)
         self.mean_heads = nn.ModuleDict()
@@ -140,16 +149,25 @@ class DiffusionDecoder(Decoder):
         if not targets or skipped("diffusion", skip):
             return terms
         batch = z.shape[0]
-        conds = []
-        for m in targets:
-            drop = rand((batch,), generator, z.device) < self.cond_dropout if self.cond_dropout > 0 else None
-            conds.append(self.condition(m, z, drop))
-        x = torch.cat([2 * example[m] - 1 for m in targets])
+        rows, count = draw_rows(targets, example, generator) if self.target_sampling == "one" and len(targets) > 1 else (None, None)
+        undrawn = [] if rows is None else [m for m, r in zip(targets, rows) if not r.numel()]
+        if undrawn:  # a target no example drew gets zero terms, and no UNet input
+            targets, rows = map(list, zip(*[(m, r) for m, r in zip(targets, rows) if r.numel()]))
+        conds, xs = [], []
+        for i, m in enumerate(targets):
+            z_m, x_m = (z, example[m]) if rows is None else (z[rows[i]], example[m][rows[i]])
+            drop = rand((z_m.shape[0],), generator, z.device) < self.cond_dropout if self.cond_dropout > 0 else None
+            conds.append(self.condition(m, z_m, drop))
+            xs.append(2 * x_m - 1)
         cond = cat_conditions(conds)
-        out = self.process.loss(self.backbone, x, cond, anchor=effective_shift(cond), generator=generator)
+        out = self.process.loss(self.backbone, torch.cat(xs), cond, anchor=effective_shift(cond), generator=generator)
+        sizes = [x.shape[0] for x in xs]
         for kind, value in out.items():
-            for m, part in zip(targets, value.split(batch)):
+            for i, (m, part) in enumerate(zip(targets, value.split(sizes))):
+                if rows is not None:  # the drawn examples' terms, weighted by their number of modalities; zero elsewhere
+                    part = part.new_zeros(batch).index_put((rows[i],), part * count[rows[i]].to(part.dtype))
                 terms[f"{m}/{DIFFUSION_TERMS[kind]}"] = part
+            terms.update({f"{m}/{DIFFUSION_TERMS[kind]}": value.new_zeros(batch) for m in undrawn})
         return terms
 
     def bits_per_dim(self, z: Tensor, example: Observed, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -225,6 +243,16 @@ class DiffusionDecoder(Decoder):
     def split_samples(targets: Sequence[str], x: Tensor, batch: int) -> dict[str, Tensor]:
         """``[len(targets) B, ...]`` samples in ``[-1, 1]`` as ``{target: [B, ...] in [0, 1]}``."""
         return {m: part.add(1).div(2).clamp(0, 1) for m, part in zip(targets, x.split(batch))}
+
+
+def draw_rows(targets: Sequence[str], example: Observed, generator: torch.Generator | None) -> tuple[list[Tensor], Tensor]:
+    """``target_sampling: one``: for each example, one of its present ``targets`` drawn uniformly. Returns the
+    drawn examples' indices per target and each example's number of present targets ``[B]``."""
+    present = torch.stack([example.mask(m) for m in targets], dim=1)
+    count = present.sum(dim=1)
+    pick = (rand((present.shape[0],), generator, present.device) * count).floor().long()
+    chosen = present & (present.long().cumsum(dim=1) - 1 == pick[:, None])
+    return [chosen[:, i].nonzero().squeeze(1) for i in range(len(targets))], count
 
 
 def effective_shift(cond: Condition) -> Tensor | None:

@@ -230,3 +230,50 @@ def test_one_term_per_modality_without_the_mean_heads_loss(mean_head_loss):
     else:
         assert all(g is not None for g in head_grads) and any(g.abs().sum() > 0 for g in head_grads)
         assert z.grad is not None and z.grad.abs().sum() > 0  # through the head, the diffusion term reaches z and the encoders
+
+
+def test_one_target_per_example_is_an_unbiased_estimate_of_the_sum_over_modalities(monkeypatch):
+    """target_sampling one: the UNet runs once per example (not once per modality); each example's term is that of
+    one of its present modalities times its number of present modalities, zero for the others; every present
+    modality is drawn about equally often, an absent one never. The process loss is replaced by a closed form of the
+    input (the image's mean), so the bookkeeping is checked exactly."""
+    names = ("a", "b", "c")
+    dec = tiny(modalities=names, key="images", target_sampling="one", mean_head_loss=False)
+    calls = []
+    dec.net.register_forward_hook(lambda module, inputs, out: calls.append(inputs[0].shape[0]))
+
+    def closed(x):
+        return x.flatten(1).mean(1)
+
+    monkeypatch.setattr(dec.process, "loss", lambda net, x, cond, **kw: {"diffusion": closed(x)}, raising=False)
+    n = 600
+    x = {m: torch.rand(n, 3, 8, 8) for m in names}
+    present = torch.ones(n, 3, dtype=torch.bool)
+    present[: n // 2, 2] = False  # the first half lacks c
+    terms = dec.loss(torch.randn(n, 4), Observed(x, present, names), generator=torch.Generator().manual_seed(0))
+    assert set(terms) == {f"{m}/diffusion" for m in names}
+    value = torch.stack([terms[f"{m}/diffusion"] for m in names], dim=1)
+    drawn = value != 0
+    assert (drawn.sum(dim=1) == 1).all() and not drawn[: n // 2, 2].any()
+    expected = torch.stack([closed(2 * x[m] - 1) for m in names], dim=1) * present.sum(dim=1, keepdim=True)
+    torch.testing.assert_close(value[drawn], expected[drawn])
+    # Uniform over the present ones: 1/2 each in the first half, 1/3 each in the second (binomial sd ~0.03).
+    first, second = drawn[: n // 2].float().mean(0), drawn[n // 2:].float().mean(0)
+    assert (first[:2] - 0.5).abs().max() < 0.1 and (second - 1 / 3).abs().max() < 0.1
+    # With the real loss the UNet sees n images, one per example, where target_sampling all gives it 3 n.
+    monkeypatch.undo()
+    dec.loss(torch.randn(n, 4), Observed(x, present, names), generator=torch.Generator().manual_seed(0))
+    every = tiny(modalities=names, key="images", mean_head_loss=False)
+    every.net.register_forward_hook(lambda module, inputs, out: calls.append(inputs[0].shape[0]))
+    every.loss(torch.randn(n, 4), Observed(x, present, names), generator=torch.Generator().manual_seed(0))
+    assert calls == [n, 3 * n]  # all: every example of every modality in the batch, absent ones masked afterwards
+
+
+def test_one_target_with_a_single_drawn_modality_leaves_the_others_zero():
+    dec = tiny(modalities=("a", "b"), key="images", target_sampling="one", mean_head_loss=False)
+    x = {m: torch.rand(2, 3, 8, 8) for m in ("a", "b")}
+    present = torch.tensor([[True, False], [True, False]])
+    terms = dec.loss(torch.randn(2, 4), Observed(x, present, ("a", "b")), generator=torch.Generator().manual_seed(0))
+    assert (terms["b/diffusion"] == 0).all() and (terms["a/diffusion"] > 0).all()
+    with pytest.raises(ValueError, match="target_sampling"):
+        tiny(target_sampling="some")
