@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import default_collate
 from torch_ema import ExponentialMovingAverage
 
-from decoders import SamplingSettings
+from decoders import DiffusionDecoder, SamplingSettings
 from diffmvae.io import DiffMVAEError, image_grid, save_png
 from diffmvae.training.checkpoint_io import read_checkpoint
 
@@ -113,6 +113,11 @@ class FeedForwardWarmup(L.Callback):
         for name in self.freeze:
             if name not in names:
                 raise DiffMVAEError(f"FeedForwardWarmup freeze names {name!r}, which is not a module of the model")
+        if self.steps > 0:
+            untrained = [key for key, dec in pl_module.model.decoders.items() if isinstance(dec, DiffusionDecoder) and not dec.mean_head_loss]
+            if untrained:
+                raise DiffMVAEError(f"FeedForwardWarmup trains the mean heads by their own likelihood, and decoder {untrained[0]!r} has "
+                                    "mean_head_loss false (its warm-up would train nothing): set mean_head_loss true for staged training")
         if self.restart_lr and self.steps > 0:
             pl_module.add_lr_restart(self.steps)
 

@@ -157,6 +157,33 @@ def test_bad_diffusion_config_fails_at_start_up(process, message, tmp_path, caps
     assert not (run / "checkpoints").exists()  # it stopped before training
 
 
+def test_staged_training_of_a_decoder_without_a_mean_head_term_is_refused_in_one_line(tmp_path, capsys):
+    """A feed-forward warm-up leaves the diffusion terms out; a decoder whose only term is its diffusion loss would
+    train nothing in it (its mean head learns only through that term)."""
+    cfg = diffusion_config()
+    vae_args(cfg)["decoders"]["m1"] = diffusion_decoder(mean_head_loss=False)
+    path, run = write_config(tmp_path, cfg, callbacks=[WARMUP])
+    assert main(["fit", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "decoder 'm1' has mean_head_loss false" in err
+    assert not (run / "checkpoints").exists()
+
+
+def test_joint_training_moves_the_encoders_and_a_frozen_warm_up_does_not(tmp_path):
+    """The paper's joint objective: with no warm-up callback every step updates the encoders, the UNet and the mean
+    head, the diffusion term being the decoder's only term (compare the staged run, whose encoders stay fixed)."""
+    cfg = diffusion_config()
+    vae_args(cfg)["decoders"]["m1"] = diffusion_decoder(mean_head_loss=False)
+    steps = tmp_path / "steps"
+    path, run_dir = write_config(tmp_path, cfg, callbacks=[{**EVERY_STEP, "init_args": {**EVERY_STEP["init_args"], "dirpath": str(steps)}}])
+    assert main(["fit", "--config", str(path)]) == 0
+    first, last = steps / "step=1.ckpt", steps / "step=6.ckpt"
+    for prefix in ("model.encoders.", "model.decoders.m1.net.", "model.decoders.m1.mean_heads."):
+        assert not same(weights(first, prefix), weights(last, prefix)), prefix
+    columns = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "train/m1/diffusion" in columns and [c for c in columns if c.startswith("train/m1/")] == ["train/m1/diffusion"]
+
+
 def test_one_decoder_for_two_modalities_trains_and_round_trips(tmp_path):
     path, run = write_config(tmp_path, diffusion_config(shared=True), callbacks=[WARMUP])
     assert main(["fit", "--config", str(path)]) == 0
