@@ -1,6 +1,7 @@
 """Experiment pipelines (diffmvae.pipeline): config surgery, resumable stages, the report, and each data set's own
 pipeline run end to end at a tiny size on tiny files in its release layout."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -59,9 +60,15 @@ def test_config_surgery_keep_warm_start_relocate(tmp_path):
     vae = kept["model"]["init_args"]["model"]["init_args"]
     assert list(vae["encoders"]) == ["m0", "m2"] and vae["decoders"]["images"]["init_args"]["modalities"] == ["m0", "m2"]
     assert kept["data"]["init_args"]["keep"] == ["m0", "m2"] and len(cfg["model"]["init_args"]["model"]["init_args"]["encoders"]) == 5
-    warm = warm_started(cfg, tmp_path / "a.ckpt")
+    joint = warm_started(cfg, tmp_path / "a.ckpt")  # the paper config trains jointly: the warm start only initialises
+    start = {"class_path": "diffmvae.training.WarmStart", "init_args": {"ckpt": str(tmp_path / "a.ckpt")}}
+    assert joint["trainer"]["callbacks"][0] == start and joint["trainer"]["max_steps"] == cfg["trainer"]["max_steps"] == 3200
+    assert not any(c["class_path"].endswith("FeedForwardWarmup") for c in joint["trainer"]["callbacks"])
+    staged = copy.deepcopy(cfg)
+    staged["trainer"]["callbacks"].append({"class_path": "diffmvae.training.FeedForwardWarmup", "init_args": {"steps": 2000, "freeze": ["encoders"]}})
+    warm = warm_started(staged, tmp_path / "a.ckpt")  # a staged config: the warm-up is what the warm start already trained
     callbacks = warm["trainer"]["callbacks"]
-    assert callbacks[0] == {"class_path": "diffmvae.training.WarmStart", "init_args": {"ckpt": str(tmp_path / "a.ckpt")}}
+    assert callbacks[0] == start
     warmup = next(c for c in callbacks if c["class_path"].endswith("FeedForwardWarmup"))
     assert warmup["init_args"] == {"steps": 0, "freeze": ["encoders"]} and warm["trainer"]["max_steps"] == 3200 - 2000
     moved = relocate(cfg, tmp_path / "out" / "run")  # the paper config names no folder but its root: fit derives the rest
@@ -77,10 +84,10 @@ def test_config_surgery_keep_warm_start_relocate(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("out: x\nmodels: {a: {config: nowhere.yaml}}\n", "models.a.config: .*nowhere.yaml does not exist"),
-    ("out: x\nmodels: {a: {config: experiments/polydigits/quickstart.yaml, warm_start: b}}\n", "warm_start names 'b'"),
-    ("out: x\nmodels: {a: {config: experiments/polydigits/quickstart.yaml}}\nsweep: {name: M}\n", "'sweep' must be"),
+    ("out: x\nmodels: {a: {config: experiments/polydigits/mopoe.yaml, warm_start: b}}\n", "warm_start names 'b'"),
+    ("out: x\nmodels: {a: {config: experiments/polydigits/mopoe.yaml}}\nsweep: {name: M}\n", "'sweep' must be"),
     ("out: x\nmodel: {}\n", "unknown key 'model'"),
-    ("out: x\nmodels: {a: {config: experiments/polydigits/quickstart.yaml}}\npriors: [flat]\n", "priors must be among score, gaussian"),
+    ("out: x\nmodels: {a: {config: experiments/polydigits/mopoe.yaml}}\npriors: [flat]\n", "priors must be among score, gaussian"),
 ])
 def test_bad_pipeline_files(tmp_path, monkeypatch, text, message):
     monkeypatch.chdir(ROOT)
