@@ -4,8 +4,9 @@ coherence of the generated modalities and their Fréchet distance to the real te
     python experiments/polydigits/coherence.py --samples OUT/samples.npz [--classifiers runs/classifiers/....pt]
 
 Prints the fraction of generated images (the modalities not in `given`) classified as the example's true
-label (and, for generated captions, the fraction naming the true digit, read by the caption parser), and the Fréchet
-distance of each generated modality to all real test images of that modality in both feature spaces of
+label (and, for generated captions, the fraction naming the true digit, read by the caption parser) or, for samples
+drawn from the prior (`--given none`), the fraction of joint samples whose modalities are all read as the same digit
+(`agreement` adds "at least k agree"), and the Fréchet distance of each generated modality to all real test images of that modality in both feature spaces of
 `diffmvae evaluate`: the classifier's penultimate-layer features (`fd`) and, label-free, 64 principal components of
 the pixels of 2000 real training images (`fd_pca`). Without --classifiers it uses (and trains once, when missing) the classifier set of the quickstart's
 data: PolyDigits with M taken from the samples, seed 0, 6000 training examples.
@@ -24,23 +25,22 @@ import torch
 from diffmvae.data import PolyDigits
 from diffmvae.data.batches import collate_split
 from diffmvae.data.captions import parse_digit
-from diffmvae.evaluation import FeatureExtractor, conditional_coherence, frechet_distance
+from diffmvae.evaluation import FeatureExtractor, conditional_coherence, frechet_distance, unconditional_coherence
 from diffmvae.evaluation.classifier import load_classifier_set
 from diffmvae.evaluation.frechet import pixel_pcas
 from diffmvae.evaluation.runs import CLASSIFIER_DIR, data_key, fit_classifiers
 from diffmvae.evaluation.suite import EvalSettings
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--samples", required=True, help="samples.npz written by `diffmvae sample`")
-    p.add_argument("--classifiers", default=None, help="classifier file written by `diffmvae classifiers fit`")
-    args = p.parse_args()
-    data = np.load(args.samples)
+def judge(samples_path: str | Path, classifiers_path: str | Path | None = None) -> dict:
+    """Coherence and both Fréchet distances of one ``samples.npz``: conditional coherence (the generated modalities
+    read as the example's label) when it was sampled given modalities, unconditional coherence (every modality read
+    as the same digit) when it was sampled from the prior."""
+    data = np.load(samples_path)
     given = [str(g) for g in data["given"]]
     names = sorted((k for k in data.files if re.fullmatch(r"m\d+", k)), key=lambda k: int(k[1:]))
     texts = [k for k in data.files if "/" not in k and data[k].dtype.kind == "U" and data[k].ndim == 1 and k not in ("given",)]
-    path = Path(args.classifiers) if args.classifiers else None
+    path = Path(classifiers_path) if classifiers_path else None
     if path is None:
         config = {"class_path": "diffmvae.data.PolyDigitsDataModule", "init_args": {"num_modalities": len(names), "seed": 0, "train_length": 6000}}
         path = CLASSIFIER_DIR / f"{data_key(config)}.pt"
@@ -48,22 +48,37 @@ def main() -> None:
             fit_classifiers(config, path)
     classifiers, accuracy, _ = load_classifier_set(path)
     samples = {m: torch.from_numpy(data[m]) for m in names}
-    scores = conditional_coherence(samples, torch.from_numpy(data["label"]), given, classifiers)
-    mean = float(np.mean(list(scores.values())))
+    out: dict = {"given": given, "n": len(data[names[0]])}
+    if given:
+        scores = conditional_coherence(samples, torch.from_numpy(data["label"]), given, classifiers)
+        labels = data["label"].tolist()
+        out.update(per_modality=scores, coherence=round(float(np.mean(list(scores.values()))), 4),
+                   caption_coherence_parser={m: float(np.mean([parse_digit(str(t)) == y for t, y in zip(data[m], labels)]))
+                                             for m in texts if m not in given})
+        judged = list(scores)
+    else:
+        agree = unconditional_coherence(samples, classifiers)
+        out.update(coherence=round(agree["all"], 4), agreement={k: round(v, 4) for k, v in agree.items()})
+        judged = names
     real = collate_split(PolyDigits("test", len(names), seed=0))
-    fd = {m: frechet_distance(real[m], samples[m], FeatureExtractor(classifiers[m])) for m in scores}
+    fd = {m: frechet_distance(real[m], samples[m], FeatureExtractor(classifiers[m])) for m in judged}
     # the label-free distance of `diffmvae evaluate`: PCA of the pixels of real training images (its defaults)
     settings = EvalSettings()
     train = collate_split(PolyDigits("train", len(names), seed=0, length=6000), settings.pca_train)
-    pcas = pixel_pcas(train, list(scores), settings.pca_train, settings.pca_components)
-    fd_pca = {m: frechet_distance(real[m], samples[m], pcas[m]) for m in scores}
-    labels = data["label"].tolist()
-    captions = {m: float(np.mean([parse_digit(str(t)) == y for t, y in zip(data[m], labels)])) for m in texts if m not in given}
-    print(json.dumps({"given": given, "per_modality": scores, "coherence": round(mean, 4), "n": len(data["label"]),
-                      "caption_coherence_parser": captions,
-                      "fd_mean": round(float(np.mean(list(fd.values()))), 2), "fd": {m: round(v, 2) for m, v in fd.items()},
-                      "fd_pca_mean": round(float(np.mean(list(fd_pca.values()))), 3), "fd_pca": {m: round(v, 3) for m, v in fd_pca.items()},
-                      "classifier_accuracy": accuracy}))
+    pcas = pixel_pcas(train, judged, settings.pca_train, settings.pca_components)
+    fd_pca = {m: frechet_distance(real[m], samples[m], pcas[m]) for m in judged}
+    out.update(fd_mean=round(float(np.mean(list(fd.values()))), 2), fd={m: round(v, 2) for m, v in fd.items()},
+               fd_pca_mean=round(float(np.mean(list(fd_pca.values()))), 3), fd_pca={m: round(v, 3) for m, v in fd_pca.items()},
+               classifier_accuracy=accuracy)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--samples", required=True, help="samples.npz written by `diffmvae sample`")
+    p.add_argument("--classifiers", default=None, help="classifier file written by `diffmvae classifiers fit`")
+    args = p.parse_args()
+    print(json.dumps(judge(args.samples, args.classifiers)))
 
 
 if __name__ == "__main__":
