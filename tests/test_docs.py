@@ -99,10 +99,18 @@ def test_readme_is_short_and_every_text_cites_papers():
 def main_job(tmp_path_factory):
     """The main job at a tiny size, run twice through scripts/quickstart.sh."""
     run_dir = tmp_path_factory.mktemp("main") / "quickstart"
-    job = {**env(), "QUICKSTART_SETUP": "0", "QUICKSTART_FIT_ARGS": " ".join(TINY["fit"])}
+    judges = run_dir.parent / "judges.pt"
+    fitted = run(["diffmvae", "classifiers", "fit", "--config", str(ROOT / "experiments/polydigits/classifiers.yaml"), *TINY["classifiers"],
+                  "--out", str(judges)], run_dir.parent)
+    assert fitted.returncode == 0, fitted.stderr[-2000:]
+    job = {**env(), "QUICKSTART_SETUP": "0", "QUICKSTART_FIT_ARGS": " ".join(TINY["fit"]), "QUICKSTART_PRIOR_ARGS": " ".join(PRIOR),
+           "QUICKSTART_SAMPLE_ARGS": "--n 24", "QUICKSTART_REPORT_ARGS": f"--classifiers {judges}"}
     first = subprocess.run(["bash", str(ROOT / "scripts" / "quickstart.sh"), str(run_dir)], env=job, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    assert (run_dir / "given_m0" / "grid.png").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "given_m0" / "grid.png").is_file() and (run_dir / "unconditional" / "grid.png").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "last.prior.ckpt").is_file()
+    report = (run_dir / "report.md").read_text()  # this run's numbers beside the recorded feed-forward baseline's
+    assert report in first.stdout and report.count("| this run |") == 2 and "feed-forward MoPoE, N(0, I) (recorded) | 0.409" in report
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     second = subprocess.run(["bash", str(ROOT / "scripts" / "quickstart.sh"), str(run_dir)], env=job, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and "already holds a finished quickstart" in second.stdout, second.stdout + second.stderr

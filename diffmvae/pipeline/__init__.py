@@ -14,7 +14,7 @@ Pipeline keys::
     classifiers: null                       # judge file of every evaluation (default: the data's cached set)
     sweep: {name: M, values: {2: [m0, m1], 3: [m0, m1, m2]}}   # optional; values are modality lists (``keep``)
     models:
-      mopoe: {config: experiments/polydigits/quickstart.yaml, args: [--trainer.max_steps=1500],
+      mopoe: {config: experiments/polydigits/mopoe.yaml, args: [--trainer.max_steps=1500],
               prior: experiments/polydigits/prior.yaml}
       star:  {config: experiments/polydigits/diffmvae_star.yaml, warm_start: mopoe, prior: ...}
     evaluate: {n_samples: 360, max_subsets: 1, args: [--steps, "50"]}

@@ -1,6 +1,6 @@
 """Training-step time against the number of modalities M, measured side by side in one run.
 
-    python experiments/benchmarks/step_time.py [--config experiments/polydigits/quickstart.yaml] [--steps 20]
+    python experiments/benchmarks/step_time.py [--config experiments/polydigits/mopoe.yaml] [--steps 20]
 
 Builds the config's model with M = 2..5 copies of modality m0's encoder/decoder, times full training steps
 (ELBO, backward, AdamW) on PolyDigits batches, and prints the ratio step(M=5)/step(M=2). The mixture ELBO
@@ -53,7 +53,7 @@ def time_steps(model: torch.nn.Module, batch: dict, steps: int, warmup: int = 3)
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default="experiments/polydigits/quickstart.yaml")
+    p.add_argument("--config", default="experiments/polydigits/mopoe.yaml")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch_size", type=int, default=None, help="default: the config's")
     args = p.parse_args()
