@@ -231,7 +231,8 @@ def test_the_cub_text_config_builds_from_local_pretrained_folders(tmp_path):
     GPT2LMHeadModel(GPT2Config(**GPT2, bos_token_id=3, eos_token_id=3)).save_pretrained(tmp_path / "gpt2")
     cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "experiments/cub/diffmvae_star.yaml").read_text())
     args = cfg["model"]["init_args"]["model"]["init_args"]
-    assert args["latent_dim"] == 768 and cfg["model"]["init_args"]["term_weights"] == {"image/diffusion": 1e-5}  # lambda
+    module = cfg["model"]["init_args"]  # the paper's weighting: KL weight 1e-5 on terms averaged over dimensions
+    assert args["latent_dim"] == 768 and module["beta"] == 1e-5 and module["likelihood_reduction"] == "mean" and "term_weights" not in module
     enc_cfg, dec_cfg = args["encoders"]["text"], args["decoders"]["text"]
     enc_cfg["init_args"]["pretrained"], dec_cfg["init_args"]["pretrained"] = str(tmp_path / "bert"), str(tmp_path / "gpt2")
     dec_cfg["init_args"].update(bos_id=2, eos_id=3, pad_id=0, max_length=12)
