@@ -15,6 +15,9 @@ Reads the checkpoints ``runs/{restore,restore_ddpm,image_label,image_ddpm,transl
   classifier of the same backbone and budget; on joint unconditional samples, the share whose generated label
   agrees with the judge's reading of the generated image; FD of unconditional images against the unconditional DDPM;
 * translation: coherence (the m1 judge reads the example's digit) and FD of m1 generated from m0.
+
+Every Fréchet distance is given in both feature spaces of `diffmvae evaluate`: the judge's penultimate layer (``fd_*``)
+and, label-free, 64 principal components of the pixels of 2000 real training images (``fd_pca_*``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from decoders import SamplingSettings
 from diffmvae.data.batches import collate_split
 from diffmvae.evaluation import FeatureExtractor, frechet_distance, predict
 from diffmvae.evaluation.classifier import load_classifier_set
+from diffmvae.evaluation.runs import label_free_features
 from diffmvae.generation.sampling import generate_from_subset
 from diffmvae.io import atomic_write
 from diffmvae.store.load import load_run
@@ -65,20 +69,23 @@ def image_label(run, judge, extractor, sampling, n):
     conditional, _ = generate(run, ["label"], len(test["label"]), sampling, seed=2, batch=test)
     cond_acc = float((predict(judge, conditional["m0"]) == test["label"]).float().mean())
     return {"label_head_accuracy": head_acc, "joint_label_agreement": agree, "conditional_image_coherence": cond_acc,
-            "fd_unconditional": frechet_distance(test["m0"], joint["m0"], extractor)}
+            "fd_unconditional": frechet_distance(test["m0"], joint["m0"], extractor),
+            "fd_pca_unconditional": frechet_distance(test["m0"], joint["m0"], label_free_features(run, ["m0"])["m0"])}
 
 
 def unconditional_fd(run, extractor, sampling, n):
     test = collate_split(run.datamodule.dataset("test"))
     out, _ = generate(run, [], n, sampling, seed=1, batch=test)
-    return {"fd_unconditional": frechet_distance(test["m0"], out["m0"], extractor)}
+    return {"fd_unconditional": frechet_distance(test["m0"], out["m0"], extractor),
+            "fd_pca_unconditional": frechet_distance(test["m0"], out["m0"], label_free_features(run, ["m0"])["m0"])}
 
 
 def translation(run, judge, extractor, sampling):
     test = collate_split(run.datamodule.dataset("test"))
     out, _ = generate(run, ["m0"], len(test["label"]), sampling, batch=test)
     return {"coherence_m1_given_m0": float((predict(judge, out["m1"]) == test["label"]).float().mean()),
-            "fd_m1": frechet_distance(test["m1"], out["m1"], extractor)}
+            "fd_m1": frechet_distance(test["m1"], out["m1"], extractor),
+            "fd_pca_m1": frechet_distance(test["m1"], out["m1"], label_free_features(run, ["m1"])["m1"])}
 
 
 def main() -> None:
@@ -132,9 +139,11 @@ ROWS = (  # (task, metric, MT-Diffusion run, single-task run)
     ("image-label", "label accuracy on real test images (plain classifier)", "image_label", "plain_classifier", ("label_head_accuracy", "test_accuracy")),
     ("image-label", "joint samples: generated label = judge's reading", "image_label", None, "joint_label_agreement"),
     ("image-label", "image given label: judge agrees", "image_label", None, "conditional_image_coherence"),
-    ("image quality", "FD of unconditional images", "image_label", "image_ddpm", "fd_unconditional"),
+    ("image quality", "FD of unconditional images, classifier features", "image_label", "image_ddpm", "fd_unconditional"),
+    ("image quality", "FD of unconditional images, pixel PCA", "image_label", "image_ddpm", "fd_pca_unconditional"),
     ("translation", "coherence of m1 given m0", "translate", "translate_ddpm", "coherence_m1_given_m0"),
-    ("translation", "FD of m1 given m0", "translate", "translate_ddpm", "fd_m1"),
+    ("translation", "FD of m1 given m0, classifier features", "translate", "translate_ddpm", "fd_m1"),
+    ("translation", "FD of m1 given m0, pixel PCA", "translate", "translate_ddpm", "fd_pca_m1"),
 )
 
 
