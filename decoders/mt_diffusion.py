@@ -29,9 +29,8 @@ joint model (:class:`diffmvae.model.JointDiffusion`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, get_args
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -39,16 +38,19 @@ from torch import Tensor, nn
 
 from decoders.base import Decoder, Observed, skipped
 from decoders.diffusion.aggregation import AggregatedForward, PaperWeight
-from decoders.diffusion.forward import Marginal
 from decoders.diffusion.losses import sum_event
-from decoders.diffusion.parameterization import Prediction, Reestimating, expand, to_x0
+from decoders.diffusion.parameterization import Prediction, expand
 from decoders.diffusion.processes import DDPMProcess
 from decoders.diffusion.samplers import Ancestral, Sampler
 from decoders.diffusion.schedules import Schedule, VPSchedule
-from decoders.mt_parts import Aggregate, Head, ImageHead, LabelEstimates, LabelHead
-from decoders.random import randint, randn
+from decoders.mt_parts import VECTOR_KINDS, Aggregate, Head, ImageHead, LabelEstimates, LabelHead, structured_patterns
+from decoders.mt_sampling import Algorithm1, ChainState
+from decoders.random import rand, randint, randn
 from decoders.sampling import SamplingSettings
 from decoders.unet import Condition, UNet2d
+
+__all__ = ["Aggregate", "Algorithm1", "ChainState", "Head", "MTDiffusionDecoder"]
+Unconditional = Literal["reestimate", "null"]
 
 
 class MTDiffusionDecoder(Decoder):
@@ -70,6 +72,16 @@ class MTDiffusionDecoder(Decoder):
         label_estimates: how Algorithm 1 re-estimates a label that is not given: ``hard`` (the head's most likely
             class, one-hot: the kind of value training shows the encoders; the default) or ``soft`` (its class
             probabilities, a mixture of the class patterns).
+        cond_dropout: the jointly learned pure-generation path (§4.2, the "f" rows): in training each aggregated
+            modality is dropped from an example with this probability (its offset zero, its direct inputs zero, its
+            head's term off), so one network is the multi-task model and the unconditional one. Needed for guidance
+            and for ``unconditional: null``.
+        head_view: for a modality the UNet reads directly (a ``unet`` / ``backbone`` label, an image in ``inputs``)
+            that also has a head: the share of examples whose direct input of it is hidden. The head is trained on
+            those only (elsewhere the input holds its own target, and it would learn to copy it); the others keep it.
+        unconditional: how generation treats an aggregated modality that is not given: ``reestimate`` (Algorithm 1:
+            a random start re-estimated from its head at every step; the default) or ``null`` (the null path, zero
+            offset; needs ``cond_dropout > 0``); heads' modalities are then read from the finished image.
     """
 
     def __init__(
@@ -93,10 +105,19 @@ class MTDiffusionDecoder(Decoder):
         modalities: Sequence[str] = (),
         seed: int = 0,
         label_estimates: LabelEstimates = "hard",
+        cond_dropout: float = 0.0,
+        head_view: float = 0.5,
+        unconditional: Unconditional = "reestimate",
     ) -> None:
         if label_estimates not in get_args(LabelEstimates):
             raise ValueError(f"unknown label_estimates {label_estimates!r}; choose hard or soft")
-        self.label_estimates = label_estimates
+        if unconditional not in get_args(Unconditional):
+            raise ValueError(f"unknown unconditional {unconditional!r}; choose reestimate or null")
+        if not (0.0 <= cond_dropout < 1.0 and 0.0 < head_view < 1.0):
+            raise ValueError(f"cond_dropout must be in [0, 1) and head_view in (0, 1), got {cond_dropout} and {head_view}")
+        if unconditional == "null" and cond_dropout <= 0:
+            raise ValueError("unconditional: null samples through the null path, which needs cond_dropout > 0 in training")
+        self.label_estimates, self.cond_dropout, self.head_view, self.unconditional = label_estimates, cond_dropout, head_view, unconditional
         self.aggregate = dict(aggregate or {})
         self.heads_spec = dict(heads or {})
         super().__init__(modalities or ((main,) if latent_dim else (main, *self.heads_spec)), latent_dim)
@@ -119,7 +140,11 @@ class MTDiffusionDecoder(Decoder):
         for m, a in self.aggregate.items():
             if a.kind == "embedding":
                 self.register_buffer(f"pattern_{m}", a.scale * torch.randn(a.num_classes, *self.shape, generator=generator))
-        self.backbone_labels = [m for m, a in self.aggregate.items() if a.kind == "backbone"]
+            elif a.kind == "structured":
+                self.register_buffer(f"pattern_{m}", a.scale * structured_patterns(a.num_classes, self.shape, generator))
+        self.backbone_labels = [m for m, a in self.aggregate.items() if a.kind in VECTOR_KINDS]
+        # modalities the UNet reads directly and a head predicts: the head is trained only where the input is hidden
+        self.leaky = frozenset(m for m in (*self.inputs, *self.backbone_labels) if m in self.heads_spec)
         vector_dim = sum(self.aggregate[m].num_classes for m in self.backbone_labels)
         self.net = UNet2d(image_channels, latent_dim, image_channels * len(self.inputs), unet_channels, emb_dim, attention_levels, dropout,
                           vector_dim=vector_dim)
@@ -180,18 +205,46 @@ class MTDiffusionDecoder(Decoder):
         return randn((batch, *self.shape), generator, device, dtype).clamp(-1, 1)
 
     def encode(self, name: str, value: Tensor) -> Tensor:
-        """``E_i``: identity for images in [-1, 1]; the class patterns weighted by a label's probabilities."""
-        if self.aggregate[name].kind == "identity":
+        """``E_i``: identity for images in [-1, 1]; the class patterns (fixed, or the UNet's for ``unet``) weighted by
+        a label's probabilities."""
+        a = self.aggregate[name]
+        if a.kind == "identity":
             return value
-        pattern = getattr(self, f"pattern_{name}")
+        pattern = self.unet_patterns(name, value) if a.kind == "unet" else getattr(self, f"pattern_{name}")
         return torch.einsum("bk,kchw->bchw", value.to(pattern.dtype), pattern)
 
-    def condition(self, z: Tensor | None, values: Mapping[str, Tensor], batch: int, device: torch.device) -> tuple[Condition, dict[str, Tensor]]:
-        """The UNet's condition and the forward condition ``{modality: E_i}`` from the current values (data or estimates)."""
+    def unet_patterns(self, name: str, like: Tensor) -> Tensor:
+        """Option 3's class patterns ``[K, C, H, W]``: the UNet's output for a zero image at ``t = 0`` with one class
+        of ``name`` as its label (every other condition zero), under stop-gradient, times the encoder's scale."""
+        a, k = self.aggregate[name], self.aggregate[name].num_classes
+        kw = {"device": like.device, "dtype": like.dtype}
+        vector = torch.cat([torch.eye(k, **kw) if m == name else torch.zeros(k, self.aggregate[m].num_classes, **kw)
+                            for m in self.backbone_labels], dim=1)
+        cond = Condition(z=torch.zeros(k, self.latent_dim, **kw) if self.latent_dim else None, vector=vector,
+                         image=torch.zeros(k, self.shape[0] * len(self.inputs), *self.shape[1:], **kw) if self.inputs else None)
+        with torch.no_grad():
+            return a.scale * self.net(torch.zeros(k, *self.shape, **kw), torch.zeros(k, **kw), cond).detach()
+
+    def condition(self, z: Tensor | None, values: Mapping[str, Tensor], batch: int, device: torch.device,
+                  direct: Mapping[str, Tensor] | None = None) -> tuple[Condition, dict[str, Tensor]]:
+        """The UNet's condition and the forward condition ``{modality: E_i}`` from the current values (data or
+        estimates); ``direct`` replaces the values the UNet reads directly (input channels, label vectors)."""
+        direct = values if direct is None else direct
         enc = {m: self.encode(m, values[m]) for m in self.forward_process.names}
-        image = torch.cat([values[m] for m in self.inputs], dim=1) if self.inputs else None
-        vector = torch.cat([values[m] for m in self.backbone_labels], dim=1) if self.backbone_labels else None
+        image = torch.cat([direct[m] for m in self.inputs], dim=1) if self.inputs else None
+        vector = torch.cat([direct[m] for m in self.backbone_labels], dim=1) if self.backbone_labels else None
         return Condition(z=z if self.latent_dim else None, image=image, vector=vector), enc
+
+    def hide_leaky(self, values: Mapping[str, Tensor], rows: Tensor | None = None) -> dict[str, Tensor]:
+        """``values`` with the direct inputs of head-predicted modalities zeroed (on ``rows``, a ``[B]`` bool; all
+        when ``None``): the view their heads are trained and read on."""
+        def hidden(v: Tensor) -> Tensor:
+            return torch.zeros_like(v) if rows is None else v * expand((~rows).to(v.dtype), v)
+        return {m: hidden(v) if m in self.leaky else v for m, v in values.items()}
+
+    def null_values(self, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The null path's values: every aggregated modality dropped (zero: no offset, no direct input)."""
+        return {m: torch.zeros_like(v) for m, v in values.items()}
 
     def network(self, z_t: Tensor, t: Tensor, cond: Condition) -> tuple[Tensor, dict[str, Tensor]]:
         """The UNet's eps (or v / x0) prediction and the heads' outputs (logits for labels, images in [-1, 1])."""
@@ -206,11 +259,16 @@ class MTDiffusionDecoder(Decoder):
             return {}
         x0 = 2 * example[self.main] - 1
         batch, device = x0.shape[0], x0.device
-        values = {}
-        for m in self.aggregate:  # the data where observed, zero (no contribution) where missing
+        # the pure-generation path: each aggregated modality dropped from an example with probability cond_dropout
+        dropped = {m: rand((batch,), generator, device) < self.cond_dropout for m in self.aggregate} if self.cond_dropout > 0 else {}
+        hidden = rand((batch,), generator, device) < self.head_view if self.leaky else None
+        values, head_rows = {}, {}
+        for m in self.aggregate:  # the data where observed and kept, zero (no contribution) where missing or dropped
             value = self.data_value(m, example[m]).to(x0.dtype) if m in example else self.zero_value(m, batch, device, x0.dtype)
-            values[m] = value * expand(example.mask(m).to(x0.dtype), value)
-        cond, enc = self.condition(z, values, batch, device)
+            keep = example.mask(m) & ~dropped[m] if m in dropped else example.mask(m)
+            values[m] = value * expand(keep.to(x0.dtype), value)
+            head_rows[m] = keep & hidden if m in self.leaky else keep
+        cond, enc = self.condition(z, values, batch, device, direct=self.hide_leaky(values, hidden) if self.leaky else None)
         # the library's DDPM loss on the aggregated marginal, its network returning the heads' outputs too
         eps_loss, heads = self.process.diffusion_loss.with_extras(self.network, x0, cond, marginal=self.forward_process.given(enc),
                                                                   generator=generator)
@@ -224,7 +282,7 @@ class MTDiffusionDecoder(Decoder):
                 nll = F.cross_entropy(pred, example[m].long(), reduction="none")
             else:
                 nll = 0.5 * sum_event((pred - (2 * example[m] - 1)).pow(2))
-            terms[self.head_term(m)] = torch.where(example.mask(m), nll, torch.zeros_like(nll))
+            terms[self.head_term(m)] = torch.where(head_rows.get(m, example.mask(m)), nll, torch.zeros_like(nll))
         return terms
 
     def check_specs(self, specs: Mapping[str, Any]) -> None:
@@ -245,14 +303,16 @@ class MTDiffusionDecoder(Decoder):
 
     # ------------------------------------------------------------------ generation (Algorithm 1)
     def check_sampling(self, sampling: SamplingSettings) -> None:
-        if sampling.guidance != 1.0:
-            raise ValueError(f"guidance {sampling.guidance}: an MT-Diffusion decoder has no null condition to guide with")
+        if sampling.guidance != 1.0 and self.cond_dropout <= 0:
+            raise ValueError(f"guidance {sampling.guidance} needs an MT-Diffusion decoder trained with cond_dropout > 0; "
+                             "without it there is no null condition to guide with")
         if not sampling.exact:
             raise ValueError(f"start {sampling.start} refines a mean image, and an MT-Diffusion decoder has none; use start 1")
         sampling.sampler_for(self.sampler).check(self.forward_process)
 
     def describe_sampling(self, sampling: SamplingSettings) -> dict[str, Any]:
-        return {**sampling.sampler_for(self.sampler).describe(), "guidance": 1.0, "start": 1.0, "exact": True}
+        return {**sampling.sampler_for(self.sampler).describe(), "guidance": sampling.guidance, "start": 1.0, "exact": True,
+                "unconditional": self.unconditional}
 
     def estimate(self, name: str, head_output: Tensor) -> Tensor:
         """A head's output as a value of its modality: a label's most likely class one-hot (``label_estimates:
@@ -275,20 +335,31 @@ class MTDiffusionDecoder(Decoder):
         fixed = {m for m in self.aggregate if m in given and bool(given.mask(m).all())}
         values = {m: self.data_value(m, given[m]).to(dtype) if m in fixed else self.random_value(m, batch, generator, device, dtype)
                   for m in self.aggregate}
-        estimates: dict[str, Tensor] = {}
         if self.main in given:
-            x0 = 2 * given[self.main] - 1
-            t = torch.full((batch,), 1.0 / self.timesteps, device=device, dtype=dtype)
-            cond, enc = self.condition(z, values, batch, device)
-            marginal = self.forward_process.given(enc)
-            _, heads = self.network(marginal.sample(x0, t, randn(tuple(x0.shape), generator, device, dtype)), t, cond)
-            estimates = {m: self.estimate(m, h) for m, h in heads.items()}
-            return self.outputs(targets, None, estimates)
+            return self.outputs(targets, None, self.read(z, 2 * given[self.main] - 1, values, generator))
+        null = self.unconditional == "null"
+        if null:  # the null path: what is not given is dropped, not re-estimated
+            values = {m: v if m in fixed else torch.zeros_like(v) for m, v in values.items()}
+            fixed = set(self.aggregate)
         cond, enc = self.condition(z, values, batch, device)
         start = self.forward_process.given(ChainState(enc, values, {}, cond))
-        x, end = sampling.sampler_for(self.sampler).run(Algorithm1(self, z, frozenset(fixed)), start, (batch, *self.shape),
+        x, end = sampling.sampler_for(self.sampler).run(Algorithm1(self, z, frozenset(fixed), sampling.guidance), start, (batch, *self.shape),
                                                         timesteps=self.timesteps, generator=generator, device=device, dtype=dtype)
+        if null and any(m != self.main for m in targets):
+            reread = {m: v if m in given and bool(given.mask(m).all()) else self.random_value(m, batch, generator, device, dtype)
+                      for m, v in values.items()}
+            return self.outputs(targets, x, self.read(z, x, reread, generator))
         return self.outputs(targets, x, end.cond.estimates)
+
+    def read(self, z: Tensor | None, x0: Tensor, values: Mapping[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
+        """The heads' estimates from an image ``x0`` in [-1, 1], noised to the first noise level (the direct inputs of
+        head-predicted modalities hidden, the view their heads were trained on)."""
+        batch, device = x0.shape[0], x0.device
+        t = torch.full((batch,), 1.0 / self.timesteps, device=device, dtype=x0.dtype)
+        cond, enc = self.condition(z, values, batch, device, direct=self.hide_leaky(values))
+        z_t = self.forward_process.given(enc).sample(x0, t, randn(tuple(x0.shape), generator, device, x0.dtype))
+        _, heads = self.network(z_t, t, cond)
+        return {m: self.estimate(m, h) for m, h in heads.items()}
 
     def outputs(self, targets: Sequence[str], main: Tensor | None, estimates: Mapping[str, Tensor]) -> dict[str, Tensor]:
         out = {}
@@ -300,48 +371,3 @@ class MTDiffusionDecoder(Decoder):
             else:
                 out[m] = estimates[m].add(1).div(2).clamp(0, 1)
         return out
-
-
-@dataclass(frozen=True)
-class ChainState(Mapping):
-    """The forward condition of Algorithm 1's chain at one step: the encodings ``{modality: E_i}`` the aggregated
-    marginal offsets by (this mapping), the ``current`` values of the conditioning modalities (given, or estimated),
-    the heads' estimates of the last step, and the network's condition built from ``current`` (with the encodings, by
-    one :meth:`MTDiffusionDecoder.condition` call)."""
-
-    enc: Mapping[str, Tensor]
-    current: Mapping[str, Tensor]
-    estimates: Mapping[str, Tensor]
-    network: Condition
-
-    def __getitem__(self, name: str) -> Tensor:
-        return self.enc[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.enc)
-
-    def __len__(self) -> int:
-        return len(self.enc)
-
-
-@dataclass(frozen=True)
-class Algorithm1(Reestimating):
-    """The denoiser of Algorithm 1: the network reads the current values; every conditioning modality not in ``fixed``
-    takes its head's new estimate, and the chain continues on the marginal of the new encodings (a new
-    :class:`ChainState`; nothing changes in place)."""
-
-    decoder: MTDiffusionDecoder
-    z: Tensor | None
-    fixed: frozenset[str]
-
-    def step(self, z_t: Tensor, t: Tensor, marginal: Marginal) -> tuple[Tensor, Marginal]:
-        dec, state = self.decoder, marginal.cond
-        batch, device = z_t.shape[0], z_t.device
-        out, heads = dec.network(z_t, t, state.network)
-        estimates = {m: dec.estimate(m, h) for m, h in heads.items()}
-        values = {m: estimates[m] if m in estimates and m not in self.fixed else v for m, v in state.current.items()}
-        cond, enc = dec.condition(self.z, values, batch, device)
-        following = dec.forward_process.given(ChainState(enc, values, estimates, cond))
-        alpha, sigma = marginal.alpha_sigma(t)
-        # z_t carries the offset of the values it was drawn with (the incoming marginal's), not the new estimates'
-        return to_x0(dec.prediction, out, marginal.remove_offset(z_t, t), alpha, sigma).clamp(-1, 1), following

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from decoders.diffusion.aggregation import WeightSchedule
 
-EncoderKind = Literal["identity", "embedding", "backbone"]
+EncoderKind = Literal["identity", "embedding", "structured", "unet", "backbone"]
+VECTOR_KINDS = ("unet", "backbone")  # label encoders whose label also enters the UNet's embedding
 HeadKind = Literal["image", "label"]
 LabelEstimates = Literal["hard", "soft"]
 HeadPosition = Literal["mid", "out"]
@@ -24,12 +26,21 @@ class Aggregate:
     """How one modality conditions the diffusion (the encoder ``E_i``).
 
     Attributes:
-        kind: ``identity`` (an image modality of the main one's shape, scaled to [-1, 1]), ``embedding`` (a label:
-            a fixed random pattern per class in the diffusion space) or ``backbone`` (a label entering the UNet's
-            embedding; it adds no offset).
+        kind: how ``E_i`` maps the modality into the diffusion space:
+
+            * ``identity``: an image modality of the main one's shape, scaled to [-1, 1] (Fig. 3, option 1);
+            * ``embedding``: a label as a fixed i.i.d. Gaussian pattern per class (locally it looks like the diffusion
+              noise itself);
+            * ``structured``: a label as a fixed smooth pattern per class (:func:`structured_patterns`: spatially
+              correlated, unlike the noise);
+            * ``unet``: a label through the shared UNet, the paper's option 3 (App. E.3): ``E(y) = U-Net(0, y, t =
+              0)`` with the label entering the UNet's embedding, under stop-gradient; the denoising passes see the
+              label through the same path;
+            * ``backbone``: a label entering the UNet's embedding only; it adds no offset.
         num_classes: the classes of a label modality.
         weight: its weight schedule ``w_t`` (default :class:`PaperWeight`); unused for ``backbone``.
-        scale: the patterns' standard deviation for ``embedding``.
+        scale: the patterns' standard deviation for ``embedding`` and ``structured``; a factor on the UNet's output
+            for ``unet``.
     """
 
     kind: EncoderKind = "identity"
@@ -38,8 +49,8 @@ class Aggregate:
     scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("identity", "embedding", "backbone"):
-            raise ValueError(f"unknown encoder kind {self.kind!r}; choose identity, embedding or backbone")
+        if self.kind not in ("identity", "embedding", "structured", "unet", "backbone"):
+            raise ValueError(f"unknown encoder kind {self.kind!r}; choose identity, embedding, structured, unet or backbone")
         if self.kind != "identity" and not self.num_classes:
             raise ValueError(f"a {self.kind!r} encoder is for labels and needs num_classes")
 
@@ -86,3 +97,13 @@ class ImageHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return torch.tanh(self.net(features))
+
+
+def structured_patterns(num_classes: int, shape: tuple[int, int, int], generator: torch.Generator, grid: int | None = None) -> Tensor:
+    """One smooth pattern per class ``[K, C, H, W]``: Gaussian values on a ``grid x grid`` lattice (default one point
+    per 7 pixels, at least 2: 4 x 4 at 28 px), bicubically up-sampled to ``H x W`` and scaled to unit standard deviation. Neighbouring pixels are strongly correlated (the
+    diffusion noise's are not), so a denoiser can tell the label's offset from the noise at every scale."""
+    grid = grid or max(2, shape[1] // 7)
+    low = torch.randn(num_classes, shape[0], grid, grid, generator=generator)
+    up = F.interpolate(low, size=shape[1:], mode="bicubic", align_corners=False)
+    return up / up.std(dim=(1, 2, 3), keepdim=True)

@@ -33,12 +33,13 @@ class WeightSchedule:
     """``w_t`` for ``t = 1..T`` (MT-Diffusion's per-modality aggregation weight), as a float64 table ``[T + 1]`` with
     ``w_0 = 0``. Subclasses implement :meth:`values`."""
 
-    def values(self, timesteps: int) -> Tensor:  # pragma: no cover - abstract
-        """``w_1 .. w_T`` as a float64 tensor ``[T]``; every value finite."""
+    def values(self, timesteps: int, alpha_bar: Tensor | None = None) -> Tensor:  # pragma: no cover - abstract
+        """``w_1 .. w_T`` as a float64 tensor ``[T]``; every value finite. ``alpha_bar`` is the process's ``abar_t`` on the
+        grid ``t = 0 .. T`` (``abar_0 = 1``), for schedules defined relative to the noise."""
         raise NotImplementedError
 
-    def table(self, timesteps: int) -> Tensor:
-        w = self.values(timesteps).double()
+    def table(self, timesteps: int, alpha_bar: Tensor | None = None) -> Tensor:
+        w = self.values(timesteps, alpha_bar).double()
         if w.shape != (timesteps,) or not torch.isfinite(w).all():
             raise ValueError(f"{type(self).__name__} must give {timesteps} finite weights, got shape {list(w.shape)}")
         return torch.cat([torch.zeros(1, dtype=torch.float64), w])
@@ -50,7 +51,7 @@ class ConstantWeight(WeightSchedule):
     def __init__(self, value: float = 0.01) -> None:
         self.value = value
 
-    def values(self, timesteps: int) -> Tensor:
+    def values(self, timesteps: int, alpha_bar: Tensor | None = None) -> Tensor:
         return torch.full((timesteps,), float(self.value), dtype=torch.float64)
 
 
@@ -63,7 +64,7 @@ class PaperWeight(WeightSchedule):
     def __init__(self, scale: float = 1.0) -> None:
         self.scale = scale
 
-    def values(self, timesteps: int) -> Tensor:
+    def values(self, timesteps: int, alpha_bar: Tensor | None = None) -> Tensor:
         t = torch.arange(1, timesteps + 1, dtype=torch.float64)
         t[-1] = max(timesteps - 1, 1)  # the end point: w_T = w_{T-1}, the formula's largest finite value
         return self.scale * t / (timesteps - t).clamp_min(1.0)
@@ -75,10 +76,31 @@ class TabulatedWeight(WeightSchedule):
     def __init__(self, values: Sequence[float]) -> None:
         self.weights = torch.tensor(list(values), dtype=torch.float64)
 
-    def values(self, timesteps: int) -> Tensor:
+    def values(self, timesteps: int, alpha_bar: Tensor | None = None) -> Tensor:
         if self.weights.numel() != timesteps:
             raise ValueError(f"TabulatedWeight has {self.weights.numel()} weights, the process {timesteps} steps")
         return self.weights
+
+
+class NoiseRatioWeight(WeightSchedule):
+    """The weights whose offset keeps a fixed ratio to the noise: ``atilde_t = kappa * sigma_t`` with ``sigma_t^2 = 1 -
+    abar_t``, i.e. ``w_t = kappa * sigma_t / sqrt(a_t) - kappa * sigma_{t-1}`` (non-negative, since ``a_t < 1`` and
+    ``sigma_{t-1} <= sigma_t``). Under the paper's ``w_t = scale * t / (T - t)`` the offset is a small fraction of the
+    noise until ``t`` nears ``T``, far past the noise levels where an image's content is decided; here an encoding of
+    unit scale stands ``kappa`` noise standard deviations out at every ``t``."""
+
+    def __init__(self, kappa: float = 1.0) -> None:
+        if kappa < 0:
+            raise ValueError(f"NoiseRatioWeight needs kappa >= 0, got {kappa}")
+        self.kappa = kappa
+
+    def values(self, timesteps: int, alpha_bar: Tensor | None = None) -> Tensor:
+        if alpha_bar is None or alpha_bar.numel() != timesteps + 1:
+            raise ValueError(f"NoiseRatioWeight needs the process's abar_t at the {timesteps + 1} grid points t = 0 .. {timesteps}")
+        alpha_bar = alpha_bar.double()
+        sigma = (1 - alpha_bar).clamp_min(0).sqrt()
+        a = alpha_bar[1:] / alpha_bar[:-1]
+        return (self.kappa * (sigma[1:] / a.sqrt() - sigma[:-1])).clamp_min(0)
 
 
 class AggregatedForward(ForwardProcess):
@@ -101,7 +123,7 @@ class AggregatedForward(ForwardProcess):
         self.register_buffer("a", a, persistent=False)
         self.register_buffer("alpha_bar", alpha_bar, persistent=False)
         self.names = tuple(weights)
-        tables = torch.stack([w.table(timesteps) for w in weights.values()]) if weights else torch.zeros(0, timesteps + 1, dtype=torch.float64)
+        tables = torch.stack([w.table(timesteps, alpha_bar) for w in weights.values()]) if weights else torch.zeros(0, timesteps + 1, dtype=torch.float64)
         self.register_buffer("w", tables, persistent=False)
         self.register_buffer("atilde", aggregated_coefficients(a, tables), persistent=False)
 

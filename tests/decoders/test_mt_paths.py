@@ -1,0 +1,177 @@
+"""MT-Diffusion's label encoders, what its heads may see, and its jointly learned pure-generation (null) path: the
+structured and option-3 encoders are no noise pattern, a head is never trained on an input that holds its own target,
+the null path adds no offset and trains no head, unconditional sampling can go through it, and guidance combines the
+conditional and null predictions on the same chain."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from decoders import Observed, SamplingSettings
+from decoders.diffusion import DDIM
+from decoders.diffusion.aggregation import ConstantWeight
+from decoders.diffusion.parameterization import to_x0
+from decoders.mt_diffusion import Aggregate, Algorithm1, ChainState, Head, MTDiffusionDecoder
+from decoders.unet import Condition
+from diffmvae.model.joint import JointDiffusion
+
+
+def decoder(kind="embedding", **kw):
+    torch.manual_seed(0)
+    kw.setdefault("aggregate", {"label": Aggregate(kind, 10, ConstantWeight(0.05))})
+    kw.setdefault("heads", {"label": Head("label", "mid", 10)})
+    return MTDiffusionDecoder("img", image_size=8, unet_channels=(8, 8), emb_dim=16, timesteps=20, sampler=DDIM(4), **kw)
+
+
+def data(n=64):
+    g = torch.Generator().manual_seed(1)
+    return {"img": torch.rand(n, 3, 8, 8, generator=g), "src": torch.rand(n, 3, 8, 8, generator=g),
+            "label": torch.randint(0, 10, (n,), generator=g)}
+
+
+def neighbour_correlation(p):
+    """Mean correlation of horizontally adjacent pixels of patterns [K, C, H, W]."""
+    a, b = p[..., :-1].flatten(1), p[..., 1:].flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return float(((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).mean())
+
+
+def test_the_structured_encoder_is_smooth_where_the_embedding_is_noise_like():
+    """The i.i.d. embedding's class patterns look locally like the diffusion noise (adjacent pixels uncorrelated); the
+    structured ones are smooth (strongly correlated), distinct per class, of unit scale."""
+    eye = torch.eye(10)
+    noise = decoder("embedding").encode("label", eye)
+    smooth = decoder("structured").encode("label", eye)
+    assert abs(neighbour_correlation(noise)) < 0.15 and neighbour_correlation(smooth) > 0.8
+    torch.testing.assert_close(smooth.std(dim=(1, 2, 3)), torch.ones(10), atol=1e-5, rtol=0)
+    corr = torch.corrcoef(smooth.flatten(1))
+    assert (corr - torch.eye(10)).abs().max() < 0.95
+
+
+def test_option_3_encodes_a_label_by_the_unet_at_a_zero_image_and_t_zero_under_stop_gradient():
+    """E(y) = U-Net(0, y, t = 0) (Chen et al. App. E.3), times the encoder's scale, with no gradient into the UNet; the
+    denoising passes read the label through the same embedding."""
+    dec = decoder("unet", aggregate={"label": Aggregate("unet", 10, ConstantWeight(0.05), scale=2.0)})
+    for name, p in dec.net.named_parameters():  # the zero-initialised residual branches and output: a trained UNet's
+        if name.endswith(("conv2.weight", "out.2.weight")):
+            torch.nn.init.normal_(p, std=0.3)
+    y = torch.tensor([3, 7])
+    enc = dec.encode("label", F.one_hot(y, 10).float())
+    with torch.no_grad():
+        direct = dec.net(torch.zeros(2, 3, 8, 8), torch.zeros(2), Condition(vector=F.one_hot(y, 10).float()))
+    torch.testing.assert_close(enc, 2.0 * direct)
+    assert not enc.requires_grad and not torch.allclose(enc[0], enc[1])
+    cond, _ = dec.condition(None, {"label": F.one_hot(y, 10).float()}, 2, torch.device("cpu"))
+    assert torch.equal(cond.vector, F.one_hot(y, 10).float())
+
+
+@pytest.mark.parametrize("variant", ["unet label", "backbone label", "image input"])
+def test_a_head_is_never_trained_on_an_input_that_holds_its_own_target(variant):
+    """Where the UNet reads a modality directly (a label vector, input channels) and a head predicts it, the head's term
+    is computed only on examples whose direct input is hidden; the other examples keep the input and no head term."""
+    kw = {
+        "unet label": {"aggregate": {"label": Aggregate("unet", 10, ConstantWeight(0.05))}},
+        "backbone label": {"aggregate": {"label": Aggregate("backbone", 10)}},
+        "image input": {"aggregate": {"src": Aggregate("identity", weight=ConstantWeight(0.05))}, "inputs": ["src"],
+                        "heads": {"src": Head("image", "out")}},
+    }[variant]
+    dec = decoder(**kw)
+    other = next(iter(dec.heads_spec))
+    seen = []
+    original = dec.network
+
+    def spy(z_t, t, cond):
+        seen.append(cond)
+        return original(z_t, t, cond)
+
+    dec.network = spy
+    batch = {m: v for m, v in data().items() if m in ("img", other)}
+    terms = JointDiffusion(dec).elbo(batch, generator=torch.Generator().manual_seed(0)).terms
+    direct = (seen[0].vector if seen[0].vector is not None else seen[0].image).flatten(1)
+    shown = direct.abs().sum(1) > 0
+    head = terms[f"{other}/head"]
+    assert 10 < int(shown.sum()) < 54  # both views occur (head_view 0.5)
+    assert torch.all(head[shown] == 0) and torch.all(head[~shown] > 0)
+
+
+def test_the_null_path_drops_a_modality_with_no_offset_and_no_head_term():
+    """cond_dropout: a dropped example's label encoding (its offset) is zero and its head term is off; a kept one has
+    its one-hot label and its head term."""
+    dec = decoder("structured", cond_dropout=0.4)
+    seen = []
+    original = dec.condition
+
+    def spy(z, values, b, device, direct=None):
+        seen.append(values["label"].clone())
+        return original(z, values, b, device, direct)
+
+    dec.condition = spy
+    batch = {m: v for m, v in data().items() if m in ("img", "label")}
+    terms = JointDiffusion(dec).elbo(batch, generator=torch.Generator().manual_seed(0)).terms
+    kept = seen[0].sum(1) > 0
+    assert 10 < int((~kept).sum()) < 45
+    torch.testing.assert_close(seen[0][kept], F.one_hot(batch["label"][kept], 10).float())
+    assert torch.all(dec.encode("label", seen[0])[~kept] == 0)
+    assert torch.all(terms["label/head"][~kept] == 0) and torch.all(terms["label/head"][kept] > 0)
+
+
+def test_unconditional_sampling_through_the_null_path_keeps_every_offset_zero():
+    """unconditional: null: a label that is not given stays dropped at every step (no re-estimation, no offset), and
+    the label is read from the finished image; given labels still condition."""
+    dec = decoder("structured", cond_dropout=0.2, unconditional="null").eval()
+    torch.nn.init.normal_(dec.head_nets["label"].net[-1].weight, std=1.0)
+    seen = []
+    original = dec.condition
+
+    def spy(z, values, b, device, direct=None):
+        seen.append(values["label"].clone())
+        return original(z, values, b, device, direct)
+
+    dec.condition = spy
+    nothing = Observed({}, torch.zeros(4, 2, dtype=torch.bool), ("img", "label"))
+    with torch.no_grad():
+        out = dec.generate(None, nothing, targets=["img", "label"], generator=torch.Generator().manual_seed(0))
+    chain, reread = seen[:-1], seen[-1]
+    assert len(chain) > 3 and all(torch.all(v == 0) for v in chain)
+    assert reread.sum() == 4  # the finished image is read with a random one-hot where its head was trained
+    assert out["label"].shape == (4,) and out["img"].shape == (4, 3, 8, 8)
+    seen.clear()
+    label = torch.tensor([1, 2, 3, 4])
+    given = Observed({"label": label}, torch.tensor([[False, True]] * 4), ("img", "label"))
+    with torch.no_grad():
+        dec.generate(None, given, targets=["img"], generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(v, F.one_hot(label, 10).float()) for v in seen)
+
+
+def test_guidance_combines_the_conditional_and_null_predictions_on_the_same_chain():
+    """With guidance w the step's prediction is null + w (cond - null), the null network reading y_t = z_t - c_t (the
+    chain without the offset): checked against the two network calls made by hand."""
+    dec = decoder("structured", cond_dropout=0.2).eval()
+    torch.nn.init.normal_(dec.net.out[-1].weight, std=0.3)
+    values = {"label": F.one_hot(torch.tensor([1, 5, 8]), 10).float()}
+    cond, enc = dec.condition(None, values, 3, torch.device("cpu"))
+    start = dec.forward_process.given(ChainState(enc, values, {}, cond))
+    z_t, t = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(4)), torch.full((3,), 0.6)
+    with torch.no_grad():
+        guided, _ = Algorithm1(dec, None, frozenset({"label"}), guidance=2.5).step(z_t, t, start)
+        y_t = start.remove_offset(z_t, t)
+        c, _ = dec.network(z_t, t, cond)
+        n, _ = dec.network(y_t, t, dec.condition(None, dec.null_values(values), 3, torch.device("cpu"))[0])
+        alpha, sigma = start.alpha_sigma(t)
+        expected = to_x0(dec.prediction, n + 2.5 * (c - n), y_t, alpha, sigma).clamp(-1, 1)
+        plain, _ = Algorithm1(dec, None, frozenset({"label"})).step(z_t, t, start)
+    torch.testing.assert_close(guided, expected)
+    assert (guided - plain).abs().max() > 1e-3
+    assert dec.describe_sampling(SamplingSettings(guidance=2.5))["guidance"] == 2.5
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"unconditional": "null"}, "needs cond_dropout > 0"),
+    ({"cond_dropout": 1.0}, r"cond_dropout must be in \[0, 1\)"),
+    ({"unconditional": "always"}, "unknown unconditional 'always'"),
+])
+def test_null_path_settings_are_checked_in_one_line(kw, message):
+    with pytest.raises(ValueError, match=message):
+        decoder("structured", **kw)
+    with pytest.raises(ValueError, match="unknown encoder kind 'clip'; choose identity, embedding, structured, unet or backbone"):
+        Aggregate("clip", 10)
