@@ -4,10 +4,15 @@ the other modalities, with a shared UNet predicting the noise and modality heads
 * Process: the library's :class:`~decoders.diffusion.DDPMProcess` on the aggregated forward process of eq. 3-4
   (:class:`~decoders.diffusion.aggregation.AggregatedForward`, one weight schedule per modality): one diffusion
   stack, the same loss and samplers as every other diffusion decoder.
-* Encoders ``E_i`` (Fig. 3), no trainable parameters: ``identity`` (an image in the diffusion space: a masked or a
-  paired image), ``embedding`` (a label through a fixed random image-space pattern per class), and ``backbone``
-  (option 3: the modality enters the UNet through its embedding and adds no offset). Image modalities listed in
-  ``inputs`` are also given to the UNet as input channels (the -X variant; -U gives it ``z_t`` and ``t`` only).
+* Encoders ``E_i`` (Fig. 3), no trainable parameters (:class:`~decoders.mt_parts.Aggregate`): ``identity`` (an image
+  in the diffusion space: a masked or a paired image), ``embedding`` / ``structured`` (a label through a fixed i.i.d. or
+  smooth image-space pattern per class), ``unet`` (option 3: ``E(y) = U-Net(0, y, t = 0)`` under stop-gradient) and
+  ``backbone`` (the label enters the UNet's embedding and adds no offset). Modalities listed in ``inputs`` are also
+  read by the noise network directly (the -X variant: images as input channels, labels through the embedding; -U gives
+  it ``z_t`` and ``t`` only). A head is never trained on an input holding its own target (``head_view``).
+* The jointly learned pure-generation path (§4.2): ``cond_dropout`` drops aggregated modalities in training, so the
+  network is also the unconditional model; generation can go through it (``unconditional: dropped``) and guide with
+  it (``SamplingSettings.guidance``).
 * Reverse model: the library's UNet with :class:`Head` s reading its middle block (-M) or its output block (-E).
 * Loss (eq. 6, Algorithm 2): the library's DDPM loss (the simple eps loss on the aggregated marginal, the network
   also returning its heads' outputs), summed over the main modality's dimensions, plus the heads' losses
@@ -50,7 +55,7 @@ from decoders.sampling import SamplingSettings
 from decoders.unet import Condition, UNet2d
 
 __all__ = ["Aggregate", "Algorithm1", "ChainState", "Head", "MTDiffusionDecoder"]
-Unconditional = Literal["reestimate", "null"]
+Unconditional = Literal["reestimate", "dropped"]
 
 
 class MTDiffusionDecoder(Decoder):
@@ -60,7 +65,8 @@ class MTDiffusionDecoder(Decoder):
         image_size, image_channels: the main modality's shape.
         unet_channels, emb_dim, attention_levels, dropout: the shared UNet.
         aggregate: ``{modality: Aggregate}``, the modalities conditioning the diffusion and their encoders.
-        inputs: image modalities of ``aggregate`` also given to the UNet as input channels (the -X variant).
+        inputs: modalities of ``aggregate`` the noise network also reads directly (the -X variant, ``eps(z_t, X, t)``):
+            images as input channels, labels (of any encoder kind) through the UNet's embedding.
         heads: ``{modality: Head}``, the heads predicting other modalities from the backbone.
         timesteps, schedule, prediction: the discrete diffusion (DDPM's linear schedule, T = 1000, eps).
         sampler: the default sampler (``Ancestral(T)``: Algorithm 1); ``DDIM(50)`` is the fast one.
@@ -75,12 +81,12 @@ class MTDiffusionDecoder(Decoder):
         cond_dropout: the jointly learned pure-generation path (§4.2, the "f" rows): in training each aggregated
             modality is dropped from an example with this probability (its offset zero, its direct inputs zero, its
             head's term off), so one network is the multi-task model and the unconditional one. Needed for guidance
-            and for ``unconditional: null``.
+            and for ``unconditional: dropped``.
         head_view: for a modality the UNet reads directly (a ``unet`` / ``backbone`` label, an image in ``inputs``)
             that also has a head: the share of examples whose direct input of it is hidden. The head is trained on
             those only (elsewhere the input holds its own target, and it would learn to copy it); the others keep it.
         unconditional: how generation treats an aggregated modality that is not given: ``reestimate`` (Algorithm 1:
-            a random start re-estimated from its head at every step; the default) or ``null`` (the null path, zero
+            a random start re-estimated from its head at every step; the default) or ``dropped`` (the null path, zero
             offset; needs ``cond_dropout > 0``); heads' modalities are then read from the finished image.
     """
 
@@ -112,23 +118,24 @@ class MTDiffusionDecoder(Decoder):
         if label_estimates not in get_args(LabelEstimates):
             raise ValueError(f"unknown label_estimates {label_estimates!r}; choose hard or soft")
         if unconditional not in get_args(Unconditional):
-            raise ValueError(f"unknown unconditional {unconditional!r}; choose reestimate or null")
+            raise ValueError(f"unknown unconditional {unconditional!r}; choose reestimate or dropped")
         if not (0.0 <= cond_dropout < 1.0 and 0.0 < head_view < 1.0):
             raise ValueError(f"cond_dropout must be in [0, 1) and head_view in (0, 1), got {cond_dropout} and {head_view}")
-        if unconditional == "null" and cond_dropout <= 0:
-            raise ValueError("unconditional: null samples through the null path, which needs cond_dropout > 0 in training")
+        if unconditional == "dropped" and cond_dropout <= 0:
+            raise ValueError("unconditional: dropped samples through the null path, which needs cond_dropout > 0 in training")
         self.label_estimates, self.cond_dropout, self.head_view, self.unconditional = label_estimates, cond_dropout, head_view, unconditional
         self.aggregate = dict(aggregate or {})
         self.heads_spec = dict(heads or {})
         super().__init__(modalities or ((main,) if latent_dim else (main, *self.heads_spec)), latent_dim)
         if main in self.aggregate or main in self.heads_spec:
             raise ValueError(f"the main modality {main!r} cannot also be aggregated or predicted by a head")
-        unknown = [m for m in inputs if m not in self.aggregate or self.aggregate[m].kind != "identity"]
+        unknown = [m for m in inputs if m not in self.aggregate]
         if unknown:
-            raise ValueError(f"inputs names {unknown[0]!r}, which is not an identity-encoded modality of aggregate")
+            raise ValueError(f"inputs names {unknown[0]!r}, which is not a modality of aggregate")
         if main not in self.modalities:
             raise ValueError(f"an MT-Diffusion decoder generates its main modality {main!r}; modalities is {list(self.modalities)}")
-        self.main, self.inputs, self.head_weight = main, tuple(inputs), head_weight
+        self.main, self.head_weight = main, head_weight
+        self.inputs = tuple(m for m in inputs if self.aggregate[m].kind == "identity")  # images: input channels
         self.shape = (image_channels, image_size, image_size)
         self.reads = tuple(m for m in (*self.aggregate, *self.heads_spec) if m not in self.modalities)
         offsets = {m: a.weight if a.weight is not None else PaperWeight() for m, a in self.aggregate.items() if a.kind != "backbone"}
@@ -142,7 +149,7 @@ class MTDiffusionDecoder(Decoder):
                 self.register_buffer(f"pattern_{m}", a.scale * torch.randn(a.num_classes, *self.shape, generator=generator))
             elif a.kind == "structured":
                 self.register_buffer(f"pattern_{m}", a.scale * structured_patterns(a.num_classes, self.shape, generator))
-        self.backbone_labels = [m for m, a in self.aggregate.items() if a.kind in VECTOR_KINDS]
+        self.backbone_labels = [m for m, a in self.aggregate.items() if a.kind in VECTOR_KINDS or (m in inputs and a.kind != "identity")]
         # modalities the UNet reads directly and a head predicts: the head is trained only where the input is hidden
         self.leaky = frozenset(m for m in (*self.inputs, *self.backbone_labels) if m in self.heads_spec)
         vector_dim = sum(self.aggregate[m].num_classes for m in self.backbone_labels)
@@ -337,7 +344,7 @@ class MTDiffusionDecoder(Decoder):
                   for m in self.aggregate}
         if self.main in given:
             return self.outputs(targets, None, self.read(z, 2 * given[self.main] - 1, values, generator))
-        null = self.unconditional == "null"
+        null = self.unconditional == "dropped"
         if null:  # the null path: what is not given is dropped, not re-estimated
             values = {m: v if m in fixed else torch.zeros_like(v) for m, v in values.items()}
             fixed = set(self.aggregate)

@@ -142,7 +142,7 @@ def test_given_conditions_stay_fixed_and_missing_ones_are_re_estimated():
         (lambda: Aggregate("pretrained"), "unknown encoder kind 'pretrained'"),
         (lambda: Head("image", "mid"), "an image head reads the output block"),
         (lambda: Aggregate("embedding"), "needs num_classes"),
-        (lambda: MTDiffusionDecoder("img", inputs=["src"]), "inputs names 'src'"),
+        (lambda: MTDiffusionDecoder("img", inputs=["src"]), "inputs names .src., which is not a modality of aggregate"),
         (lambda: MTDiffusionDecoder("img", heads={"img": Head("image")}), "main modality 'img' cannot"),
         (lambda: MTDiffusionDecoder("img", aggregate={"s": Aggregate()}, sampler=EulerMaruyama()), "euler_maruyama needs the VP-SDE"),
     ],

@@ -65,13 +65,14 @@ def test_option_3_encodes_a_label_by_the_unet_at_a_zero_image_and_t_zero_under_s
     assert torch.equal(cond.vector, F.one_hot(y, 10).float())
 
 
-@pytest.mark.parametrize("variant", ["unet label", "backbone label", "image input"])
+@pytest.mark.parametrize("variant", ["unet label", "backbone label", "structured label input", "image input"])
 def test_a_head_is_never_trained_on_an_input_that_holds_its_own_target(variant):
     """Where the UNet reads a modality directly (a label vector, input channels) and a head predicts it, the head's term
     is computed only on examples whose direct input is hidden; the other examples keep the input and no head term."""
     kw = {
         "unet label": {"aggregate": {"label": Aggregate("unet", 10, ConstantWeight(0.05))}},
         "backbone label": {"aggregate": {"label": Aggregate("backbone", 10)}},
+        "structured label input": {"aggregate": {"label": Aggregate("structured", 10, ConstantWeight(0.05))}, "inputs": ["label"]},
         "image input": {"aggregate": {"src": Aggregate("identity", weight=ConstantWeight(0.05))}, "inputs": ["src"],
                         "heads": {"src": Head("image", "out")}},
     }[variant]
@@ -116,9 +117,9 @@ def test_the_null_path_drops_a_modality_with_no_offset_and_no_head_term():
 
 
 def test_unconditional_sampling_through_the_null_path_keeps_every_offset_zero():
-    """unconditional: null: a label that is not given stays dropped at every step (no re-estimation, no offset), and
+    """unconditional: dropped: a label that is not given stays dropped at every step (no re-estimation, no offset), and
     the label is read from the finished image; given labels still condition."""
-    dec = decoder("structured", cond_dropout=0.2, unconditional="null").eval()
+    dec = decoder("structured", cond_dropout=0.2, unconditional="dropped").eval()
     torch.nn.init.normal_(dec.head_nets["label"].net[-1].weight, std=1.0)
     seen = []
     original = dec.condition
@@ -166,7 +167,7 @@ def test_guidance_combines_the_conditional_and_null_predictions_on_the_same_chai
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"unconditional": "null"}, "needs cond_dropout > 0"),
+    ({"unconditional": "dropped"}, "needs cond_dropout > 0"),
     ({"cond_dropout": 1.0}, r"cond_dropout must be in \[0, 1\)"),
     ({"unconditional": "always"}, "unknown unconditional 'always'"),
 ])

@@ -4,7 +4,7 @@ digit classifiers of `diffmvae evaluate` on every test example.
     python experiments/polydigits/mt/measure.py --runs runs --classifiers runs/classifiers/<PolyDigits M=5 key>.pt \
         [--steps 50] [--sampler ddim] [--out runs/mt_table]
 
-Reads the checkpoints ``runs/{restore,restore_ddpm,image_label,image_ddpm,translate,translate_ddpm}/checkpoints/last.ckpt``
+Reads the checkpoints ``runs/{restore,restore_ddpm,image_label,image_label_null,image_ddpm,translate,translate_ddpm}/checkpoints/last.ckpt``
 (any that exist) and ``runs/mt_classifier/classifier.pt`` (the plain-classifier baseline), and prints / writes
 ``mt_table.json`` and ``mt_table.md``:
 
@@ -14,6 +14,7 @@ Reads the checkpoints ``runs/{restore,restore_ddpm,image_label,image_ddpm,transl
 * image-label: accuracy of the label head on real test images (read at the first noise level), against the plain
   classifier of the same backbone and budget; on joint unconditional samples, the share whose generated label
   agrees with the judge's reading of the generated image; FD of unconditional images against the unconditional DDPM;
+  for a model with the null path (``image_label_null``) also images given a label with guidance 2 (opt-in);
 * translation: coherence (the m1 judge reads the example's digit) and FD of m1 generated from m0.
 
 Every Fréchet distance is given in both feature spaces of `diffmvae evaluate`: the judge's penultimate layer (``fd_*``)
@@ -60,6 +61,9 @@ def restoration(run, judge, sampling):
             "mean_mask_share": float(test["m0_mask"].mean())}
 
 
+GUIDANCE = (2.0,)
+
+
 def image_label(run, judge, extractor, sampling, n):
     test = collate_split(run.datamodule.dataset("test"))
     read, _ = generate(run, ["m0"], len(test["label"]), sampling, batch=test)
@@ -68,7 +72,12 @@ def image_label(run, judge, extractor, sampling, n):
     agree = float((predict(judge, joint["m0"]) == joint["label"]).float().mean())
     conditional, _ = generate(run, ["label"], len(test["label"]), sampling, seed=2, batch=test)
     cond_acc = float((predict(judge, conditional["m0"]) == test["label"]).float().mean())
-    return {"label_head_accuracy": head_acc, "joint_label_agreement": agree, "conditional_image_coherence": cond_acc,
+    guided = {}
+    if run.module.model.decoders["joint"].cond_dropout > 0:  # opt-in, beside the exact samples: guidance over the null path
+        for w in GUIDANCE:
+            out, _ = generate(run, ["label"], len(test["label"]), sampling.replace(guidance=w), seed=2, batch=test)
+            guided[f"conditional_image_coherence_guidance_{w:g}"] = float((predict(judge, out["m0"]) == test["label"]).float().mean())
+    return {"label_head_accuracy": head_acc, "joint_label_agreement": agree, "conditional_image_coherence": cond_acc, **guided,
             "fd_unconditional": frechet_distance(test["m0"], joint["m0"], extractor),
             "fd_pca_unconditional": frechet_distance(test["m0"], joint["m0"], label_free_features(run, ["m0"])["m0"])}
 
@@ -116,6 +125,7 @@ def main() -> None:
     for name, fn in (("restore", lambda r: restoration(r, judges["m0"], sampling)), ("restore_ddpm", lambda r: restoration(r, judges["m0"], sampling)),
                      ("image_label", lambda r: image_label(r, judges["m0"], features["m0"], sampling, args.n)),
                      ("image_label_scale01", lambda r: image_label(r, judges["m0"], features["m0"], sampling, args.n)),
+                     ("image_label_null", lambda r: image_label(r, judges["m0"], features["m0"], sampling, args.n)),
                      ("image_ddpm", lambda r: unconditional_fd(r, features["m0"], sampling, args.n)),
                      ("translate", lambda r: translation(r, judges["m1"], features["m1"], sampling)),
                      ("translate_ddpm", lambda r: translation(r, judges["m1"], features["m1"], sampling))):
@@ -141,6 +151,14 @@ ROWS = (  # (task, metric, MT-Diffusion run, single-task run)
     ("image-label", "image given label: judge agrees", "image_label", None, "conditional_image_coherence"),
     ("image quality", "FD of unconditional images, classifier features", "image_label", "image_ddpm", "fd_unconditional"),
     ("image quality", "FD of unconditional images, pixel PCA", "image_label", "image_ddpm", "fd_pca_unconditional"),
+    ("image-label, null path", "label accuracy on real test images (plain classifier)", "image_label_null", "plain_classifier",
+     ("label_head_accuracy", "test_accuracy")),
+    ("image-label, null path", "joint samples: generated label = judge's reading", "image_label_null", None, "joint_label_agreement"),
+    ("image-label, null path", "image given label: judge agrees", "image_label_null", None, "conditional_image_coherence"),
+    ("image-label, null path", "image given label, guidance 2 (opt-in): judge agrees", "image_label_null", None,
+     "conditional_image_coherence_guidance_2"),
+    ("image quality, null path", "FD of unconditional images, classifier features", "image_label_null", "image_ddpm", "fd_unconditional"),
+    ("image quality, null path", "FD of unconditional images, pixel PCA", "image_label_null", "image_ddpm", "fd_pca_unconditional"),
     ("translation", "coherence of m1 given m0", "translate", "translate_ddpm", "coherence_m1_given_m0"),
     ("translation", "FD of m1 given m0, classifier features", "translate", "translate_ddpm", "fd_m1"),
     ("translation", "FD of m1 given m0, pixel PCA", "translate", "translate_ddpm", "fd_pca_m1"),
