@@ -83,24 +83,27 @@ class TabulatedWeight(WeightSchedule):
 
 
 class NoiseRatioWeight(WeightSchedule):
-    """The weights whose offset keeps a fixed ratio to the noise: ``atilde_t = kappa * sigma_t`` with ``sigma_t^2 = 1 -
-    abar_t``, i.e. ``w_t = kappa * sigma_t / sqrt(a_t) - kappa * sigma_{t-1}`` (non-negative, since ``a_t < 1`` and
-    ``sigma_{t-1} <= sigma_t``). Under the paper's ``w_t = scale * t / (T - t)`` the offset is a small fraction of the
-    noise until ``t`` nears ``T``, far past the noise levels where an image's content is decided; here an encoding of
-    unit scale stands ``kappa`` noise standard deviations out at every ``t``."""
+    """The weights defined by the offset-to-noise ratio ``atilde_t / sigma_t = kappa * sigma_t^power`` (``sigma_t^2 =
+    1 - abar_t``): ``atilde_t = kappa * sigma_t^(1 + power)``, i.e. ``w_t = atilde_t / sqrt(a_t) - atilde_{t-1}``
+    (non-negative: ``atilde`` grows with ``t`` and ``a_t < 1``).
 
-    def __init__(self, kappa: float = 1.0) -> None:
-        if kappa < 0:
-            raise ValueError(f"NoiseRatioWeight needs kappa >= 0, got {kappa}")
-        self.kappa = kappa
+    ``power = 0`` keeps the ratio at ``kappa`` at every ``t``; ``power = 1`` lets it grow with the noise, from 0 on
+    clean data to ``kappa`` at ``t = T``, so nearly clean inputs carry no trace of the modality (a head reading them
+    must read the image). Under the paper's ``w_t = scale * t / (T - t)`` the ratio is a small fraction until ``t`` nears
+    ``T``, far past the noise levels where an image's content is decided."""
+
+    def __init__(self, kappa: float = 1.0, power: float = 0.0) -> None:
+        if kappa < 0 or power < 0:
+            raise ValueError(f"NoiseRatioWeight needs kappa >= 0 and power >= 0, got {kappa} and {power}")
+        self.kappa, self.power = kappa, power
 
     def values(self, timesteps: int, alpha_bar: Tensor | None = None) -> Tensor:
         if alpha_bar is None or alpha_bar.numel() != timesteps + 1:
             raise ValueError(f"NoiseRatioWeight needs the process's abar_t at the {timesteps + 1} grid points t = 0 .. {timesteps}")
         alpha_bar = alpha_bar.double()
-        sigma = (1 - alpha_bar).clamp_min(0).sqrt()
+        atilde = self.kappa * (1 - alpha_bar).clamp_min(0).sqrt() ** (1 + self.power)
         a = alpha_bar[1:] / alpha_bar[:-1]
-        return (self.kappa * (sigma[1:] / a.sqrt() - sigma[:-1])).clamp_min(0)
+        return (atilde[1:] / a.sqrt() - atilde[:-1]).clamp_min(0)
 
 
 class AggregatedForward(ForwardProcess):

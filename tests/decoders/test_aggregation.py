@@ -115,18 +115,18 @@ def test_samplers_reproduce_the_data_moments_on_the_aggregated_marginal(steps, s
     torch.testing.assert_close(start.mean(0), marginal.process.atilde[0, steps] * e[0], atol=0.03, rtol=0)  # the prior is centred on c_T
 
 
-@pytest.mark.parametrize("kappa", [0.5, 2.0])
-def test_the_noise_ratio_weight_keeps_the_offset_a_fixed_multiple_of_the_noise(kappa):
-    """NoiseRatioWeight: w_t = kappa sigma_t / sqrt(a_t) - kappa sigma_{t-1} makes eq. 4's atilde_t = kappa sigma_t at
-    every t (the offset-to-noise ratio is kappa), with every weight non-negative; the paper's w_t at scale 0.001 leaves
-    that ratio below 0.1 until late in the chain."""
-    fwd = AggregatedForward(VPSchedule(), 1000, {"a": NoiseRatioWeight(kappa), "p": PaperWeight(0.001)})
+@pytest.mark.parametrize("kappa, power", [(0.5, 0.0), (2.0, 0.0), (1.0, 1.0)])
+def test_the_noise_ratio_weight_sets_the_offset_to_noise_ratio(kappa, power):
+    """NoiseRatioWeight: w_t = atilde_t / sqrt(a_t) - atilde_{t-1} with atilde_t = kappa sigma_t^(1 + power) makes eq. 4's
+    recursion give exactly that atilde_t (the offset-to-noise ratio is kappa sigma_t^power), every weight non-negative;
+    the paper's w_t at scale 0.001 leaves the ratio below 0.1 until late in the chain."""
+    fwd = AggregatedForward(VPSchedule(), 1000, {"a": NoiseRatioWeight(kappa, power), "p": PaperWeight(0.001)})
     sigma = (1 - fwd.alpha_bar).sqrt()
-    torch.testing.assert_close(fwd.atilde[0], kappa * sigma, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(fwd.atilde[0], kappa * sigma ** (1 + power), rtol=1e-9, atol=1e-12)
     assert (fwd.w[0] >= 0).all() and fwd.w[0, 0] == 0
     paper_ratio = fwd.atilde[1, 1:] / sigma[1:]
     assert paper_ratio[299] < 0.1 and paper_ratio[999] > 1  # t = 300: 0.06; t = T: above 1
-    with pytest.raises(ValueError, match="kappa >= 0"):
+    with pytest.raises(ValueError, match="kappa >= 0 and power >= 0"):
         NoiseRatioWeight(-1.0)
     with pytest.raises(ValueError, match="needs the process's abar_t"):
         NoiseRatioWeight().table(10)
