@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import lightning as L
 import numpy as np
@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from diffmvae.data.captions import Captioned, captions_for, parse_digit
-from diffmvae.data.masking import MaskedCopies, ratio_range
+from diffmvae.data.masking import MaskedCopies, MaskStyle, ratio_range
 from diffmvae.data.order import EpochSampler
 from diffmvae.data.polydigits import BACKGROUND_SCALE, TEXTURE_CONTRAST, TEXTURE_MEANS, VERSION, PolyDigits, Split
 from diffmvae.data.polymnist import PolyMNIST
@@ -181,9 +181,11 @@ class PolyDigitsDataModule(MultimodalDataModule):
         background_scale: the photo downscale before a texture is cropped (larger: smoother crops).
         label_modality: the digit label is also a modality named ``label`` (a categorical one; its own value is the
             judge of coherence), for models that generate labels (MT-Diffusion's image-label task).
-        masked: image modalities that get a masked copy ``<m>_masked`` (and the mask ``<m>_mask``): random
-            ``mask_patch``-pixel patches, a ``mask_ratio`` share of them (a number, or ``[low, high]`` drawn per
-            example), replaced by mid-grey (Chen et al. 2024 §4.1).
+        masked: image modalities that get a masked copy ``<m>_masked`` (and the mask ``<m>_mask``, Chen et al. 2024
+            §4.1): ``mask_style: grid`` (the default) greys out a ``mask_ratio`` share (a number, or ``[low, high]``
+            drawn per example) of the ``mask_patch``-pixel cells of a grid; ``paper`` blacks out ``Uniform{0, ...,
+            mask_patches}`` ``mask_patch``-pixel squares at random positions, as the paper does (its 16 px at 64 px
+            are 7 px at 28 px).
         missing_rate: probability of dropping each modality of a training example (incomplete data).
         captions: add a ``text`` modality, one caption per example naming its digit and the colour of ``m1``'s
             background (:mod:`diffmvae.data.captions`).
@@ -211,6 +213,8 @@ class PolyDigitsDataModule(MultimodalDataModule):
         masked: Sequence[str] = (),
         mask_patch: int = 7,
         mask_ratio: float | tuple[float, float] = 0.5,
+        mask_style: MaskStyle = "grid",
+        mask_patches: int = 10,
         missing_rate: float = 0.0,
         keep: Sequence[str] = (),
         captions: bool = False,
@@ -234,7 +238,10 @@ class PolyDigitsDataModule(MultimodalDataModule):
         if unknown:
             raise ValueError(f"masked names {unknown[0]!r}, which is not an image modality ({', '.join(self.specs)})")
         ratio_range(mask_patch, mask_ratio)
+        if mask_style not in get_args(MaskStyle) or mask_patches < 0:
+            raise ValueError(f"mask_style must be grid or paper and mask_patches >= 0, got {mask_style!r} and {mask_patches}")
         self.masked, self.mask_patch, self.mask_ratio = tuple(masked), mask_patch, mask_ratio
+        self.mask_style, self.mask_patches = mask_style, mask_patches
         self.specs.update({f"{m}_masked": image_spec(3, 28) for m in self.masked})
         if label_modality:
             self.specs["label"] = ModalitySpec("label", (), num_classes=10, judge="value")
@@ -284,7 +291,7 @@ class PolyDigitsDataModule(MultimodalDataModule):
             texts = captions_for(ds, self.seed)
             ds = Captioned(ds, texts, self.text.encode(texts))
         ds = DropKeys(ds, self.dropped) if self.dropped else ds
-        return MaskedCopies(ds, self.masked, self.mask_patch, self.mask_ratio, self.seed) if self.masked else ds
+        return MaskedCopies(ds, self.masked, self.mask_patch, self.mask_ratio, self.seed, self.mask_style, self.mask_patches) if self.masked else ds
 
 
 class PolyMNISTDataModule(MultimodalDataModule):

@@ -159,3 +159,26 @@ def test_keep_selects_modalities_with_the_same_examples():
     for keep in (["m3"], ["m1", "m1"]):
         with pytest.raises(ValueError, match="keep must name distinct image modalities of m0, m1, m2"):
             PolyDigitsDataModule(num_modalities=3, keep=keep)
+
+
+def test_the_paper_masks_black_out_up_to_ten_random_squares():
+    """mask_style paper (Chen et al. 2024 App. E.2 at 28 px): Uniform{0..10} squares of 7 px at random corners, cut at the
+    border, set to black; the unmasked pixels untouched; deterministic by seed and index."""
+    from diffmvae.data.masking import MaskedCopies
+
+    base = PolyDigits("val", 1, seed=0)
+    ds = MaskedCopies(base, ["m0"], patch=7, seed=1, style="paper", max_patches=10)
+    shares = []
+    for i in range(120):
+        item = ds[i]
+        mask, masked, image = item["m0_mask"], item["m0_masked"], item["m0"]
+        keep = mask.expand_as(image) == 0
+        assert torch.equal(masked[keep], image[keep]) and torch.all(masked[~keep] == 0)
+        shares.append(mask.mean().item())
+    shares = torch.tensor(shares)
+    assert (shares == 0).sum() >= 3  # m = 0 is drawn about one time in eleven
+    assert shares.max() <= 10 * 49 / 784 and shares.max() > 4 * 49 / 784
+    assert not torch.equal(torch.kron(ds[5]["m0_mask"][0, ::7, ::7], torch.ones(7, 7)), ds[5]["m0_mask"][0]) or shares[5] == 0
+    assert torch.equal(MaskedCopies(base, ["m0"], 7, seed=1, style="paper")[7]["m0_mask"], ds[7]["m0_mask"])
+    with pytest.raises(ValueError, match="mask_style must be grid or paper"):
+        PolyDigitsDataModule(num_modalities=1, masked=["m0"], mask_style="blocks", train_length=8, batch_size=4)
