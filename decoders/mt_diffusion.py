@@ -48,7 +48,7 @@ from decoders.diffusion.parameterization import Prediction, expand
 from decoders.diffusion.processes import DDPMProcess
 from decoders.diffusion.samplers import Ancestral, Sampler
 from decoders.diffusion.schedules import Schedule, VPSchedule
-from decoders.mt_parts import VECTOR_KINDS, Aggregate, Head, ImageHead, LabelEstimates, LabelHead, structured_patterns
+from decoders.mt_parts import VECTOR_KINDS, Aggregate, ClassifierHead, Head, ImageHead, LabelEstimates, LabelHead, structured_patterns
 from decoders.mt_sampling import Algorithm1, ChainState
 from decoders.random import rand, randint, randn
 from decoders.sampling import SamplingSettings
@@ -157,7 +157,8 @@ class MTDiffusionDecoder(Decoder):
                           vector_dim=vector_dim)
         width = {"mid": unet_channels[-1], "out": unet_channels[0]}
         self.head_nets = nn.ModuleDict({
-            m: LabelHead(width[h.position], h.num_classes) if h.kind == "label" else ImageHead(width[h.position], h.channels)
+            m: (ClassifierHead(2 * image_channels, h.num_classes) if h.position == "output" else LabelHead(width[h.position], h.num_classes))
+            if h.kind == "label" else ImageHead(width[h.position], h.channels)
             for m, h in self.heads_spec.items()
         })
         # Input preconditioning (EDM's c_in): the offset grows with the weights (thousands for the paper's), so the
@@ -256,7 +257,10 @@ class MTDiffusionDecoder(Decoder):
     def network(self, z_t: Tensor, t: Tensor, cond: Condition) -> tuple[Tensor, dict[str, Tensor]]:
         """The UNet's eps (or v / x0) prediction and the heads' outputs (logits for labels, images in [-1, 1])."""
         c_in = self.c_in[self.forward_process.index(t).to(self.c_in.device)].to(z_t.dtype)
-        out, feats = self.net(expand(c_in, z_t) * z_t, t, cond, features=True)
+        scaled = expand(c_in, z_t) * z_t
+        out, feats = self.net(scaled, t, cond, features=True)
+        if any(h.position == "output" for h in self.heads_spec.values()):
+            feats = {**feats, "output": torch.cat([scaled, out], dim=1)}
         return out, {m: head(feats[self.heads_spec[m].position]) for m, head in self.head_nets.items()}
 
     # ------------------------------------------------------------------ loss (Algorithm 2, eq. 6)

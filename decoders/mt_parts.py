@@ -18,7 +18,7 @@ EncoderKind = Literal["identity", "embedding", "structured", "unet", "backbone"]
 VECTOR_KINDS = ("unet", "backbone")  # label encoders whose label also enters the UNet's embedding
 HeadKind = Literal["image", "label"]
 LabelEstimates = Literal["hard", "soft"]
-HeadPosition = Literal["mid", "out"]
+HeadPosition = Literal["mid", "out", "output"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ class Aggregate:
 class Head:
     """A modality head ``D_i`` on the shared backbone: ``kind`` ``label`` (``num_classes`` logits from pooled features)
     or ``image`` (``channels`` at the main image's size, from the output block); ``position`` ``mid`` (the middle
-    block, the -M variant) or ``out`` (the last up block, -E)."""
+    block, the -M variant), ``out`` (the last up block's features) or, for labels, ``output`` (the paper's -E: a
+    classifier, :class:`ClassifierHead`, on the UNet's output and the input it was computed from)."""
 
     kind: HeadKind = "label"
     position: HeadPosition = "out"
@@ -69,8 +70,8 @@ class Head:
     def __post_init__(self) -> None:
         if self.kind not in ("image", "label"):
             raise ValueError(f"unknown head kind {self.kind!r}; choose image or label")
-        if self.position not in ("mid", "out"):
-            raise ValueError(f"unknown head position {self.position!r}; choose mid or out")
+        if self.position not in ("mid", "out", "output"):
+            raise ValueError(f"unknown head position {self.position!r}; choose mid, out or output")
         if self.kind == "label" and not self.num_classes:
             raise ValueError("a label head needs num_classes")
         if self.kind == "image" and self.position != "out":
@@ -86,6 +87,22 @@ class LabelHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return self.net(features.mean(dim=(2, 3)))
+
+
+class ClassifierHead(nn.Module):
+    """The -E label head of Chen et al. 2024 §4.2 ("a pre-defined classifier at the end of the U-Net output"): a small
+    convolutional classifier of ``[scaled z_t, UNet output]`` (``2 C`` channels; the pair determines the clean-image
+    estimate, whatever the prediction type) -> logits ``[B, K]``."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(2 * width, num_classes))
+
+    def forward(self, pair: Tensor) -> Tensor:
+        return self.net(pair)
 
 
 class ImageHead(nn.Module):

@@ -13,6 +13,7 @@ from diffmvae.model.joint import JointDiffusion
 
 VARIANTS = {
     "U-E": dict(aggregate={"label": Aggregate("embedding", 10, ConstantWeight(0.02))}, heads={"label": Head("label", "out", 10)}),
+    "U-E classifier": dict(aggregate={"label": Aggregate("structured", 10, ConstantWeight(0.02))}, heads={"label": Head("label", "output", 10)}),
     "U-M": dict(aggregate={"label": Aggregate("embedding", 10, ConstantWeight(0.02))}, heads={"label": Head("label", "mid", 10)}),
     "X-E": dict(aggregate={"src": Aggregate("identity", weight=ConstantWeight(0.02))}, inputs=["src"], heads={"src": Head("image", "out")}),
     "U-E image": dict(aggregate={"src": Aggregate("identity", weight=ConstantWeight(0.02))}, heads={"src": Head("image", "out")}),
@@ -138,7 +139,7 @@ def test_given_conditions_stay_fixed_and_missing_ones_are_re_estimated():
 @pytest.mark.parametrize(
     "build, message",
     [
-        (lambda: Head("label", "middle", 10), "unknown head position 'middle'"),
+        (lambda: Head("label", "middle", 10), "unknown head position 'middle'; choose mid, out or output"),
         (lambda: Aggregate("pretrained"), "unknown encoder kind 'pretrained'"),
         (lambda: Head("image", "mid"), "an image head reads the output block"),
         (lambda: Aggregate("embedding"), "needs num_classes"),
