@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from decoders.base import Decoder, Observed, skipped
-from decoders.diffusion.aggregation import AggregatedForward, PaperWeight
+from decoders.diffusion.aggregation import AggregatedForward, PaperWeight, WeightSchedule, aggregated_coefficients
 from decoders.diffusion.losses import sum_event
 from decoders.diffusion.parameterization import Prediction, expand
 from decoders.diffusion.processes import DDPMProcess
@@ -88,6 +88,9 @@ class MTDiffusionDecoder(Decoder):
         unconditional: how generation treats an aggregated modality that is not given: ``reestimate`` (Algorithm 1:
             a random start re-estimated from its head at every step; the default) or ``dropped`` (the null path, zero
             offset; needs ``cond_dropout > 0``); heads' modalities are then read from the finished image.
+        c_in_from: weight schedules whose offsets set the input scaling ``c_in`` instead of this decoder's own, so a
+            single-task baseline (no offset) sees its input scaled exactly as the MT-Diffusion model it is compared
+            with (default: its own).
     """
 
     def __init__(
@@ -114,6 +117,7 @@ class MTDiffusionDecoder(Decoder):
         cond_dropout: float = 0.0,
         head_view: float = 0.5,
         unconditional: Unconditional = "reestimate",
+        c_in_from: Mapping[str, WeightSchedule] | None = None,
     ) -> None:
         if label_estimates not in get_args(LabelEstimates):
             raise ValueError(f"unknown label_estimates {label_estimates!r}; choose hard or soft")
@@ -163,7 +167,9 @@ class MTDiffusionDecoder(Decoder):
         })
         # Input preconditioning (EDM's c_in): the offset grows with the weights (thousands for the paper's), so the
         # UNet sees z_t / sqrt(1 + (sum_i atilde_t^(i))^2); a deterministic function of t, it hides nothing.
-        self.register_buffer("c_in", (1 + self.forward_process.atilde.sum(0) ** 2).rsqrt().float(), persistent=False)
+        fwd = self.forward_process
+        atilde = fwd.atilde if c_in_from is None else aggregated_coefficients(fwd.a, torch.stack([w.table(timesteps, fwd.alpha_bar) for w in c_in_from.values()]))
+        self.register_buffer("c_in", (1 + atilde.sum(0) ** 2).rsqrt().float(), persistent=False)
 
     @property
     def forward_process(self) -> AggregatedForward:

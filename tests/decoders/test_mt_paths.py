@@ -176,3 +176,16 @@ def test_null_path_settings_are_checked_in_one_line(kw, message):
         decoder("structured", **kw)
     with pytest.raises(ValueError, match="unknown encoder kind 'clip'; choose identity, embedding, structured, unet or backbone"):
         Aggregate("clip", 10)
+
+
+def test_a_baseline_can_take_the_input_scaling_of_the_model_it_is_compared_with():
+    """c_in_from: a single-task baseline (zero offset) scales its input by the c_in of the MT-Diffusion model's weights,
+    1 / sqrt(1 + atilde_t^2), instead of by 1."""
+    from decoders.diffusion.aggregation import PaperWeight
+
+    weight = PaperWeight(1.0)  # T = 20 steps here: atilde_T is about 4
+    model = decoder("structured", aggregate={"label": Aggregate("structured", 10, weight)})
+    plain = decoder("structured", aggregate={"label": Aggregate("structured", 10, ConstantWeight(0.0))})
+    baseline = decoder("structured", aggregate={"label": Aggregate("structured", 10, ConstantWeight(0.0))}, c_in_from={"label": weight})
+    assert torch.all(plain.c_in == 1) and torch.equal(baseline.c_in, model.c_in) and model.c_in[-1] < 0.3
+    torch.testing.assert_close(model.c_in, (1 + model.forward_process.atilde[0] ** 2).rsqrt().float())
