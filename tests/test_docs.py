@@ -110,7 +110,7 @@ def main_job(tmp_path_factory):
     assert (run_dir / "given_m0" / "grid.png").is_file() and (run_dir / "unconditional" / "grid.png").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "last.prior.ckpt").is_file()
     report = (run_dir / "report.md").read_text()  # this run's numbers beside the recorded feed-forward baseline's
-    assert report in first.stdout and report.count("| this run |") == 2 and "feed-forward MoPoE, N(0, I) (recorded) | 0.409" in report
+    assert report in first.stdout and report.count("| this run |") == 2 and "feed-forward MoPoE, score prior (recorded) | 0.690" in report
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     second = subprocess.run(["bash", str(ROOT / "scripts" / "quickstart.sh"), str(run_dir)], env=job, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and "already holds a finished quickstart" in second.stdout, second.stdout + second.stderr

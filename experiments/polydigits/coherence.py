@@ -15,6 +15,7 @@ data: PolyDigits with M taken from the samples, seed 0, 6000 training examples.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 from pathlib import Path
@@ -32,6 +33,18 @@ from diffmvae.evaluation.runs import CLASSIFIER_DIR, data_key, fit_classifiers
 from diffmvae.evaluation.suite import EvalSettings
 
 
+@functools.lru_cache(maxsize=2)
+def references(classifiers_path: str, num_modalities: int) -> tuple:
+    """The judges, their accuracy, the real test images and the label-free PCA of `diffmvae evaluate` (its defaults:
+    the pixels of real training images), loaded once per classifier file and ``M`` (a report judges several files)."""
+    classifiers, accuracy, _ = load_classifier_set(classifiers_path)
+    real = collate_split(PolyDigits("test", num_modalities, seed=0))
+    settings = EvalSettings()
+    train = collate_split(PolyDigits("train", num_modalities, seed=0, length=6000), settings.pca_train)
+    names = [f"m{k}" for k in range(num_modalities)]
+    return classifiers, accuracy, real, pixel_pcas(train, names, settings.pca_train, settings.pca_components)
+
+
 def judge(samples_path: str | Path, classifiers_path: str | Path | None = None) -> dict:
     """Coherence and both Fréchet distances of one ``samples.npz``: conditional coherence (the generated modalities
     read as the example's label) when it was sampled given modalities, unconditional coherence (every modality read
@@ -46,7 +59,7 @@ def judge(samples_path: str | Path, classifiers_path: str | Path | None = None) 
         path = CLASSIFIER_DIR / f"{data_key(config)}.pt"
         if not path.is_file():
             fit_classifiers(config, path)
-    classifiers, accuracy, _ = load_classifier_set(path)
+    classifiers, accuracy, real, pcas = references(str(path), len(names))
     samples = {m: torch.from_numpy(data[m]) for m in names}
     out: dict = {"given": given, "n": len(data[names[0]])}
     if given:
@@ -60,12 +73,7 @@ def judge(samples_path: str | Path, classifiers_path: str | Path | None = None) 
         agree = unconditional_coherence(samples, classifiers)
         out.update(coherence=round(agree["all"], 4), agreement={k: round(v, 4) for k, v in agree.items()})
         judged = names
-    real = collate_split(PolyDigits("test", len(names), seed=0))
     fd = {m: frechet_distance(real[m], samples[m], FeatureExtractor(classifiers[m])) for m in judged}
-    # the label-free distance of `diffmvae evaluate`: PCA of the pixels of real training images (its defaults)
-    settings = EvalSettings()
-    train = collate_split(PolyDigits("train", len(names), seed=0, length=6000), settings.pca_train)
-    pcas = pixel_pcas(train, judged, settings.pca_train, settings.pca_components)
     fd_pca = {m: frechet_distance(real[m], samples[m], pcas[m]) for m in judged}
     out.update(fd_mean=round(float(np.mean(list(fd.values()))), 2), fd={m: round(v, 2) for m, v in fd.items()},
                fd_pca_mean=round(float(np.mean(list(fd_pca.values()))), 3), fd_pca={m: round(v, 3) for m, v in fd_pca.items()},
