@@ -29,6 +29,18 @@ def data(n=64):
             "label": torch.randint(0, 10, (n,), generator=g)}
 
 
+def spy_on_labels(dec):
+    """The label values of every ``condition`` call of ``dec``, in order (a list the calls append to)."""
+    seen, original = [], dec.condition
+
+    def spy(z, values, b, device, direct=None):
+        seen.append(values["label"].clone())
+        return original(z, values, b, device, direct)
+
+    dec.condition = spy
+    return seen
+
+
 def neighbour_correlation(p):
     """Mean correlation of horizontally adjacent pixels of patterns [K, C, H, W]."""
     a, b = p[..., :-1].flatten(1), p[..., 1:].flatten(1)
@@ -99,14 +111,7 @@ def test_the_null_path_drops_a_modality_with_no_offset_and_no_head_term():
     """cond_dropout: a dropped example's label encoding (its offset) is zero and its head term is off; a kept one has
     its one-hot label and its head term."""
     dec = decoder("structured", cond_dropout=0.4)
-    seen = []
-    original = dec.condition
-
-    def spy(z, values, b, device, direct=None):
-        seen.append(values["label"].clone())
-        return original(z, values, b, device, direct)
-
-    dec.condition = spy
+    seen = spy_on_labels(dec)
     batch = {m: v for m, v in data().items() if m in ("img", "label")}
     terms = JointDiffusion(dec).elbo(batch, generator=torch.Generator().manual_seed(0)).terms
     kept = seen[0].sum(1) > 0
@@ -121,14 +126,7 @@ def test_unconditional_sampling_through_the_null_path_keeps_every_offset_zero():
     the label is read from the finished image; given labels still condition."""
     dec = decoder("structured", cond_dropout=0.2, unconditional="dropped").eval()
     torch.nn.init.normal_(dec.head_nets["label"].net[-1].weight, std=1.0)
-    seen = []
-    original = dec.condition
-
-    def spy(z, values, b, device, direct=None):
-        seen.append(values["label"].clone())
-        return original(z, values, b, device, direct)
-
-    dec.condition = spy
+    seen = spy_on_labels(dec)
     nothing = Observed({}, torch.zeros(4, 2, dtype=torch.bool), ("img", "label"))
     with torch.no_grad():
         out = dec.generate(None, nothing, targets=["img", "label"], generator=torch.Generator().manual_seed(0))
