@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from decoders.base import Decoder, Observed, skipped
-from decoders.diffusion.aggregation import AggregatedForward, PaperWeight, WeightSchedule, aggregated_coefficients
+from decoders.diffusion.aggregation import AggregatedForward, PaperWeight, WeightSchedule
 from decoders.diffusion.losses import sum_event
 from decoders.diffusion.parameterization import Prediction, expand
 from decoders.diffusion.processes import DDPMProcess
@@ -167,8 +167,7 @@ class MTDiffusionDecoder(Decoder):
         })
         # Input preconditioning (EDM's c_in): the offset grows with the weights (thousands for the paper's), so the
         # UNet sees z_t / sqrt(1 + (sum_i atilde_t^(i))^2); a deterministic function of t, it hides nothing.
-        fwd = self.forward_process
-        atilde = fwd.atilde if c_in_from is None else aggregated_coefficients(fwd.a, torch.stack([w.table(timesteps, fwd.alpha_bar) for w in c_in_from.values()]))
+        atilde = (self.forward_process if c_in_from is None else AggregatedForward(self.forward_process.schedule, timesteps, c_in_from)).atilde
         self.register_buffer("c_in", (1 + atilde.sum(0) ** 2).rsqrt().float(), persistent=False)
 
     @property
@@ -355,16 +354,14 @@ class MTDiffusionDecoder(Decoder):
         if self.main in given:
             return self.outputs(targets, None, self.read(z, 2 * given[self.main] - 1, values, generator))
         null = self.unconditional == "dropped"
-        if null:  # the null path: what is not given is dropped, not re-estimated
-            values = {m: v if m in fixed else torch.zeros_like(v) for m, v in values.items()}
-            fixed = set(self.aggregate)
-        cond, enc = self.condition(z, values, batch, device)
-        start = self.forward_process.given(ChainState(enc, values, {}, cond))
-        x, end = sampling.sampler_for(self.sampler).run(Algorithm1(self, z, frozenset(fixed), sampling.guidance), start, (batch, *self.shape),
+        chain_values = {m: v if m in fixed else torch.zeros_like(v) for m, v in values.items()} if null else values
+        held = frozenset(self.aggregate) if null else frozenset(fixed)  # the null path drops what is not given, re-estimates nothing
+        cond, enc = self.condition(z, chain_values, batch, device)
+        start = self.forward_process.given(ChainState(enc, chain_values, {}, cond))
+        x, end = sampling.sampler_for(self.sampler).run(Algorithm1(self, z, held, sampling.guidance), start, (batch, *self.shape),
                                                         timesteps=self.timesteps, generator=generator, device=device, dtype=dtype)
         if null and any(m != self.main for m in targets):
-            reread = {m: v if m in given and bool(given.mask(m).all()) else self.random_value(m, batch, generator, device, dtype)
-                      for m, v in values.items()}
+            reread = {m: v if m in fixed else self.random_value(m, batch, generator, device, dtype) for m, v in values.items()}
             return self.outputs(targets, x, self.read(z, x, reread, generator))
         return self.outputs(targets, x, end.cond.estimates)
 

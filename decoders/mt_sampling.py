@@ -58,7 +58,7 @@ class Algorithm1(Reestimating):
         dec, state = self.decoder, marginal.cond
         batch, device = z_t.shape[0], z_t.device
         out, heads = dec.network(z_t, t, state.network)
-        if dec.leaky and set(dec.heads_spec) - self.fixed:
+        if dec.leaky - self.fixed:  # a re-estimated modality the UNet also reads: its head from the hidden view
             _, hidden = dec.network(z_t, t, dec.condition(self.z, state.current, batch, device, direct=dec.hide_leaky(state.current))[0])
             heads = {**heads, **{m: hidden[m] for m in dec.leaky}}
         y_t = marginal.remove_offset(z_t, t)  # z_t carries the offset of the values it was drawn with, not the new ones'

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from diffmvae.data.captions import Captioned, captions_for, parse_digit
-from diffmvae.data.masking import MaskedCopies, MaskStyle, ratio_range
+from diffmvae.data.masking import MaskedCopies, MaskStyle, check_style, ratio_range
 from diffmvae.data.order import EpochSampler
 from diffmvae.data.polydigits import BACKGROUND_SCALE, TEXTURE_CONTRAST, TEXTURE_MEANS, VERSION, PolyDigits, Split
 from diffmvae.data.polymnist import PolyMNIST
@@ -238,8 +238,7 @@ class PolyDigitsDataModule(MultimodalDataModule):
         if unknown:
             raise ValueError(f"masked names {unknown[0]!r}, which is not an image modality ({', '.join(self.specs)})")
         ratio_range(mask_patch, mask_ratio)
-        if mask_style not in get_args(MaskStyle) or mask_patches < 0:
-            raise ValueError(f"mask_style must be grid or paper and mask_patches >= 0, got {mask_style!r} and {mask_patches}")
+        check_style(mask_style, mask_patches)
         self.masked, self.mask_patch, self.mask_ratio = tuple(masked), mask_patch, mask_ratio
         self.mask_style, self.mask_patches = mask_style, mask_patches
         self.specs.update({f"{m}_masked": image_spec(3, 28) for m in self.masked})

@@ -51,14 +51,19 @@ def ratio_range(patch: int, ratio: float | Sequence[float]) -> tuple[float, floa
     return float(low), float(high)
 
 
+def check_style(style: str, max_patches: int) -> None:
+    """One line unless ``style`` is a mask style and ``max_patches`` a count."""
+    if style not in get_args(MaskStyle) or max_patches < 0:
+        raise ValueError(f"mask_style must be grid or paper and mask_patches >= 0, got {style!r} and {max_patches}")
+
+
 class MaskedCopies(Dataset):
     """Wraps a dataset: for every name in ``names`` adds ``<name>_masked`` and ``<name>_mask`` (``style`` ``grid``
     with ``patch`` and ``ratio``, or ``paper`` with ``patch`` and ``max_patches``)."""
 
     def __init__(self, base: Dataset, names: Sequence[str], patch: int = 7, ratio: float | Sequence[float] = 0.5, seed: int = 0,
                  style: MaskStyle = "grid", max_patches: int = 10) -> None:
-        if style not in get_args(MaskStyle) or max_patches < 0:
-            raise ValueError(f"mask_style must be grid or paper and mask_patches >= 0, got {style!r} and {max_patches}")
+        check_style(style, max_patches)
         self.base, self.names, self.patch, self.ratio, self.seed = base, tuple(names), patch, ratio_range(patch, ratio), seed
         self.style, self.max_patches = style, max_patches
 
