@@ -13,6 +13,7 @@ import yaml
 
 from diffmvae.io import DiffMVAEError, file_sha256, read_safetensors
 from diffmvae.store.build import TRUSTED_KEY, build_run
+from diffmvae.training import TrainingModule
 from diffmvae.training.checkpoint_io import read_checkpoint
 
 # A model folder's format name and its files (written by :mod:`diffmvae.store.folder`).
@@ -38,6 +39,8 @@ def load_run(path: str | Path, *, use_ema: bool = True, device: torch.device | s
     run = load_folder(path) if Path(path).is_dir() else _load_checkpoint(path, use_ema)
     if device is not None:
         run.module.to(device)
+    if isinstance(run.module, TrainingModule):
+        run.module.apply_memory_format()  # the memory order it trained in (channels_last)
     return run
 
 
