@@ -95,7 +95,7 @@ def generate_from_subset(
     for start in tqdm(range(0, n, chunk_size), desc="sampling", disable=not progress, leave=False):
         stop = min(start + chunk_size, n)
         obs = {m: take_rows(batch[m], start, stop, device) for m in given}
-        with torch.no_grad():
+        with torch.inference_mode():
             # composition only when asked for: a user's model written to the interface before it had the argument still works
             out = model.generate(obs or None, stop - start, sampling=sampling, generator=generator, prior=prior,
                                  **({"composition": composition} if composition is not None and given else {}))
