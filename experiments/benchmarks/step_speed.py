@@ -1,0 +1,182 @@
+"""Training-step time of the quickstart's feed-forward MoPoE under the library's speed settings, measured side by
+side in one run (alternating rounds on the same batches from the same initial weights):
+
+    python experiments/benchmarks/step_speed.py [--config experiments/polydigits/mopoe.yaml] [--rounds 5] [--steps 10] \
+        [--multivae_python /path/to/multivae-venv/bin/python]
+
+Rows: the per-modality model with PyTorch's default AdamW (a loop over parameters on CPU) and NCHW tensors, the
+reference; AdamW over all parameters at once (``foreach``, what ``TrainingModule`` uses); and ``channels_last``
+(``TrainingModule(channels_last=True)``) on top. Then the most any batching of the M same-shaped experts into one
+network could save: one encoder and one decoder run on all M x B images at once against M of each on B images
+(identical FLOPs; what is left is per-call overhead). Prints milliseconds per step (median over rounds) and ratios.
+
+With ``--multivae_python`` (the python of a virtual environment holding multivae, e.g. made by
+``python -m venv mv && mv/bin/pip install multivae==1.0.3``; multivae imports torchvision, which diffmvae's environment
+must not hold) a row for multivae's MoPoE is added: ``multivae_worker.py`` builds it there from the same encoder and
+decoder classes with the same initial weights, is fed the same batches and runs its rounds alternating with the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import yaml
+from step_time import build
+
+from diffmvae.data import PolyDigits
+from diffmvae.training.module import split_batch
+
+
+def nhwc(x: dict) -> dict:
+    return {m: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for m, v in x.items()}
+
+
+def variant(base: torch.nn.Module, batches: list, optimizer: dict, channels_last: bool) -> Callable[[int], float]:
+    """A function running ``n`` training steps of a copy of ``base`` and returning the seconds they took."""
+    model = copy.deepcopy(base)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    inputs = [(nhwc(x) if channels_last else x, present) for x, present in batches]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **optimizer)
+    state = {"i": 0}
+
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            x, present = inputs[state["i"] % len(inputs)]
+            state["i"] += 1
+            loss = model.elbo(x, present, generator=torch.Generator().manual_seed(state["i"])).loss().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return time.perf_counter() - start
+
+    return run
+
+
+def side_by_side(runs: dict[str, Callable[[int], float]], rounds: int, steps: int) -> dict[str, float]:
+    """Median milliseconds per step of each run, measured in alternating rounds after one warm-up round."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(rounds + 1):
+        for name, run in runs.items():
+            t = run(steps)
+            if r:
+                times[name].append(1e3 * t / steps)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def expert_runs(model: torch.nn.Module, batch: dict, modalities: list[str], channels_last: bool) -> dict[str, Callable[[int], float]]:
+    """Forward + backward of every modality's encoder and decoder on its B images (separate) against one encoder and
+    one decoder on all M x B (stacked: the same arithmetic, one call per layer)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    enc = [copy.deepcopy(model.encoders[m]).to(memory_format=fmt) for m in modalities]
+    dec = [copy.deepcopy(model.decoders[m]).to(memory_format=fmt) for m in modalities]
+    images = [batch[m].contiguous(memory_format=fmt) for m in modalities]
+    z = [torch.randn(len(x), model.latent_dim) for x in images]
+    stacked_x, stacked_z = torch.cat(images).contiguous(memory_format=fmt), torch.cat(z)
+
+    def separate(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            loss = sum(e.features(x).square().mean() + d.nll(zz, x).mean() for e, d, x, zz in zip(enc, dec, images, z))
+            loss.backward()
+        return time.perf_counter() - start
+
+    def stacked(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            loss = enc[0].features(stacked_x).square().mean() + dec[0].nll(stacked_z, stacked_x).mean()
+            loss.backward()
+        return time.perf_counter() - start
+
+    return {"separate": separate, "stacked": stacked}
+
+
+def multivae(python: str, config: dict, model: torch.nn.Module, batches: list, folder: str) -> Callable[[int], float]:
+    """multivae's MoPoE in its own process (``multivae_worker.py``), built from the config's encoder and decoder with
+    ``model``'s weights, fed ``batches``; returns a function running ``n`` of its steps, returning their seconds."""
+    spec = config["model"]["init_args"]["model"]["init_args"]
+    enc, dec = spec["encoders"]["m0"], spec["decoders"]["m0"]
+    modalities = list(model.modalities)
+    setup = {
+        "modalities": modalities, "threads": torch.get_num_threads(), "latent_dim": model.latent_dim,
+        "encoder": {"class": enc["class_path"].rsplit(".", 1)[1], "args": enc["init_args"]},
+        "decoder": {"class": dec["class_path"].rsplit(".", 1)[1], "args": dec["init_args"]},
+        "likelihood": dec["init_args"].get("likelihood", "laplace"), "scale": dec["init_args"].get("scale", 0.75),
+        "beta": config["model"]["init_args"].get("beta", 1.0), "shape": list(batches[0][0][modalities[0]].shape[1:]),
+        "weights": {f"{kind}.{m}": getattr(model, kind)[m].state_dict() for kind in ("encoders", "decoders") for m in modalities},
+        "batches": [{m: x[m] for m in modalities} for x, _ in batches],
+    }
+    path = Path(folder) / "setup.pt"
+    torch.save(setup, path)
+    worker = Path(__file__).with_name("multivae_worker.py")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([python, str(worker), str(root), str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    ready = proc.stdout.readline().split()
+    if not ready or ready[0] != "ready":
+        raise SystemExit(f"--multivae_python {python}: the multivae worker did not start (see its error above)")
+    ours = sum(p.numel() for p in model.parameters())
+    if int(ready[1]) != ours:
+        raise SystemExit(f"multivae's MoPoE has {ready[1]} parameters, diffmvae's {ours}: not the same networks")
+
+    def run(n: int) -> float:
+        proc.stdin.write(f"{n}\n")
+        proc.stdin.flush()
+        return float(proc.stdout.readline())
+
+    return run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="experiments/polydigits/mopoe.yaml")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--multivae_python", default=None, help="python of a virtual environment holding multivae: adds its MoPoE")
+    args = p.parse_args()
+    with open(args.config) as f:
+        config = yaml.safe_load(f)
+    batch_size = config["data"]["init_args"].get("batch_size", 128)
+    num_modalities = config["data"]["init_args"].get("num_modalities", 5)
+    torch.manual_seed(0)
+    data = PolyDigits("train", num_modalities=num_modalities, seed=0)
+    model = build(config, num_modalities)
+    batches = [split_batch(torch.utils.data.default_collate([data[i] for i in range(k * batch_size, (k + 1) * batch_size)]),
+                           model.modalities) for k in range(4)]
+    runs = {
+        "per-parameter AdamW, NCHW (reference)": variant(model, batches, {"foreach": False}, False),
+        "foreach AdamW, NCHW": variant(model, batches, {"foreach": True}, False),
+        "foreach AdamW, channels_last": variant(model, batches, {"foreach": True}, True),
+    }
+    tmp = tempfile.TemporaryDirectory()
+    if args.multivae_python:
+        if not all(m in model.decoders for m in model.modalities):
+            raise SystemExit(f"--multivae_python: {args.config} has a decoder shared by several modalities; multivae's MoPoE has one each")
+        runs["multivae 1.0.3 MoPoE, same networks"] = multivae(args.multivae_python, config, model, batches, tmp.name)
+    ms = side_by_side(runs, args.rounds, args.steps)
+    ref = ms[next(iter(ms))]
+    print(f"training step, {args.config} (M = {num_modalities}, batch {batch_size}, {torch.get_num_threads()} threads), "
+          f"median of {args.rounds} rounds of {args.steps} steps:")
+    mv = ms.get("multivae 1.0.3 MoPoE, same networks")
+    for name, t in ms.items():
+        print(f"  {name:<40} {t:7.1f} ms   {t / ref:5.2f}x the reference" + (f"   {t / mv:5.2f}x multivae's" if mv else ""))
+    if not all(m in model.decoders for m in model.modalities):
+        return  # a decoder shared by several modalities: nothing to stack
+    for cl in (False, True):
+        e = side_by_side(expert_runs(model, batches[0][0], list(model.modalities), cl), args.rounds, args.steps)
+        print(f"experts' forward+backward ({'channels_last' if cl else 'NCHW'}): {num_modalities} separate {e['separate']:.1f} ms, "
+              f"one on {num_modalities}x{batch_size} images {e['stacked']:.1f} ms: stacked/separate = {e['stacked'] / e['separate']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
