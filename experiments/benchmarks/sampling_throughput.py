@@ -8,12 +8,27 @@ Generates ``--n`` examples with ``model.generate`` from the same given test exam
 under every ``SAMPLER:STEPS`` of ``--configs`` (default DDIM-50 and Euler-Maruyama-1000, the Diff-MVAE* comparison;
 MT-Diffusion's Algorithm 1 is ``ancestral:1000``), and prints examples per second, network evaluations per example
 (a forward hook on every diffusion backbone) and the throughput ratio of the first configuration to each other.
+
+With ``--judges CLASSIFIERS.pt`` (PolyDigits; e.g. ``experiments/polydigits/judges.pt``) every configuration also samples
+``--judge_n`` test examples through ``diffmvae sample`` (default all of them) and is judged by
+``experiments/polydigits/coherence.py``: coherence and both Fréchet distances (judge features and pixel PCA), each
+beside the first configuration's (FD ratio, coherence difference in points):
+
+    python experiments/benchmarks/sampling_throughput.py --ckpt runs/quickstart/checkpoints/last.ckpt --given m0 \
+        --configs ddim:50 dpmpp_2m:10 dpmpp_2m:15 dpmpp_2m:20 ancestral:1000 --judges experiments/polydigits/judges.pt
+
+The DDPM-type decoders of the Diff-MVAE* configs are discrete-time, where Euler-Maruyama (a VP-SDE sampler) is refused;
+``ancestral:1000`` is their 1000-step stochastic reference.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -39,7 +54,11 @@ def main() -> None:
     p.add_argument("--configs", nargs="+", default=["ddim:50", "euler_maruyama:1000"], help="SAMPLER:STEPS pairs; the first is the reference")
     p.add_argument("--guidance", type=float, default=1.0, help="guidance scale for every sampler (guided steps batch 2 evaluations)")
     p.add_argument("--start", type=float, default=1.0, help="start time for every sampler (below 1: refinement of the mean)")
+    p.add_argument("--judges", default=None, help="PolyDigits judge classifiers: also report coherence and both Fréchet distances")
+    p.add_argument("--judge_n", type=int, default=None, help="test examples judged per configuration (default: all)")
     args = p.parse_args()
+    if args.judges and not Path(args.judges).is_file():
+        raise SystemExit(f"--judges: {args.judges} is not a file")
     configs = [parse_config(c) for c in args.configs]
     torch.set_grad_enabled(False)
     run = load_run(args.ckpt)
@@ -78,6 +97,36 @@ def main() -> None:
     for other in configs[1:]:
         if reference in results and other in results:
             print(f"throughput ratio {reference[0]}-{reference[1]} / {other[0]}-{other[1]}: {results[reference] / results[other]:.1f}x")
+    if args.judges:
+        args.judge_n = args.judge_n or len(run.datamodule.dataset("test"))
+        quality(args, [c for c in configs if c in results], given_names, results)
+
+
+def quality(args: argparse.Namespace, configs: list[tuple[str, int]], given_names: list[str], speed: dict) -> None:
+    """Sample the judged examples under every configuration with `diffmvae sample` and judge them."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "polydigits"))
+    from coherence import judge  # heavy: the judges, the real test set and the pixel PCA
+
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for sampler, steps in configs:
+            out = Path(tmp) / f"{sampler}-{steps}"
+            cmd = [sys.executable, "-m", "diffmvae", "sample", "--ckpt", args.ckpt, "--given", ",".join(given_names) or "none",
+                   "--out", str(out), "--seed", str(args.seed), "--sampler", sampler, "--steps", str(steps),
+                   "--guidance", str(args.guidance), "--start", str(args.start)]
+            cmd += ["--n", str(args.judge_n)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"{sampler}-{steps}: diffmvae sample failed: {done.stderr.strip().splitlines()[-1]}")
+            rows[(sampler, steps)] = judge(out / "samples.npz", args.judges)
+    ref = rows[configs[0]]
+    print(f"\nquality on {ref['n']} test examples, given {','.join(given_names) or 'none'} (judges {args.judges}); "
+          f"ratios and differences against {configs[0][0]}-{configs[0][1]}")
+    print(f"{'sampler':>20} {'ex/s':>7} {'coherence':>9} {'diff':>6} {'FD judge':>9} {'ratio':>6} {'FD PCA':>7} {'ratio':>6} {'speed-up':>8}")
+    for key, row in rows.items():
+        print(f"{key[0] + '-' + str(key[1]):>20} {speed[key]:7.2f} {row['coherence']:9.3f} {100 * (row['coherence'] - ref['coherence']):+6.1f} "
+              f"{row['fd_mean']:9.2f} {row['fd_mean'] / ref['fd_mean']:6.3f} {row['fd_pca_mean']:7.3f} "
+              f"{row['fd_pca_mean'] / ref['fd_pca_mean']:6.3f} {speed[key] / speed[configs[0]]:7.2f}x")
 
 
 if __name__ == "__main__":
