@@ -32,6 +32,11 @@ def split_batch(batch: Mapping[str, Any], modalities: Sequence[str]) -> tuple[di
     return {m: batch[m] for m in modalities if m in batch}, batch.get("present")
 
 
+def to_channels_last(x: Mapping[str, Any]) -> dict[str, Any]:
+    """The modality entries with every 4-D tensor (an image batch) in channels-last (NHWC) memory order."""
+    return {m: v.contiguous(memory_format=torch.channels_last) if isinstance(v, Tensor) and v.dim() == 4 else v for m, v in x.items()}
+
+
 Reduction = Literal["sum", "mean"]
 
 
@@ -179,7 +184,7 @@ class TrainingModule(L.LightningModule):
     def _step(self, batch: Mapping[str, Any], stage: str, generator: torch.Generator) -> Tensor:
         x, present = split_batch(batch, self.model.modalities)
         if self.channels_last:
-            x = {m: v.contiguous(memory_format=torch.channels_last) if isinstance(v, Tensor) and v.dim() == 4 else v for m, v in x.items()}
+            x = to_channels_last(x)
         record = self.model.elbo(x, present, generator=generator, skip=self.skip_terms)
         loss = record.loss(self.beta, self.weights_for(x), self.term_weights).mean()
         if not torch.isfinite(loss):

@@ -33,11 +33,7 @@ import yaml
 from step_time import build
 
 from diffmvae.data import PolyDigits
-from diffmvae.training.module import split_batch
-
-
-def nhwc(x: dict) -> dict:
-    return {m: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for m, v in x.items()}
+from diffmvae.training.module import split_batch, to_channels_last
 
 
 def variant(base: torch.nn.Module, batches: list, optimizer: dict, channels_last: bool) -> Callable[[int], float]:
@@ -45,7 +41,7 @@ def variant(base: torch.nn.Module, batches: list, optimizer: dict, channels_last
     model = copy.deepcopy(base)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    inputs = [(nhwc(x) if channels_last else x, present) for x, present in batches]
+    inputs = [(to_channels_last(x) if channels_last else x, present) for x, present in batches]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **optimizer)
     state = {"i": 0}
 
