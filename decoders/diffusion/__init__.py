@@ -24,11 +24,11 @@ from decoders.diffusion.samplers import (
     langevin_step,
     time_grid,
 )
-from decoders.diffusion.schedules import CosineSchedule, LearnedLogSNR, LinearLogSNR, Schedule, VPSchedule
+from decoders.diffusion.schedules import CosineSchedule, LearnedLogSNR, LinearLogSNR, Schedule, ShiftedSchedule, VPSchedule
 
 __all__ = [
     "DDIM", "PREDICTIONS", "SAMPLERS", "Ancestral", "DPMSolverPP", "Backbone", "CosineSchedule", "DDPMLoss", "DDPMProcess", "DSMLoss", "Denoiser",
     "DiffusionProcess", "EulerMaruyama", "ForwardProcess", "LearnedLogSNR", "LinearLogSNR", "Marginal", "Prediction", "Sampler",
-    "Schedule", "ScoreSDEProcess", "VDMLoss", "VDMProcess", "VPSchedule", "langevin_step", "make_denoiser", "target", "time_grid",
+    "Schedule", "ScoreSDEProcess", "ShiftedSchedule", "VDMLoss", "VDMProcess", "VPSchedule", "langevin_step", "make_denoiser", "target", "time_grid",
     "to_eps", "to_x0",
 ]

@@ -81,6 +81,26 @@ class CosineSchedule(Schedule):
         return (-2.0 * torch.log(torch.tan(self.a * t.double() + self.b))).to(t.dtype)
 
 
+class ShiftedSchedule(Schedule):
+    """Another schedule's ``log_snr`` moved by a constant: ``log_snr(t) = base.log_snr(t) + shift``.
+
+    The forward marginal of ``x`` under the shifted schedule is, up to the scale of the noise, that of ``x e^{shift/2}``
+    under the base one: a positive shift treats the data as larger than it is, so the chain spends more of its time
+    where structure of the data's size is decided (Hoogeboom, Heek & Salimans 2023, "simple diffusion", shift the
+    schedule by resolution; Chen 2023, "On the importance of noise scheduling for diffusion models"). A diffusion
+    decoder with ``conditioning: residual`` models ``x - mean(z)``, whose spread is a fraction ``s`` of the image's;
+    ``shift = -2 log s`` gives it the base schedule's signal-to-noise ratios for data of the image's size."""
+
+    def __init__(self, base: Schedule, shift: float) -> None:
+        super().__init__()
+        if not math.isfinite(shift):
+            raise ValueError(f"ShiftedSchedule needs a finite shift, got {shift}")
+        self.base, self.shift = base, float(shift)
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        return self.base.log_snr(t) + self.shift
+
+
 class LinearLogSNR(Schedule):
     """VDM's fixed schedule: ``gamma(t) = -log_snr(t)`` linear from ``gamma_min`` to ``gamma_max``."""
 

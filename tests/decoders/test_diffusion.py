@@ -19,6 +19,7 @@ from decoders.diffusion import (
     ForwardProcess,
     LinearLogSNR,
     Sampler,
+    ShiftedSchedule,
     VDMLoss,
     VPSchedule,
     langevin_step,
@@ -31,7 +32,7 @@ from decoders.diffusion import (
 from decoders.diffusion.parameterization import Reestimating, check_prediction, expand
 from decoders.diffusion.samplers import logsnr_grid
 
-SCHEDULES = [VPSchedule(), CosineSchedule(), LinearLogSNR()]
+SCHEDULES = [VPSchedule(), CosineSchedule(), LinearLogSNR(), ShiftedSchedule(VPSchedule(), 2.4)]
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: type(s).__name__)
@@ -63,7 +64,20 @@ def test_vp_schedule_is_ddpm_linear_schedule_in_the_limit():
     torch.testing.assert_close(alpha**2, alpha_bar[i - 1], rtol=0.05, atol=1e-6)
 
 
-@pytest.mark.parametrize("bad", [lambda: VPSchedule(20.0, 0.1), lambda: CosineSchedule(5.0, -5.0), lambda: LinearLogSNR(5.0, -13.0)])
+def test_shifted_schedule_is_the_base_schedule_on_scaled_data():
+    """Under log_snr + 2 log c, x_t / sigma_t is distributed as (c x)_t / sigma_t under the base schedule: the same
+    signal-to-noise ratio for data c times larger."""
+    c, base = 3.0, VPSchedule()
+    shifted = ShiftedSchedule(base, 2 * math.log(c))
+    t = torch.tensor([0.05, 0.3, 0.7, 1.0], dtype=torch.float64)
+    a_s, s_s = shifted.alpha_sigma(t)
+    a_b, s_b = base.alpha_sigma(t)
+    torch.testing.assert_close(a_s / s_s, c * a_b / s_b)
+    assert torch.all(a_s > a_b)  # a positive shift keeps more of the signal at every t
+
+
+@pytest.mark.parametrize("bad", [lambda: VPSchedule(20.0, 0.1), lambda: CosineSchedule(5.0, -5.0), lambda: LinearLogSNR(5.0, -13.0),
+                                 lambda: ShiftedSchedule(VPSchedule(), math.nan)])
 def test_bad_schedule_parameters_raise(bad):
     with pytest.raises(ValueError, match="needs"):
         bad()
