@@ -28,4 +28,5 @@ fi
 diffmvae sample --ckpt "$CKPT" --given m0 --n 360 --out "$RUN/given_m0" --seed 0 --overwrite ${QUICKSTART_SAMPLE_ARGS:-}
 diffmvae sample --ckpt "$CKPT" --given none --n 360 --out "$RUN/unconditional" --seed 0 --overwrite ${QUICKSTART_SAMPLE_ARGS:-}
 python experiments/polydigits/quickstart_report.py "$RUN" --classifiers experiments/polydigits/judges.pt ${QUICKSTART_REPORT_ARGS:-}
+echo "guided samples (opt-in, not exact samples of p(x|z)): diffmvae sample --ckpt $CKPT --given m0 --n 360 --out $RUN/guided_m0 --guidance 2"
 echo "quickstart done in $(( $(date +%s) - start ))s: $RUN/ (checkpoints/last.ckpt, last.prior.ckpt, given_m0/grid.png, unconditional/grid.png, report.md)"
