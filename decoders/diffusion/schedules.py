@@ -84,8 +84,8 @@ class CosineSchedule(Schedule):
 class ShiftedSchedule(Schedule):
     """Another schedule's ``log_snr`` moved by a constant: ``log_snr(t) = base.log_snr(t) + shift``.
 
-    The forward marginal of ``x`` under the shifted schedule is, up to the scale of the noise, that of ``x e^{shift/2}``
-    under the base one: a positive shift treats the data as larger than it is, so the chain spends more of its time
+    ``x_t / sigma_t`` under the shifted schedule is distributed as ``(c x)_t / sigma_t`` under the base one, with
+    ``c = e^{shift/2}``: a positive shift treats the data as larger than it is, so the chain spends more of its time
     where structure of the data's size is decided (Hoogeboom, Heek & Salimans 2023, "simple diffusion", shift the
     schedule by resolution; Chen 2023, "On the importance of noise scheduling for diffusion models"). A diffusion
     decoder with ``conditioning: residual`` models ``x - mean(z)``, whose spread is a fraction ``s`` of the image's;
