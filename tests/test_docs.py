@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffmvae.commands.main import main
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "docs" / "cli.md"]
 FORBIDDEN = re.compile(r"[Ss]eed 00[0-9]|[Ii]ssue #?[0-9]|DESIGN(\.md| §)")
@@ -82,16 +84,15 @@ def run(words: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def run_here(words: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """The command through ``diffmvae.commands.main.main`` in this process (what the ``diffmvae`` script calls), in
-    ``cwd``, with the environment and random states restored after it: the same code path without paying the
-    imports for every command. A multi-process command runs as a subprocess: Lightning's launcher re-runs
-    ``sys.argv``, which here is pytest's."""
+    ``cwd`` and the environment of :func:`env`, both restored after it with the random state: the same code path
+    without paying the imports for every command. A multi-process command runs as a subprocess: Lightning's launcher
+    re-runs ``sys.argv``, which here is pytest's."""
     if "--trainer.strategy" in words:
         return run(words, cwd)
-    from diffmvae.commands.main import main
-
     saved_env, saved_cwd, saved_rng = dict(os.environ), Path.cwd(), torch.get_rng_state()
     out, err = io.StringIO(), io.StringIO()
     try:
+        os.environ.update(env())  # the environment the subprocess path gives a command
         os.chdir(cwd)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
