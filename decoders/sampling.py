@@ -40,6 +40,7 @@ class SamplingSettings:
             or a :class:`~decoders.diffusion.Sampler` object; ``None`` keeps each decoder's default sampler.
         steps: override the chosen sampler's number of steps.
         eta: override DDIM's ``eta`` (0 deterministic, 1 ancestral).
+        grid: override DPM-Solver++'s evaluation times: ``time`` (uniform in time, its default) or ``logsnr``.
         guidance: classifier-free guidance scale (1: none; 0: unconditional); anything but 1 needs decoders
             trained with condition dropout.
         start: the time in ``(0, 1]`` where the reverse process begins. 1 (the default) draws exact samples of the
@@ -51,6 +52,7 @@ class SamplingSettings:
     sampler: str | Sampler | None = None
     steps: int | None = None
     eta: float | None = None
+    grid: str | None = None
     guidance: float = 1.0
     start: float = 1.0
     text: TextSampling = TextSampling()
@@ -62,6 +64,8 @@ class SamplingSettings:
             check_steps(self.steps)
         if self.eta is not None and self.eta < 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
+        if self.grid not in (None, "time", "logsnr"):
+            raise ValueError(f"grid must be time or logsnr, got {self.grid!r}")
         if self.guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         check_start(self.start)
@@ -81,7 +85,7 @@ class SamplingSettings:
 
     def sampler_for(self, default: Sampler) -> Sampler:
         """The sampler to use where ``default`` is a decoder's own: ``sampler`` (or the default), then the
-        ``steps`` / ``eta`` overrides. ``eta`` on a sampler without it raises ``ValueError``."""
+        ``steps`` / ``eta`` / ``grid`` overrides. ``eta`` or ``grid`` on a sampler without it raises ``ValueError``."""
         if isinstance(self.sampler, Sampler):
             base = self.sampler
         elif isinstance(self.sampler, str) and self.sampler != default.name:
@@ -95,10 +99,14 @@ class SamplingSettings:
             if not base.has_eta:
                 raise ValueError(f"eta applies to the ddim sampler, not {base.name}")
             changes["eta"] = self.eta
+        if self.grid is not None:
+            if not base.has_grid:
+                raise ValueError(f"grid applies to the dpmpp_2m sampler, not {base.name}")
+            changes["grid"] = self.grid
         return dataclasses.replace(base, **changes) if changes else base
 
     def record(self) -> dict[str, Any]:
         """The settings as JSON-able values (what ``samples.npz`` and ``metrics.json`` store)."""
         sampler = self.sampler.describe() if isinstance(self.sampler, Sampler) else self.sampler
-        return {"sampler": sampler, "steps": self.steps, "eta": self.eta, "guidance": self.guidance, "start": self.start,
+        return {"sampler": sampler, "steps": self.steps, "eta": self.eta, "grid": self.grid, "guidance": self.guidance, "start": self.start,
                 "exact": self.exact, "text": self.text.record()}

@@ -77,6 +77,8 @@ class Sampler:
     name: ClassVar[str] = "sampler"
     #: Whether the sampler has DDIM's ``eta`` (``SamplingSettings.eta`` applies to it).
     has_eta: ClassVar[bool] = False
+    #: Whether the sampler has a choice of evaluation-time ``grid`` (``SamplingSettings.grid`` applies to it).
+    has_grid: ClassVar[bool] = False
     steps: int = 50
 
     def __post_init__(self) -> None:
@@ -178,17 +180,19 @@ class DPMSolverPP(Sampler):
     (first order, eta 0) with the clean estimate replaced by ``D = x0 + (x0 - x0_prev) / (2 r)``: in offset-free
     coordinates ``y_s = (sigma_s / sigma_t) y_t + alpha_s (1 - e^-h) D``, so it runs on any variance-preserving
     marginal, MT-Diffusion's shifted one included (there ``y = x - offset``). The first step and the last (to
-    ``t = 0``) are first order, as the paper's ``lower_order_final``. ``grid``: evaluation times uniform in log-SNR
-    (:func:`logsnr_grid`, the default) or in time (DDIM's)."""
+    ``t = 0``) are first order, as the paper's ``lower_order_final``. ``grid``: evaluation times uniform in time
+    (DDIM's, the default) or in log-SNR (:func:`logsnr_grid`). On PolyDigits the time grid matched DDIM-50's
+    coherence at 15 evaluations where the log-SNR grid fell 2.5 points short at 20 (the benchmarks page)."""
 
     name: ClassVar[str] = "dpmpp_2m"
+    has_grid: ClassVar[bool] = True
     steps: int = 20
-    grid: Literal["logsnr", "time"] = "logsnr"
+    grid: Literal["time", "logsnr"] = "time"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.grid not in ("logsnr", "time"):
-            raise ValueError(f"dpmpp_2m grid must be logsnr or time, got {self.grid!r}")
+            raise ValueError(f"dpmpp_2m grid must be time or logsnr, got {self.grid!r}")
 
     def run(self, denoise, marginal, shape, *, timesteps=None, generator=None, device="cpu", start=1.0, anchor=None, dtype=torch.float32):
         if self.grid == "logsnr":

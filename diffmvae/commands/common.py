@@ -13,7 +13,7 @@ from jsonargparse import ArgumentError
 from diffmvae.io import DiffMVAEError, one_line
 from diffmvae.store.build import parser_error
 
-SAMPLING_OPTIONS = ("sampler", "steps", "eta", "guidance", "start")
+SAMPLING_OPTIONS = ("sampler", "steps", "eta", "grid", "guidance", "start")
 TEXT_OPTIONS = {"text_strategy": "strategy", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p"}
 MAX_ERROR = 300  # characters of an error line
 
@@ -53,12 +53,14 @@ def refuse_empty(values: Mapping[str, Any]) -> None:
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    """``--sampler/--steps/--eta/--guidance/--start``: how every diffusion decoder samples (also used by the
+    """``--sampler/--steps/--eta/--grid/--guidance/--start``: how every diffusion decoder samples (also used by the
     experiment scripts). Unset options keep the run's default (its config's ``sampling``, else exact sampling
     with each decoder's own sampler)."""
     p.add_argument("--sampler", default=None, help="sampler of every diffusion decoder: ddim, dpmpp_2m (DPM-Solver++, 10-20 steps), ancestral, euler_maruyama (as the process allows)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's own)")
     p.add_argument("--eta", type=float, default=None, help="DDIM's eta (0: deterministic, 1: ancestral)")
+    p.add_argument("--grid", choices=("time", "logsnr"), default=None,
+                   help="dpmpp_2m's evaluation times: uniform in time (its default) or in log-SNR")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale of every diffusion decoder (1: none; needs decoders trained with cond_dropout)")
     p.add_argument("--start", type=float, default=None,

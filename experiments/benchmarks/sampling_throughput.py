@@ -10,12 +10,16 @@ MT-Diffusion's Algorithm 1 is ``ancestral:1000``), and prints examples per secon
 (a forward hook on every diffusion backbone) and the throughput ratio of the first configuration to each other.
 
 With ``--judges CLASSIFIERS.pt`` (PolyDigits; e.g. ``experiments/polydigits/judges.pt``) every configuration also samples
-``--judge_n`` test examples through ``diffmvae sample`` (default all of them) and is judged by
-``experiments/polydigits/coherence.py``: coherence and both Fréchet distances (judge features and pixel PCA), each
-beside the first configuration's (FD ratio, coherence difference in points):
+``--judge_n`` test examples through ``diffmvae sample`` (default all of them) once per seed of ``--judge_seeds``, and is
+judged by ``experiments/polydigits/coherence.py``: coherence and both Fréchet distances (judge features and pixel PCA),
+averaged over the seeds, each beside the first configuration's (FD ratio, coherence difference in points with its
+range over the seeds: the seeds give every configuration the same examples, latents and starting noise). A
+configuration ``dpmpp_2m:STEPS:GRID`` picks DPM-Solver++'s grid (``time``, its default, or ``logsnr``; always passed
+on, so a checkpoint whose own DPM-Solver++ uses the other grid is sampled as the row says):
 
     python experiments/benchmarks/sampling_throughput.py --ckpt runs/quickstart/checkpoints/last.ckpt --given m0 \
-        --configs ddim:50 dpmpp_2m:10 dpmpp_2m:15 dpmpp_2m:20 ancestral:1000 --judges experiments/polydigits/judges.pt
+        --configs ddim:50 dpmpp_2m:10 dpmpp_2m:15 dpmpp_2m:20 dpmpp_2m:20:logsnr ancestral:1000 \
+        --judges experiments/polydigits/judges.pt --judge_seeds 0 1 2
 
 The DDPM-type decoders of the Diff-MVAE* configs are discrete-time, where Euler-Maruyama (a VP-SDE sampler) is refused;
 ``ancestral:1000`` is their 1000-step stochastic reference.
@@ -37,11 +41,19 @@ from diffmvae.data.batches import collate_split
 from diffmvae.store.load import load_run
 
 
-def parse_config(text: str) -> tuple[str, int]:
-    sampler, _, steps = text.partition(":")
-    if not steps.isdigit():
-        raise SystemExit(f"--configs: {text!r} is not SAMPLER:STEPS (e.g. ddim:50)")
-    return sampler, int(steps)
+Config = tuple[str, int, "str | None"]  # sampler, steps, DPM-Solver++ grid (None: the sampler's default)
+
+
+def parse_config(text: str) -> Config:
+    sampler, steps, *rest = text.split(":") + [""]
+    grid = rest[0] or ("time" if sampler == "dpmpp_2m" else None)  # named, so a run whose own sampler differs is overridden
+    if not steps.isdigit() or len(rest) > 2 or grid not in (None, "time", "logsnr"):
+        raise SystemExit(f"--configs: {text!r} is not SAMPLER:STEPS or dpmpp_2m:STEPS:GRID (e.g. ddim:50, dpmpp_2m:20:logsnr)")
+    return sampler, int(steps), grid
+
+
+def label(config: Config) -> str:
+    return "-".join(str(part) for part in config if part is not None)
 
 
 def main() -> None:
@@ -56,6 +68,7 @@ def main() -> None:
     p.add_argument("--start", type=float, default=1.0, help="start time for every sampler (below 1: refinement of the mean)")
     p.add_argument("--judges", default=None, help="PolyDigits judge classifiers: also report coherence and both Fréchet distances")
     p.add_argument("--judge_n", type=int, default=None, help="test examples judged per configuration (default: all)")
+    p.add_argument("--judge_seeds", type=int, nargs="+", default=[0], help="sampling seeds judged per configuration (averaged)")
     args = p.parse_args()
     if args.judges and not Path(args.judges).is_file():
         raise SystemExit(f"--judges: {args.judges} is not a file")
@@ -79,54 +92,63 @@ def main() -> None:
     for net in nets:
         net.register_forward_hook(lambda module, inputs, output: calls.__setitem__("images", calls["images"] + inputs[0].shape[0]))
     results = {}
-    for sampler, steps in configs:
-        sampling = SamplingSettings(sampler=sampler, steps=steps, guidance=args.guidance, start=args.start)
+    for config in configs:
+        sampler, steps, grid = config
         try:
+            sampling = SamplingSettings(sampler=sampler, steps=steps, grid=grid, guidance=args.guidance, start=args.start)
             model.check_sampling(sampling)
         except ValueError as e:
-            print(f"{sampler}-{steps}: skipped ({e})")
+            print(f"{label(config)}: skipped ({e})")
             continue
         calls["images"] = 0
         start = time.perf_counter()
         model.generate(given, args.n, sampling=sampling, generator=torch.Generator().manual_seed(args.seed))
         seconds = time.perf_counter() - start
-        results[(sampler, steps)] = args.n / seconds
-        print(f"{sampler}-{steps}: {args.n / seconds:.2f} examples/s, {calls['images'] / args.n:.0f} network evaluations per example "
+        results[config] = args.n / seconds
+        print(f"{label(config)}: {args.n / seconds:.2f} examples/s, {calls['images'] / args.n:.0f} network evaluations per example "
               f"({seconds:.1f}s for {args.n}, given {','.join(given_names) or 'none'}, guidance {args.guidance}, start {args.start})", flush=True)
     reference = configs[0]
     for other in configs[1:]:
         if reference in results and other in results:
-            print(f"throughput ratio {reference[0]}-{reference[1]} / {other[0]}-{other[1]}: {results[reference] / results[other]:.1f}x")
+            print(f"throughput ratio {label(reference)} / {label(other)}: {results[reference] / results[other]:.1f}x")
     if args.judges:
         args.judge_n = args.judge_n or len(run.datamodule.dataset("test"))
         quality(args, [c for c in configs if c in results], given_names, results)
 
 
-def quality(args: argparse.Namespace, configs: list[tuple[str, int]], given_names: list[str], speed: dict) -> None:
-    """Sample the judged examples under every configuration with `diffmvae sample` and judge them."""
+def quality(args: argparse.Namespace, configs: list[Config], given_names: list[str], speed: dict) -> None:
+    """Sample the judged examples under every configuration and seed with `diffmvae sample` and judge them."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "polydigits"))
     from coherence import judge  # heavy: the judges, the real test set and the pixel PCA
 
-    rows = {}
+    rows: dict[Config, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for sampler, steps in configs:
-            out = Path(tmp) / f"{sampler}-{steps}"
-            cmd = [sys.executable, "-m", "diffmvae", "sample", "--ckpt", args.ckpt, "--given", ",".join(given_names) or "none",
-                   "--out", str(out), "--seed", str(args.seed), "--sampler", sampler, "--steps", str(steps),
-                   "--guidance", str(args.guidance), "--start", str(args.start)]
-            cmd += ["--n", str(args.judge_n)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode:
-                raise SystemExit(f"{sampler}-{steps}: diffmvae sample failed: {done.stderr.strip().splitlines()[-1]}")
-            rows[(sampler, steps)] = judge(out / "samples.npz", args.judges)
+        for config in configs:
+            sampler, steps, grid = config
+            for seed in args.judge_seeds:
+                out = Path(tmp) / f"{label(config)}-seed{seed}"
+                cmd = [sys.executable, "-m", "diffmvae", "sample", "--ckpt", args.ckpt, "--given", ",".join(given_names) or "none",
+                       "--out", str(out), "--seed", str(seed), "--sampler", sampler, "--steps", str(steps),
+                       "--guidance", str(args.guidance), "--start", str(args.start), "--n", str(args.judge_n)]
+                cmd += ["--grid", grid] if grid else []
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode:
+                    raise SystemExit(f"{label(config)}: diffmvae sample failed: {done.stderr.strip().splitlines()[-1]}")
+                rows.setdefault(config, []).append(judge(out / "samples.npz", args.judges))
     ref = rows[configs[0]]
-    print(f"\nquality on {ref['n']} test examples, given {','.join(given_names) or 'none'} (judges {args.judges}); "
-          f"ratios and differences against {configs[0][0]}-{configs[0][1]}")
-    print(f"{'sampler':>20} {'ex/s':>7} {'coherence':>9} {'diff':>6} {'FD judge':>9} {'ratio':>6} {'FD PCA':>7} {'ratio':>6} {'speed-up':>8}")
-    for key, row in rows.items():
-        print(f"{key[0] + '-' + str(key[1]):>20} {speed[key]:7.2f} {row['coherence']:9.3f} {100 * (row['coherence'] - ref['coherence']):+6.1f} "
-              f"{row['fd_mean']:9.2f} {row['fd_mean'] / ref['fd_mean']:6.3f} {row['fd_pca_mean']:7.3f} "
-              f"{row['fd_pca_mean'] / ref['fd_pca_mean']:6.3f} {speed[key] / speed[configs[0]]:7.2f}x")
+
+    def mean(config: Config, key: str) -> float:
+        return sum(r[key] for r in rows[config]) / len(rows[config])
+
+    print(f"\nquality on {ref[0]['n']} test examples x {len(args.judge_seeds)} seeds, given {','.join(given_names) or 'none'} "
+          f"(judges {args.judges}); ratios and differences against {label(configs[0])} (difference range over the seeds)")
+    print(f"{'sampler':>20} {'ex/s':>7} {'coherence':>9} {'diff':>6} {'range':>13} {'FD judge':>9} {'ratio':>6} {'FD PCA':>7} {'ratio':>6} {'speed-up':>8}")
+    for config in rows:
+        diffs = [100 * (r["coherence"] - q["coherence"]) for r, q in zip(rows[config], ref)]
+        print(f"{label(config):>20} {speed[config]:7.2f} {mean(config, 'coherence'):9.3f} {sum(diffs) / len(diffs):+6.1f} "
+              f"{f'{min(diffs):+.1f}..{max(diffs):+.1f}':>13} {mean(config, 'fd_mean'):9.2f} {mean(config, 'fd_mean') / mean(configs[0], 'fd_mean'):6.3f} "
+              f"{mean(config, 'fd_pca_mean'):7.3f} {mean(config, 'fd_pca_mean') / mean(configs[0], 'fd_pca_mean'):6.3f} "
+              f"{speed[config] / speed[configs[0]]:7.2f}x")
 
 
 if __name__ == "__main__":

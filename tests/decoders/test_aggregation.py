@@ -85,7 +85,7 @@ def test_the_paper_weight_has_a_finite_end_point():
         AggregatedForward(VPSchedule(), 2, {"a": TabulatedWeight([1.0, float("inf")])})
 
 
-@pytest.mark.parametrize("steps, sampler, rtol", [(1000, Ancestral(1000), 0.05), (200, DDIM(50), 0.12), (200, DPMSolverPP(15), 0.12)],
+@pytest.mark.parametrize("steps, sampler, rtol", [(1000, Ancestral(1000), 0.05), (200, DDIM(50), 0.12), (200, DPMSolverPP(15, grid="logsnr"), 0.12)],
                          ids=["algorithm1", "ddim50", "dpmpp_2m_15"])
 def test_samplers_reproduce_the_data_moments_on_the_aggregated_marginal(steps, sampler, rtol):
     """Gaussian data x ~ N(m, v) with a known E: the exact eps predictor on the aggregated marginal (denoise y = z - c_t)

@@ -10,6 +10,7 @@ from decoders.diffusion import (
     Ancestral,
     CosineSchedule,
     DDPMProcess,
+    DPMSolverPP,
     EulerMaruyama,
     LearnedLogSNR,
     ScoreSDEProcess,
@@ -163,6 +164,7 @@ def test_bits_per_dim_only_for_vdm():
         (lambda: SamplingSettings(sampler="heun"), "unknown sampler 'heun'; choose one of ddim, ancestral, dpmpp_2m, euler_maruyama"),
         (lambda: SamplingSettings(start=1.5), r"start must be in \(0, 1\], got 1.5"),
         (lambda: SamplingSettings(guidance=-1.0), "guidance must be >= 0"),
+        (lambda: SamplingSettings(grid="karras"), "grid must be time or logsnr, got 'karras'"),
     ],
 )
 def test_bad_settings_fail_at_build_time(build, message):
@@ -180,6 +182,11 @@ def test_sampling_settings_resolve_against_each_decoder_default():
     with pytest.raises(ValueError, match="eta applies to the ddim sampler, not euler_maruyama"):
         SamplingSettings(eta=0.5).sampler_for(em1000)
     assert SamplingSettings(sampler=Ancestral(9)).sampler_for(ddim50) == Ancestral(9)
+    assert SamplingSettings(sampler="dpmpp_2m", steps=15, grid="logsnr").sampler_for(ddim50) == DPMSolverPP(15, grid="logsnr")
+    assert SamplingSettings(sampler="dpmpp_2m").sampler_for(ddim50).grid == "time"
+    with pytest.raises(ValueError, match="grid applies to the dpmpp_2m sampler, not ddim"):
+        SamplingSettings(grid="logsnr").sampler_for(ddim50)
+    assert SamplingSettings(grid="logsnr").record()["grid"] == "logsnr"
     assert SamplingSettings(steps=5).replace(steps=None, start=0.5) == SamplingSettings(steps=5, start=0.5)
     record = SamplingSettings(start=0.2).record()
     assert record["exact"] is False and record["start"] == 0.2

@@ -106,7 +106,13 @@ def test_sample_with_sampling_overrides_records_them(diffusion_run, tmp_path, ca
     assert "eta applies to the ddim sampler, not euler_maruyama" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "h"), "--sampler", "dpmpp_2m", "--steps", "3"]) == 0  # DPM-Solver++(2M)
     fast = json.loads(str(np.load(tmp_path / "h" / "samples.npz")["sampling"]))["decoders"]["m1"]
-    assert fast["sampler"] == "dpmpp_2m" and fast["steps"] == 3 and fast["grid"] == "logsnr"
+    assert fast["sampler"] == "dpmpp_2m" and fast["steps"] == 3 and fast["grid"] == "time"
+    assert main([*base, "--out", str(tmp_path / "i"), "--sampler", "dpmpp_2m", "--steps", "3", "--grid", "logsnr"]) == 0
+    other = np.load(tmp_path / "i" / "samples.npz")
+    assert json.loads(str(other["sampling"]))["decoders"]["m1"]["grid"] == "logsnr"
+    assert not np.array_equal(other["m1"], np.load(tmp_path / "h" / "samples.npz")["m1"])  # other evaluation times, other images
+    assert main([*base, "--out", str(tmp_path / "j"), "--grid", "logsnr"]) == 2
+    assert "grid applies to the dpmpp_2m sampler, not ddim" in capsys.readouterr().err
 
 
 def test_warm_start_copies_feedforward_weights_into_the_mean_head(trained, tmp_path):
