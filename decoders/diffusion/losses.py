@@ -127,10 +127,14 @@ class DSMLoss:
     model), converted to ``eps_hat``; the score is ``s = -eps_hat / sigma_t``, so the per-example loss is
     ``lambda(t) / (2 sigma_t^2) ||eps - eps_hat||^2``. ``weighting``: ``variance`` (``lambda = sigma_t^2``,
     Song et al.'s default, = the simple eps loss / 2), ``likelihood`` (``lambda = beta(t)``, a bound on the
-    NLL up to constants) or ``none`` (``lambda = 1``).
+    NLL up to constants), ``none`` (``lambda = 1``) or ``prediction`` (half the squared error in the space of the
+    backbone's prediction, as the DDPM decoders' loss: ``lambda = sigma_t^2 / alpha_t^2`` for ``v``, since
+    ``eps - eps_hat = alpha_t (v - v_hat)``; ``sigma_t^4 / alpha_t^2`` for ``x0``; ``variance`` for ``eps``).
+    The ``variance`` weighting gives the high-noise times, where the image's layout is decided, a weight ``alpha_t^2``
+    that vanishes at ``t = 1``; ``prediction`` with ``v`` weighs every time alike in ``v``.
     """
 
-    WEIGHTINGS = ("variance", "likelihood", "none")
+    WEIGHTINGS = ("variance", "likelihood", "none", "prediction")
 
     def __init__(self, forward: ForwardProcess, *, weighting: str = "variance", t_min: float = 1e-5, prediction: Prediction = "eps") -> None:
         self.prediction = check_prediction(prediction)
@@ -142,9 +146,11 @@ class DSMLoss:
 
     def weight(self, t: Tensor) -> Tensor:
         """``lambda(t) / (2 sigma_t^2)``, the factor in front of ``||eps - eps_hat||^2``, ``[B]``."""
-        if self.weighting == "variance":
+        if self.weighting == "variance" or (self.weighting == "prediction" and self.prediction == "eps"):
             return torch.full_like(t, 0.5)
-        _, sigma = self.forward.alpha_sigma(t)
+        alpha, sigma = self.forward.alpha_sigma(t)
+        if self.weighting == "prediction":
+            return 0.5 / alpha**2 if self.prediction == "v" else 0.5 * sigma**2 / alpha**2
         if self.weighting == "likelihood":
             return 0.5 * self.forward.schedule.beta(t) / sigma**2
         return 0.5 / sigma**2

@@ -319,15 +319,32 @@ def test_vdm_reconstruction_is_the_discrete_likelihood_of_its_bins():
 
 @pytest.mark.parametrize("weighting", DSMLoss.WEIGHTINGS)
 def test_dsm_loss_per_time_matches_its_closed_form(weighting):
-    """lambda(t) / (2 sigma_t^2) ||eps - eps_hat||^2 with lambda = sigma^2, beta(t) or 1, for a zero eps-network."""
+    """lambda(t) / (2 sigma_t^2) ||eps - eps_hat||^2 with lambda = sigma^2, beta(t) or 1, for a zero eps-network
+    (``prediction`` weighting of an eps-network: ``variance``'s)."""
     forward = ForwardProcess(VPSchedule())
     loss = DSMLoss(forward, weighting=weighting)
     x, eps = torch.rand(4, 2, 3), torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([0.05, 0.2, 0.6, 0.95])
     out = loss.per_time(lambda x_t, t, c: torch.zeros_like(x_t), x, eps, t)
     _, sigma = forward.alpha_sigma(t)
-    lam = {"variance": sigma**2, "likelihood": VPSchedule().beta(t), "none": torch.ones_like(t)}[weighting]
+    lam = {"variance": sigma**2, "likelihood": VPSchedule().beta(t), "none": torch.ones_like(t), "prediction": sigma**2}[weighting]
     torch.testing.assert_close(out, lam / (2 * sigma**2) * eps.pow(2).sum(dim=(1, 2)))
+
+
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+def test_dsm_prediction_weighting_is_half_the_squared_error_of_the_prediction(prediction):
+    """weighting ``prediction``: the loss is 1/2 ||out - target||^2 in the backbone's own space (v or x0), the
+    DDPM decoders' loss, for any network output; at t near 1 (alpha_1 = 0.006) as well."""
+    forward = ForwardProcess(VPSchedule())
+    loss = DSMLoss(forward, weighting="prediction", prediction=prediction)
+    g = torch.Generator().manual_seed(0)
+    x, eps, guess = torch.rand(4, 2, 3, generator=g), torch.randn(4, 2, 3, generator=g), torch.randn(4, 2, 3, generator=g)
+    t = torch.tensor([0.05, 0.2, 0.6, 1.0])
+    out = loss.per_time(lambda x_t, t, c: guess, x, eps, t)
+    alpha, sigma = forward.alpha_sigma(t)
+    want = 0.5 * (guess - target(prediction, x, eps, alpha[:, None, None], sigma[:, None, None])).pow(2).sum(dim=(1, 2))
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(out, DSMLoss(forward, prediction=prediction).per_time(lambda x_t, t, c: guess, x, eps, t))
 
 
 def test_dsm_loss_reparameterisations_agree_and_errors():
