@@ -41,13 +41,14 @@ from diffmvae.data.batches import collate_split
 from diffmvae.store.load import load_run
 
 
-Config = tuple[str, int, "str | None"]  # sampler, steps, DPM-Solver++ grid (None: the sampler's default)
+Config = tuple[str, int, "str | None"]  # sampler, steps, DPM-Solver++ grid (None for the other samplers)
 
 
 def parse_config(text: str) -> Config:
-    sampler, steps, *rest = text.split(":") + [""]
-    grid = rest[0] or ("time" if sampler == "dpmpp_2m" else None)  # named, so a run whose own sampler differs is overridden
-    if not steps.isdigit() or len(rest) > 2 or grid not in (None, "time", "logsnr"):
+    parts = text.split(":")
+    sampler, steps, grid = (parts + ["", ""])[:3]
+    grid = grid or ("time" if sampler == "dpmpp_2m" else None)  # named, so a run whose own sampler differs is overridden
+    if not steps.isdigit() or len(parts) > 3 or grid not in (None, "time", "logsnr"):
         raise SystemExit(f"--configs: {text!r} is not SAMPLER:STEPS or dpmpp_2m:STEPS:GRID (e.g. ddim:50, dpmpp_2m:20:logsnr)")
     return sampler, int(steps), grid
 
