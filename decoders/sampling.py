@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from decoders.diffusion.samplers import SAMPLERS, Sampler, check_start, check_steps
+from decoders.diffusion.samplers import SAMPLERS, Sampler, check_grid, check_start, check_steps
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,8 @@ class SamplingSettings:
             check_steps(self.steps)
         if self.eta is not None and self.eta < 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
-        if self.grid not in (None, "time", "logsnr"):
-            raise ValueError(f"grid must be time or logsnr, got {self.grid!r}")
+        if self.grid is not None:
+            check_grid(self.grid)
         if self.guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         check_start(self.start)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -33,6 +33,15 @@ def check_steps(steps: int) -> int:
     if steps < 1:
         raise ValueError(f"sampler steps must be >= 1, got {steps}")
     return steps
+
+
+Grid = Literal["time", "logsnr"]
+GRIDS: tuple[str, ...] = get_args(Grid)  # DPM-Solver++'s evaluation-time grids, its default first
+
+
+def check_grid(grid: str, what: str = "grid") -> None:
+    if grid not in GRIDS:
+        raise ValueError(f"{what} must be {' or '.join(GRIDS)}, got {grid!r}")
 
 
 def time_grid(steps: int, timesteps: int | None, device: torch.device | str, start: float = 1.0) -> Tensor:
@@ -187,12 +196,11 @@ class DPMSolverPP(Sampler):
     name: ClassVar[str] = "dpmpp_2m"
     has_grid: ClassVar[bool] = True
     steps: int = 20
-    grid: Literal["time", "logsnr"] = "time"
+    grid: Grid = "time"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.grid not in ("logsnr", "time"):
-            raise ValueError(f"dpmpp_2m grid must be time or logsnr, got {self.grid!r}")
+        check_grid(self.grid, "dpmpp_2m grid")
 
     def run(self, denoise, marginal, shape, *, timesteps=None, generator=None, device="cpu", start=1.0, anchor=None, dtype=torch.float32):
         if self.grid == "logsnr":
