@@ -73,50 +73,61 @@ def _markdown(table: Any) -> str:
     return markdown_table(cols, table[cols].itertuples(index=False), cell)
 
 
+UNCONDITIONAL = {"coherence_unconditional": "coherence", "fd_unconditional": "Fréchet distance, judges' features",
+                 "fd_pca_unconditional": "Fréchet distance, pixel PCA"}
+CONDITIONAL = {"coherence_k": "coherence", "fd_k": "Fréchet distance, judges' features", "fd_pca_k": "Fréchet distance, pixel PCA"}
+
+
 def _plot(table: Any, x: str | None, path: Path) -> None:
+    """Top row: the unconditional metrics against the sweep value, a line per (model, prior) (bars per model without a
+    sweep); bottom row: the conditional ones against the number of observed modalities, a line per run. A column per
+    metric the table holds: coherence, and the Fréchet distance in each feature space."""
     import pandas as pd  # heavy: pandas only when a report is written
     from matplotlib.figure import Figure  # heavy: matplotlib only when a figure is drawn
 
-    fig = Figure(figsize=(12, 3.8), dpi=110)
-    axes = fig.subplots(1, 4)
+    metrics = [m for m in UNCONDITIONAL if m in table and table[m].notna().any()]
+    prefixes = [p for p in CONDITIONAL if any(c.startswith(p) and c.removeprefix(p).isdigit() for c in table.columns)]
+    fig = Figure(figsize=(4 * max(len(metrics), len(prefixes), 1), 7.2), dpi=110)
+    top, bottom = fig.subplots(2, max(len(metrics), len(prefixes), 1), squeeze=False)
+    models = list(table["model"].unique())
     if x is not None:
-        for i, ((model, prior), group) in enumerate(table.groupby(["model", "prior"], sort=False)):
+        for (model, prior), group in table.groupby(["model", "prior"], sort=False):
             group = group.sort_values(x)
-            style = "o-" if prior == "score" else "s--"
-            for ax, metric in zip(axes[:2], ("coherence_unconditional", "fd_unconditional")):
-                ax.plot(group[x].astype(float), group[metric].astype(float), style, color=f"C{list(table['model'].unique()).index(model)}",
-                        label=f"{model} ({prior} prior)")
-        for ax in axes[:2]:
+            for ax, metric in zip(top, metrics):
+                ax.plot(group[x].astype(float), group[metric].astype(float), "o-" if prior == "score" else "s--",
+                        color=f"C{models.index(model)}", label=f"{model} ({prior} prior)")
+        for ax in top:
             ax.set_xlabel(x)
-        axes[0].legend(fontsize=7)
+            ax.xaxis.get_major_locator().set_params(integer=True)
     else:  # no sweep: one group of bars per model, a bar per prior
-        models, priors = list(table["model"].unique()), list(table["prior"].unique())
+        priors = list(table["prior"].unique())
         width = 0.8 / len(priors)
         for j, prior in enumerate(priors):
             rows = table[table["prior"] == prior].set_index("model").reindex(models)
-            for ax, metric in zip(axes[:2], ("coherence_unconditional", "fd_unconditional")):
+            for ax, metric in zip(top, metrics):
                 ax.bar([i + (j - (len(priors) - 1) / 2) * width for i in range(len(models))], rows[metric].astype(float), width,
                        label=f"{prior} prior", color=f"C{j}")
-        for ax in axes[:2]:
+        for ax in top:
             ax.set_xticks(range(len(models)), models, fontsize=8)
-        axes[0].legend(fontsize=7)
-    axes[0].set_title("unconditional coherence", fontsize=10)
-    axes[1].set_title("unconditional Fréchet distance", fontsize=10)
-    for ax in axes[:2]:
+    for ax, metric in zip(top, metrics):
+        ax.set_title(f"unconditional {UNCONDITIONAL[metric]}", fontsize=10)
         ax.grid(alpha=0.3)
+    if metrics:
+        top[0].legend(fontsize=7)
     conditional = table[[c for c in table.columns if c.startswith("coherence_k")]].notna().any(axis=1)
     for i, (_, row) in enumerate(table[conditional].iterrows()):
-        for ax, prefix in zip(axes[2:], ("coherence_k", "fd_k")):
-            ks = sorted(int(c.removeprefix(prefix)) for c in table.columns if c.startswith(prefix) and not pd.isna(row[c]))
+        for ax, prefix in zip(bottom, prefixes):
+            ks = sorted(int(c.removeprefix(prefix)) for c in table.columns
+                        if c.startswith(prefix) and c.removeprefix(prefix).isdigit() and not pd.isna(row[c]))
             ax.plot(ks, [row[f"{prefix}{k}"] for k in ks], "o-", label=row["run"], color=f"C{i % 10}")
-    axes[2].set_title("conditional coherence", fontsize=10)
-    axes[3].set_title("conditional Fréchet distance", fontsize=10)
-    for ax in axes[2:]:
+    for ax, prefix in zip(bottom, prefixes):
+        ax.set_title(f"conditional {CONDITIONAL[prefix]}", fontsize=10)
         ax.set_xlabel("observed modalities k")
-        ax.grid(alpha=0.3)
-    if conditional.any():
-        axes[2].legend(fontsize=6)
-    for ax in axes[2:] if x is None else axes:
         ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    for ax in list(top[len(metrics):]) + list(bottom[len(prefixes):]):
+        ax.set_axis_off()
+    if conditional.any() and prefixes:
+        bottom[0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, format="png")

@@ -192,3 +192,25 @@ def test_polymnist_pipeline_end_to_end(tmp_path, monkeypatch):
     assert len(table) == 8 and set(table["M"]) == {2, 3} and table["fd_unconditional"].notna().all()
     derived = yaml.safe_load((tmp_path / "out/configs/mopoe_M2.yaml").read_text())
     assert derived["data"]["class_path"] == "diffmvae.data.PolyMNISTDataModule" and derived["data"]["init_args"]["keep"] == ["m0", "m1"]
+
+
+def png_width(path):
+    return int.from_bytes(Path(path).read_bytes()[16:20], "big")  # the IHDR chunk's width field
+
+
+def test_report_plots_a_column_per_feature_space(tmp_path):
+    """The report's figure has a column per metric the table holds: coherence, the judges' FD and, when the
+    evaluations computed it, the pixel-PCA FD, unconditional (top) and conditional (bottom)."""
+    from diffmvae.pipeline.report import _plot
+
+    rows = [{"run": f"{m}_M{M}", "model": m, "M": M, "prior": p, "coherence_unconditional": 0.5, "fd_unconditional": 90.0 + M,
+             "fd_pca_unconditional": 3.0 + M, "coherence_k1": 0.7, "fd_k1": 80.0, "fd_pca_k1": 4.0}
+            for m in ("mopoe", "diffmvae_star") for M in (2, 3) for p in ("score", "gaussian")]
+    both, judges_only = tmp_path / "both.png", tmp_path / "judges.png"
+    _plot(pd.DataFrame(rows), "M", both)
+    _plot(pd.DataFrame(rows).drop(columns=["fd_pca_unconditional", "fd_pca_k1"]), "M", judges_only)
+    assert png_width(both) == 3 * 4 * 110 and png_width(judges_only) == 2 * 4 * 110
+    one_m = pd.DataFrame(rows).query("M == 2").drop(columns=["M"])
+    no_pca_yet = one_m.assign(fd_pca_unconditional=float("nan")).drop(columns=["fd_pca_k1"])
+    _plot(no_pca_yet, None, tmp_path / "bars.png")  # no sweep: bars; metrics that are all missing get no column
+    assert png_width(tmp_path / "bars.png") == 2 * 4 * 110
