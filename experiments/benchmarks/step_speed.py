@@ -5,10 +5,12 @@ side in one run (alternating rounds on the same batches from the same initial we
         [--multivae_python /path/to/multivae-venv/bin/python]
 
 Rows: the per-modality model with PyTorch's default AdamW (a loop over parameters on CPU) and NCHW tensors, the
-reference; AdamW over all parameters at once (``foreach``, what ``TrainingModule`` uses); and ``channels_last``
-(``TrainingModule(channels_last=True)``) on top. Then the most any batching of the M same-shaped experts into one
-network could save: one encoder and one decoder run on all M x B images at once against M of each on B images
-(identical FLOPs; what is left is per-call overhead). Prints milliseconds per step (median over rounds) and ratios.
+reference; AdamW over all parameters at once (``foreach``); ``channels_last`` (``TrainingModule(channels_last=True)``)
+on top; and AdamW as one fused kernel (``fused``, what ``TrainingModule`` uses unless a gradient scaler runs). Then
+the M same-shaped experts (encoder and decoder, forward and backward): M separate modules on B images each; the same
+weights stacked and run as one computation by ``torch.func.stack_module_state`` + ``vmap``; and the most any
+batching could save, one encoder and one decoder on all M x B images (identical FLOPs, one call per layer). Prints
+milliseconds per step (median over rounds) and ratios.
 
 With ``--multivae_python`` (the python of a virtual environment holding multivae, e.g. made by
 ``python -m venv mv && mv/bin/pip install multivae==1.0.3``; multivae imports torchvision, which diffmvae's environment
@@ -70,31 +72,45 @@ def side_by_side(runs: dict[str, Callable[[int], float]], rounds: int, steps: in
     return {name: statistics.median(v) for name, v in times.items()}
 
 
+class Expert(torch.nn.Module):
+    """One modality's encoder and decoder as one module: the loss the expert benchmark times."""
+
+    def __init__(self, encoder: torch.nn.Module, decoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.encoder.features(x).square().mean() + self.decoder.nll(z, x).mean()
+
+
 def expert_runs(model: torch.nn.Module, batch: dict, modalities: list[str], channels_last: bool) -> dict[str, Callable[[int], float]]:
-    """Forward + backward of every modality's encoder and decoder on its B images (separate) against one encoder and
-    one decoder on all M x B (stacked: the same arithmetic, one call per layer)."""
+    """Forward + backward of every modality's encoder and decoder on its B images (separate); the same M experts with
+    their weights stacked, run as one computation by ``torch.func.vmap`` (NCHW only: vmap cannot run group norm on
+    channels_last tensors); and the bound on any batching: one encoder and one decoder on all M x B images (the same
+    arithmetic, one call per layer)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    enc = [copy.deepcopy(model.encoders[m]).to(memory_format=fmt) for m in modalities]
-    dec = [copy.deepcopy(model.decoders[m]).to(memory_format=fmt) for m in modalities]
+    experts = [Expert(copy.deepcopy(model.encoders[m]), copy.deepcopy(model.decoders[m])).to(memory_format=fmt) for m in modalities]
     images = [batch[m].contiguous(memory_format=fmt) for m in modalities]
     z = [torch.randn(len(x), model.latent_dim) for x in images]
     stacked_x, stacked_z = torch.cat(images).contiguous(memory_format=fmt), torch.cat(z)
 
-    def separate(n: int) -> float:
-        start = time.perf_counter()
-        for _ in range(n):
-            loss = sum(e.features(x).square().mean() + d.nll(zz, x).mean() for e, d, x, zz in zip(enc, dec, images, z))
-            loss.backward()
-        return time.perf_counter() - start
+    def timed(step: Callable[[], torch.Tensor]) -> Callable[[int], float]:
+        def run(n: int) -> float:
+            start = time.perf_counter()
+            for _ in range(n):
+                step().backward()
+            return time.perf_counter() - start
+        return run
 
-    def stacked(n: int) -> float:
-        start = time.perf_counter()
-        for _ in range(n):
-            loss = enc[0].features(stacked_x).square().mean() + dec[0].nll(stacked_z, stacked_x).mean()
-            loss.backward()
-        return time.perf_counter() - start
-
-    return {"separate": separate, "stacked": stacked}
+    runs = {"separate": timed(lambda: sum(e(x, zz) for e, x, zz in zip(experts, images, z))),
+            "one network on all": timed(lambda: experts[0](stacked_x, stacked_z))}
+    if not channels_last:
+        params, buffers = torch.func.stack_module_state(experts)
+        skeleton = copy.deepcopy(experts[0]).to("meta")
+        batched = torch.func.vmap(lambda p, b, x, zz: torch.func.functional_call(skeleton, (p, b), (x, zz)))
+        x_m, z_m = torch.stack(images), torch.stack(z)
+        runs["vmap over stacked weights"] = timed(lambda: batched(params, buffers, x_m, z_m).sum())
+    return runs
 
 
 def multivae(python: str, config: dict, model: torch.nn.Module, batches: list, folder: str) -> Callable[[int], float]:
@@ -153,6 +169,7 @@ def main() -> None:
         "per-parameter AdamW, NCHW (reference)": variant(model, batches, {"foreach": False}, False),
         "foreach AdamW, NCHW": variant(model, batches, {"foreach": True}, False),
         "foreach AdamW, channels_last": variant(model, batches, {"foreach": True}, True),
+        "fused AdamW, channels_last": variant(model, batches, {"fused": True}, True),
     }
     tmp = tempfile.TemporaryDirectory()
     if args.multivae_python:
@@ -170,8 +187,9 @@ def main() -> None:
         return  # a decoder shared by several modalities: nothing to stack
     for cl in (False, True):
         e = side_by_side(expert_runs(model, batches[0][0], list(model.modalities), cl), args.rounds, args.steps)
-        print(f"experts' forward+backward ({'channels_last' if cl else 'NCHW'}): {num_modalities} separate {e['separate']:.1f} ms, "
-              f"one on {num_modalities}x{batch_size} images {e['stacked']:.1f} ms: stacked/separate = {e['stacked'] / e['separate']:.2f}")
+        print(f"experts' forward+backward ({'channels_last' if cl else 'NCHW'}), {num_modalities} experts on {batch_size} images each:")
+        for name, t in e.items():
+            print(f"  {name:<28} {t:7.1f} ms   {t / e['separate']:5.2f}x separate")
 
 
 if __name__ == "__main__":

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 from conftest import tiny_image_vae
@@ -118,3 +120,13 @@ def test_channels_last_is_the_same_computation_in_another_memory_order():
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=0)
     for (name, a), b in zip(plain.model.named_parameters(), nhwc.model.parameters()):
         assert (b.grad - a.grad).norm() <= 1e-4 * a.grad.norm() + 1e-4, name  # (+1e-4: biases before a GroupNorm have gradient ~0)
+
+
+@pytest.mark.parametrize("precision, kernel", [("32-true", "fused"), ("bf16-mixed", "fused"), ("16-mixed", "foreach")])
+def test_adamw_is_fused_unless_a_gradient_scaler_runs(precision, kernel):
+    """One fused AdamW kernel where Lightning allows it; under 16-mixed its gradient scaler and gradient clipping
+    cannot be combined with a fused optimizer, so the update falls back to foreach."""
+    module = TrainingModule(tiny_image_vae(), lr_schedule="constant")
+    module._trainer = SimpleNamespace(precision=precision)
+    opt = module.configure_optimizers()
+    assert bool(opt.defaults["fused"]) is (kernel == "fused") and bool(opt.defaults["foreach"]) is (kernel == "foreach")
