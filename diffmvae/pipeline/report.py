@@ -86,7 +86,9 @@ def _plot(table: Any, x: str | None, path: Path) -> None:
     from matplotlib.figure import Figure  # heavy: matplotlib only when a figure is drawn
 
     metrics = [m for m in UNCONDITIONAL if m in table and table[m].notna().any()]
-    prefixes = [p for p in CONDITIONAL if any(c.startswith(p) and c.removeprefix(p).isdigit() for c in table.columns)]
+    ks = {p: sorted(int(c.removeprefix(p)) for c in table.columns if c.startswith(p) and c.removeprefix(p).isdigit())
+          for p in CONDITIONAL}  # the numbers of observed modalities each conditional metric has columns for
+    prefixes = [p for p in CONDITIONAL if ks[p]]
     fig = Figure(figsize=(4 * max(len(metrics), len(prefixes), 1), 7.2), dpi=110)
     top, bottom = fig.subplots(2, max(len(metrics), len(prefixes), 1), squeeze=False)
     models = list(table["model"].unique())
@@ -117,9 +119,8 @@ def _plot(table: Any, x: str | None, path: Path) -> None:
     conditional = table[[c for c in table.columns if c.startswith("coherence_k")]].notna().any(axis=1)
     for i, (_, row) in enumerate(table[conditional].iterrows()):
         for ax, prefix in zip(bottom, prefixes):
-            ks = sorted(int(c.removeprefix(prefix)) for c in table.columns
-                        if c.startswith(prefix) and c.removeprefix(prefix).isdigit() and not pd.isna(row[c]))
-            ax.plot(ks, [row[f"{prefix}{k}"] for k in ks], "o-", label=row["run"], color=f"C{i % 10}")
+            row_ks = [k for k in ks[prefix] if not pd.isna(row[f"{prefix}{k}"])]
+            ax.plot(row_ks, [row[f"{prefix}{k}"] for k in row_ks], "o-", label=row["run"], color=f"C{i % 10}")
     for ax, prefix in zip(bottom, prefixes):
         ax.set_title(f"conditional {CONDITIONAL[prefix]}", fontsize=10)
         ax.set_xlabel("observed modalities k")

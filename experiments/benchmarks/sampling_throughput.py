@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from decoders import SamplingSettings
-from decoders.diffusion.samplers import GRIDS
+from decoders.diffusion.samplers import GRIDS, SAMPLERS
 from diffmvae.data.batches import collate_split
 from diffmvae.store.load import load_run
 
@@ -48,7 +48,8 @@ Config = tuple[str, int, "str | None"]  # sampler, steps, DPM-Solver++ grid (Non
 def parse_config(text: str) -> Config:
     parts = text.split(":")
     sampler, steps, grid = (parts + ["", ""])[:3]
-    grid = grid or (GRIDS[0] if sampler == "dpmpp_2m" else None)  # named, so a run whose own sampler differs is overridden
+    has_grid = sampler in SAMPLERS and SAMPLERS[sampler].has_grid
+    grid = grid or (GRIDS[0] if has_grid else None)  # named, so a run whose own sampler differs is overridden
     if not steps.isdigit() or len(parts) > 3 or grid not in (None, *GRIDS):
         raise SystemExit(f"--configs: {text!r} is not SAMPLER:STEPS or dpmpp_2m:STEPS:GRID (e.g. ddim:50, dpmpp_2m:20:logsnr)")
     return sampler, int(steps), grid
