@@ -71,7 +71,7 @@ def test_option_3_encodes_a_label_by_the_unet_at_a_zero_image_and_t_zero_under_s
     enc = dec.encode("label", F.one_hot(y, 10).float())
     with torch.no_grad():
         direct = dec.net(torch.zeros(2, 3, 8, 8), torch.zeros(2), Condition(vector=F.one_hot(y, 10).float()))
-    torch.testing.assert_close(enc, 2.0 * direct)
+    torch.testing.assert_close(enc, 2.0 * direct, rtol=1e-3, atol=1e-4)  # batches of 10 and 2: kernels may round apart
     assert not enc.requires_grad and not torch.allclose(enc[0], enc[1])
     cond, _ = dec.condition(None, {"label": F.one_hot(y, 10).float()}, 2, torch.device("cpu"))
     assert torch.equal(cond.vector, F.one_hot(y, 10).float())
