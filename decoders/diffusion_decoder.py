@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from decoders.base import Decoder, Observed, skipped
 from decoders.composition import Expert, composed_anchor, composed_denoiser, sample_composed
-from decoders.diffusion.parameterization import expand, shift_prediction
+from decoders.diffusion.parameterization import expand, gate_prediction, shift_prediction
 from decoders.diffusion.processes import DDPMProcess, DiffusionProcess, VDMProcess
 from decoders.feedforward import ConvImageDecoder, ImageLikelihood
 from decoders.guidance import cat_conditions
@@ -64,6 +64,11 @@ class DiffusionDecoder(Decoder):
             uniformly and its diffusion term is weighted by the example's number of modalities, an unbiased
             estimate of the same sum (as the mixture ELBO draws one subset per example): the UNet runs on ``B``
             images a step, and each modality's logged term is that estimate of it.
+        residual_gate: for ``residual`` conditioning, the residual's clean estimate is the UNet's times ``alpha_t``,
+            so the decoder's estimate of ``x`` tends to the mean image as the noise grows (where the data
+            posterior's mean is ``E[x | z]``) and the UNet corrects it in proportion to the signal left in ``x_t``.
+            The diffusion term at high noise then trains the mean head as a regression of ``x`` on ``z``, inside
+            the one term per modality. Dropped examples (the null model) are not gated.
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class DiffusionDecoder(Decoder):
         modalities: Sequence[str] = (),
         mean_head_loss: bool = True,
         target_sampling: TargetSampling = "all",
+        residual_gate: bool = False,
     ) -> None:
         super().__init__(modalities, latent_dim)
         if conditioning not in ("film", "mean_channels", "residual"):
@@ -96,7 +102,9 @@ class DiffusionDecoder(Decoder):
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         self.process = process if process is not None else DDPMProcess()
         self.conditioning, self.cond_dropout, self.detach_mean = conditioning, cond_dropout, detach_mean and mean_head_loss
-        self.mean_head_loss, self.target_sampling = mean_head_loss, target_sampling
+        if residual_gate and conditioning != "residual":
+            raise ValueError(f"residual_gate gates the residual of 'residual' conditioning; this decoder's conditioning is {conditioning!r}")
+        self.mean_head_loss, self.target_sampling, self.residual_gate = mean_head_loss, target_sampling, residual_gate
         self.shape = (image_channels, image_size, image_size)
         self.head_args = (latent_dim, image_channels, image_size, tuple(mean_channels), mean_hidden, likelihood, scale)
         self.mean_heads = nn.ModuleDict()
@@ -135,7 +143,10 @@ class DiffusionDecoder(Decoder):
         if shift is None:
             return self.net(x_t, t, cond)
         alpha, sigma = self.process.alpha_sigma(t)
-        out = self.net(x_t - expand(alpha, x_t) * shift, t, cond)
+        y_t = x_t - expand(alpha, x_t) * shift
+        out = self.net(y_t, t, cond)
+        if self.residual_gate:
+            out = gate_prediction(self.process.prediction, out, y_t, alpha, sigma, None if cond.drop is None else ~cond.drop)
         return shift_prediction(self.process.prediction, out, shift, alpha, sigma)
 
     # ------------------------------------------------------------------ ELBO terms

@@ -89,6 +89,23 @@ def shift_prediction(prediction: Prediction, out: Tensor, shift: Tensor, alpha: 
     return out + shift
 
 
+def gate_prediction(prediction: Prediction, out: Tensor, y_t: Tensor, alpha: Tensor, sigma: Tensor, keep: Tensor | None = None) -> Tensor:
+    """The prediction whose clean estimate is ``alpha_t`` times the one ``out`` implies (examples where ``keep`` is
+    false are left as they are): ``x0 -> alpha x0``, ``eps -> sigma / (1 + alpha) y_t + alpha eps`` and
+    ``v -> alpha sigma / (1 + alpha) y_t + alpha v`` (from ``x0 = (y - sigma eps) / alpha = alpha y - sigma v``; the
+    factor ``(1 - alpha) / sigma`` is written ``sigma / (1 + alpha)``, which stays finite as ``sigma -> 0``). The
+    gated residual of :class:`~decoders.DiffusionDecoder` uses it on ``x - shift``: its clean estimate tends to the
+    shift as the noise grows."""
+    a, s = expand(alpha, out), expand(sigma, out)
+    if prediction == "x0":
+        gated = a * out
+    else:
+        gated = (s if prediction == "eps" else a * s) / (1 + a) * y_t + a * out
+    if keep is None:
+        return gated
+    return torch.where(keep.reshape(-1, *([1] * (out.dim() - 1))), gated, out)
+
+
 def make_denoiser(
     net: Backbone,
     marginal: Marginal,

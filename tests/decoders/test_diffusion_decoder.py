@@ -108,6 +108,47 @@ def test_residual_predictions_are_for_the_whole_image(prediction):
     torch.testing.assert_close(x0_x, x0_r + cond.shift, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_gated_residual_scales_the_residual_estimate_by_alpha(prediction):
+    """residual_gate: the clean estimate of x is the mean plus alpha_t times the UNet's clean estimate of r (at any
+    time, for each prediction type), so it tends to the mean as the noise grows; a dropped example is not gated."""
+    dec = open_up(tiny(DDPMProcess(prediction=prediction), residual_gate=True))
+    z, t = torch.randn(3, 4), torch.tensor([0.05, 0.5, 1.0])
+    drop = torch.tensor([False, False, True])
+    cond = dec.condition("img", z, drop)
+    r_t = torch.randn(3, 3, 8, 8)
+    alpha, sigma = dec.process.alpha_sigma(t)
+    shift = cond.shift * (~drop)[:, None, None, None]
+    x_t = r_t + alpha[:, None, None, None] * shift
+    with torch.no_grad():
+        x0_r = to_x0(prediction, dec.net(r_t, t, cond), r_t, alpha, sigma)
+        x0_x = to_x0(prediction, dec.backbone(x_t, t, cond), x_t, alpha, sigma)
+    gate = torch.where(drop, torch.ones_like(alpha), alpha)[:, None, None, None]
+    torch.testing.assert_close(x0_x, shift + gate * x0_r, rtol=1e-4, atol=1e-4)
+    assert (x0_x[2] - x0_r[2]).abs().max() < 1e-4  # the null model: no shift, no gate
+    assert (x0_x[1] - shift[1]).abs().mean() < 0.9 * (x0_r[1]).abs().mean()  # alpha < 1 pulls it towards the mean
+
+
+def test_gated_residual_estimate_at_full_noise_is_the_mean_image():
+    """At t = 1 the gated decoder's clean estimate of x is its mean image to within alpha_1 (0.006 on DDPM's schedule)
+    times the UNet's estimate, whatever the UNet says: there its v loss is the squared error of the mean head, which
+    the one diffusion term thus trains as a regression of x on z. Without the gate the UNet's estimate is added whole."""
+    x, z = 2 * torch.rand(4, 3, 8, 8) - 1, torch.randn(4, 4)
+    t, eps = torch.ones(4), torch.randn(4, 3, 8, 8)
+    gaps = {}
+    for gate in (True, False):
+        dec = open_up(tiny(DDPMProcess(prediction="v"), residual_gate=gate, mean_head_loss=False))
+        cond = dec.condition("img", z)
+        alpha, sigma = dec.process.alpha_sigma(t)
+        x_t = alpha[:, None, None, None] * x + sigma[:, None, None, None] * eps
+        with torch.no_grad():
+            gaps[gate] = (to_x0("v", dec.backbone(x_t, t, cond), x_t, alpha, sigma) - cond.shift).abs().max()
+    assert float(alpha[0]) < 0.01
+    assert gaps[True] < 0.05 < 0.5 < gaps[False]
+    with pytest.raises(ValueError, match="residual_gate gates the residual of 'residual' conditioning"):
+        tiny(conditioning="mean_channels", residual_gate=True)
+
+
 def test_residual_loss_equals_the_loss_of_the_residual():
     """Training in image coordinates through the backbone is the residual model's own loss on x - mean."""
     dec = open_up(tiny(DDPMProcess(prediction="v")))
