@@ -45,7 +45,8 @@ class DiffusionDecoder(Decoder):
         latent_dim: size of ``z``.
         process: the diffusion process (DDPM / score SDE / VDM); DDPM with DDIM-50 by default.
         image_size, image_channels: the modalities' shape.
-        unet_channels, emb_dim, attention_levels, dropout: the UNet's sizes.
+        unet_channels, emb_dim, attention_levels, dropout, patch_size: the UNet's sizes (``patch_size`` 2: its first
+            level works on 2 x 2 pixel patches, at half the resolution; see :class:`~decoders.unet.UNet2d`).
         conditioning: ``film``, ``mean_channels`` or ``residual`` (default).
         mean_channels, mean_hidden, likelihood, scale: the feed-forward mean head of each modality
             (a :class:`~decoders.ConvImageDecoder`).
@@ -92,6 +93,7 @@ class DiffusionDecoder(Decoder):
         mean_head_loss: bool = True,
         target_sampling: TargetSampling = "all",
         residual_gate: bool = False,
+        patch_size: int = 1,
     ) -> None:
         super().__init__(modalities, latent_dim)
         if conditioning not in ("film", "mean_channels", "residual"):
@@ -110,7 +112,8 @@ class DiffusionDecoder(Decoder):
         self.mean_heads = nn.ModuleDict()
         for m in self.modalities:
             self.add_head(m)
-        self.net = UNet2d(image_channels, latent_dim, image_channels if conditioning != "film" else 0, unet_channels, emb_dim, attention_levels, dropout)
+        self.net = UNet2d(image_channels, latent_dim, image_channels if conditioning != "film" else 0, unet_channels, emb_dim, attention_levels, dropout,
+                          patch_size=patch_size)
 
     def add_head(self, name: str) -> None:
         if self.conditioning != "film":

@@ -47,6 +47,9 @@ class UNet2d(nn.Module):
         channels: width per level; ``image_size`` must be divisible by ``2^(len(channels) - 1)``.
         emb_dim: size of the time (+ condition) embedding.
         vector_dim: size of ``Condition.vector`` (0: none), embedded and added to the time embedding.
+        patch_size: side of the pixel patches the UNet works on: ``p > 1`` folds every ``p x p`` patch of ``x_t``
+            (and of the conditioning image) into channels before the first level and unfolds the output
+            (``pixel_unshuffle`` / ``pixel_shuffle``), so the first level runs at ``H / p`` (the ``features`` too).
     """
 
     def __init__(
@@ -59,10 +62,14 @@ class UNet2d(nn.Module):
         attention_levels: Sequence[int] = (),
         dropout: float = 0.0,
         vector_dim: int = 0,
+        patch_size: int = 1,
     ) -> None:
         super().__init__()
         if not channels:
             raise ValueError("UNet2d needs at least one level")
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+        self.patch_size = patch_size
         self.channels, self.vector_dim = tuple(channels), vector_dim
         if vector_dim:
             self.vector_embed = nn.Sequential(nn.Linear(vector_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -72,7 +79,7 @@ class UNet2d(nn.Module):
         if latent_dim:
             self.z_embed = nn.Sequential(nn.Linear(latent_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
             self.null_z = nn.Parameter(torch.zeros(emb_dim))
-        self.stem = conv(2, in_channels + cond_channels, channels[0])
+        self.stem = conv(2, (in_channels + cond_channels) * patch_size**2, channels[0])
         widths = [channels[0], *channels]
         self.down = nn.ModuleList(ResBlock(widths[i], widths[i + 1], emb_dim, 2, dropout) for i in range(self.levels))
         self.pool = nn.ModuleList(conv(2, c, c, stride=2) for c in channels[:-1])
@@ -80,7 +87,7 @@ class UNet2d(nn.Module):
         self.mid = ResBlock(channels[-1], channels[-1], emb_dim, 2, dropout)
         rev = list(channels[::-1])
         self.up = nn.ModuleList(ResBlock(2 * c, c_out, emb_dim, 2, dropout) for c, c_out in zip(rev, [*rev[1:], channels[0]]))
-        self.out = nn.Sequential(group_norm(channels[0]), nn.SiLU(), conv(2, channels[0], in_channels))
+        self.out = nn.Sequential(group_norm(channels[0]), nn.SiLU(), conv(2, channels[0], in_channels * patch_size**2))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
@@ -110,6 +117,10 @@ class UNet2d(nn.Module):
                 raise ValueError(f"this UNet takes a {self.cond_channels}-channel conditioning image; pass Condition(image=...)")
             image = cond.image if cond.drop is None else cond.image * (~cond.drop).to(cond.image.dtype)[:, None, None, None]
             h = torch.cat([h, image], dim=1)
+        if self.patch_size > 1:
+            if h.shape[-1] % self.patch_size or h.shape[-2] % self.patch_size:
+                raise ValueError(f"an image of {h.shape[-2]}x{h.shape[-1]} pixels does not divide into {self.patch_size}-pixel patches")
+            h = F.pixel_unshuffle(h, self.patch_size)
         h = self.stem(h)
         skips = []
         for i, block in enumerate(self.down):
@@ -125,4 +136,6 @@ class UNet2d(nn.Module):
                 h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
             h = block(torch.cat([h, skip], dim=1), emb)
         out = self.out(h)
+        if self.patch_size > 1:
+            out = F.pixel_shuffle(out, self.patch_size)
         return (out, {"mid": mid, "out": h}) if features else out

@@ -184,6 +184,29 @@ def test_unet_null_embedding():
         net(torch.rand(2, 3, 8, 8), t, None)
 
 
+def test_unet_on_pixel_patches():
+    """patch_size 2: the first level runs at half the resolution (its features are 4 x 4 for an 8 x 8 image), the
+    output is back at full resolution with each 2 x 2 patch filled from its own channels; a size the patches do not
+    divide is one line; the decoder passes the setting to its UNet and samples full-size images."""
+    net = UNet2d(3, latent_dim=4, cond_channels=3, channels=(8, 8), emb_dim=16, patch_size=2)
+    torch.nn.init.normal_(net.out[-1].weight, std=0.1)
+    x_t, t = torch.randn(2, 3, 8, 8), torch.rand(2)
+    cond = Condition(z=torch.randn(2, 4), image=torch.rand(2, 3, 8, 8))
+    out, feats = net(x_t, t, cond, features=True)
+    assert out.shape == (2, 3, 8, 8) and feats["out"].shape == (2, 8, 4, 4) and net.stem.in_channels == 24
+    # pixel (2i + a, 2j + b) of channel c comes from output channel 4c + 2a + b of the half-resolution conv
+    direct = net.out(feats["out"])
+    torch.testing.assert_close(out[:, 1, 1::2, 0::2], direct[:, 4 * 1 + 2 * 1 + 0])
+    with pytest.raises(ValueError, match="an image of 7x7 pixels does not divide into 2-pixel patches"):
+        net(torch.randn(2, 3, 7, 7), t, Condition(z=cond.z, image=torch.rand(2, 3, 7, 7)))
+    with pytest.raises(ValueError, match="patch_size must be >= 1, got 0"):
+        UNet2d(3, channels=(8,), patch_size=0)
+    dec = tiny(patch_size=2)
+    assert dec.net.patch_size == 2
+    samples = dec.generate(torch.randn(2, 4), observed({}, n=2), targets=["img"], generator=torch.Generator().manual_seed(0))
+    assert samples["img"].shape == (2, 3, 8, 8)
+
+
 def test_bits_per_dim_only_for_vdm():
     x, z = torch.rand(2, 3, 8, 8), torch.randn(2, 4)
     with torch.no_grad():
