@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import torch
 import yaml
-from step_speed import side_by_side
+from step_speed import side_by_side, timed
 from step_time import build
 
 from diffmvae.data import PolyDigits
@@ -65,14 +64,6 @@ def layer_runs(layer: torch.nn.Module, shape: torch.Size, m: int, fmt: torch.mem
     stacked = torch.randn(batch, m * channels, height, width).contiguous(memory_format=fmt).requires_grad_()
     one = copy.deepcopy(layer).to(memory_format=fmt)
     all_images = torch.randn(m * batch, channels, height, width).contiguous(memory_format=fmt).requires_grad_()
-
-    def timed(step):
-        def run(n: int) -> float:
-            start = time.perf_counter()
-            for _ in range(n):
-                step().backward()
-            return time.perf_counter() - start
-        return run
 
     return {"separate": timed(lambda: sum(s(x).sum() for s, x in zip(separate, inputs))),
             "grouped": timed(lambda: group(stacked).sum()),

@@ -72,6 +72,16 @@ def side_by_side(runs: dict[str, Callable[[int], float]], rounds: int, steps: in
     return {name: statistics.median(v) for name, v in times.items()}
 
 
+def timed(step: Callable[[], torch.Tensor]) -> Callable[[int], float]:
+    """A function running ``n`` forward + backward passes (``step()`` returns the loss) and returning their seconds."""
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            step().backward()
+        return time.perf_counter() - start
+    return run
+
+
 class Expert(torch.nn.Module):
     """One modality's encoder and decoder as one module: the loss the expert benchmark times."""
 
@@ -93,14 +103,6 @@ def expert_runs(model: torch.nn.Module, batch: dict, modalities: list[str], chan
     images = [batch[m].contiguous(memory_format=fmt) for m in modalities]
     z = [torch.randn(len(x), model.latent_dim) for x in images]
     stacked_x, stacked_z = torch.cat(images).contiguous(memory_format=fmt), torch.cat(z)
-
-    def timed(step: Callable[[], torch.Tensor]) -> Callable[[int], float]:
-        def run(n: int) -> float:
-            start = time.perf_counter()
-            for _ in range(n):
-                step().backward()
-            return time.perf_counter() - start
-        return run
 
     runs = {"separate": timed(lambda: sum(e(x, zz) for e, x, zz in zip(experts, images, z))),
             "one network on all": timed(lambda: experts[0](stacked_x, stacked_z))}
