@@ -2,7 +2,8 @@
 bf16-mixed with channels_last, then sampling with DPM-Solver++(2M) at 15 steps and the paper's DDIM-50; prints steps/s,
 images/s and peak GPU memory. CI never runs it.
 
-    python experiments/benchmarks/gpu_check.py [--steps 300] [--precision bf16-mixed] [--batch_size 128] [--n 256] [--no_channels_last]
+    python experiments/benchmarks/gpu_check.py [--steps 300] [--precision bf16-mixed] [--batch_size 128] [--n 256] [--no_channels_last] \
+        [--compile_backend inductor]
 
 ``--accelerator cpu`` runs the same code on the CPU (no memory figures): the test suite does, at a tiny size, so the
 script cannot rot between the runs on a GPU.
@@ -64,6 +65,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=256, help="images generated per modality for the sampling throughput")
     p.add_argument("--accelerator", default="gpu", choices=("gpu", "cpu"), help="cpu: a smoke run of the same code")
     p.add_argument("--no_channels_last", action="store_true", help="train in NCHW order instead of channels_last")
+    p.add_argument("--compile_backend", default=None, help="torch.compile the encoders and UNets with this backend (inductor); "
+                   "the steps/s skip the first 20 steps, so the compile time is not counted")
     args = p.parse_args()
     cuda = args.accelerator == "gpu"
     if cuda and not torch.cuda.is_available():
@@ -73,6 +76,7 @@ def main() -> None:
     cfg = yaml.safe_load(CONFIG.read_text())
     cfg["data"]["init_args"]["batch_size"] = args.batch_size
     cfg["model"]["init_args"]["channels_last"] = not args.no_channels_last
+    cfg["model"]["init_args"]["compile_backend"] = args.compile_backend
     torch.manual_seed(0)
     module, data = build_run(cfg, "the GPU check's config")
     timer = StepTimer(skip=min(20, args.steps // 2))
@@ -89,7 +93,7 @@ def main() -> None:
     given = {"m0": test["m0"].to(device)}
     generated = [m for m in model.modalities if m != "m0"]
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}, precision {args.precision}, batch {args.batch_size}, "
-          f"channels_last {not args.no_channels_last}")
+          f"channels_last {not args.no_channels_last}, compile {args.compile_backend or 'off'}")
     print(f"training: {steps_per_s:.2f} steps/s, peak memory {train_peak}")
     for sampler, steps in (("dpmpp_2m", 15), ("ddim", 50)):
         sampling = SamplingSettings(sampler=sampler, steps=steps)
