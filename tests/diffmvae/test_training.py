@@ -1,11 +1,16 @@
+import copy
 from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import tiny_image_vae
 
+from decoders import DiffusionDecoder
+from decoders.diffusion import DDIM, DDPMProcess
 from decoders.optim import lr_factor
+from diffmvae.model.vae import MultimodalVAE
 from diffmvae.training.module import TrainingModule, staged_lr_factor
+from encoders import ConvImageEncoder
 
 
 def test_lr_factor_warmup_then_cosine_to_zero():
@@ -87,36 +92,39 @@ def test_likelihood_reduction_mean_divides_each_modality_by_its_dimensions(mixed
         TrainingModule(mixed_vae, likelihood_reduction="average")
 
 
-def test_channels_last_is_the_same_computation_in_another_memory_order():
-    """`channels_last` puts every 4-D weight (conv encoders, the UNet, the mean head) in NHWC order and feeds NHWC
-    batches; loss and every gradient equal the NCHW model's (float tolerance, 1e-4 relative, far below the change a
-    mis-ordered flatten or view would make) for the same weights, batch and noise (each gradient within 1e-4 of its norm, + 1e-4)."""
-    import copy
-
-    from decoders import DiffusionDecoder
-    from decoders.diffusion import DDIM, DDPMProcess
-    from diffmvae.model.vae import MultimodalVAE
-    from encoders import ConvImageEncoder
-
+def diffusion_vae_and_batch():
+    """Two image modalities, conv encoders and DDPM decoders (the UNet's output layer given weights, as a few steps
+    would), and a batch of each: the model the speed-setting tests compare against itself."""
     torch.manual_seed(0)
     names = ("m0", "m1")
     encoders = {m: ConvImageEncoder(4, image_size=8, channels=(4, 4), hidden_dim=8) for m in names}
     decoders = {m: DiffusionDecoder(4, DDPMProcess(sampler=DDIM(3)), image_size=8, unet_channels=(8, 8), emb_dim=16, mean_channels=(8,),
                                     mean_hidden=8) for m in names}
-    for dec in decoders.values():  # the UNet's output layer starts at zero: give it weights, as a few steps would
+    for dec in decoders.values():
         torch.nn.init.normal_(dec.net.out[-1].weight, std=0.1)
-    plain = TrainingModule(MultimodalVAE(encoders, decoders, 4))
+    x = {m: torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(k)) for k, m in enumerate(names)}
+    return MultimodalVAE(encoders, decoders, 4), x
+
+
+def backward_loss(module, batch):
+    """The module's objective on ``batch`` (the same training noise every call), back-propagated."""
+    record = module.model.elbo(batch, generator=torch.Generator().manual_seed(0))
+    loss = record.loss(module.beta, module.weights_for(batch), module.term_weights).mean()
+    loss.backward()
+    return loss
+
+
+def test_channels_last_is_the_same_computation_in_another_memory_order():
+    """`channels_last` puts every 4-D weight (conv encoders, the UNet, the mean head) in NHWC order and feeds NHWC
+    batches; loss and every gradient equal the NCHW model's (float tolerance, 1e-4 relative, far below the change a
+    mis-ordered flatten or view would make) for the same weights, batch and noise (each gradient within 1e-4 of its norm, + 1e-4)."""
+    model, x = diffusion_vae_and_batch()
+    plain = TrainingModule(model)
     nhwc = TrainingModule(copy.deepcopy(plain.model), channels_last=True)
     nhwc.apply_memory_format()
     convs = [p for p in nhwc.model.parameters() if p.dim() == 4]
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs if p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1)
-    x = {m: torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(k)) for k, m in enumerate(names)}
-    losses = []
-    for module, batch in ((plain, x), (nhwc, {m: v.contiguous(memory_format=torch.channels_last) for m, v in x.items()})):
-        record = module.model.elbo(batch, generator=torch.Generator().manual_seed(0))
-        loss = record.loss(module.beta, module.weights_for(batch), module.term_weights).mean()
-        loss.backward()
-        losses.append(loss)
+    losses = [backward_loss(plain, x), backward_loss(nhwc, {m: v.contiguous(memory_format=torch.channels_last) for m, v in x.items()})]
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=0)
     for (name, a), b in zip(plain.model.named_parameters(), nhwc.model.parameters()):
         assert (b.grad - a.grad).norm() <= 1e-4 * a.grad.norm() + 1e-4, name  # (+1e-4: biases before a GroupNorm have gradient ~0)
@@ -136,21 +144,8 @@ def test_compile_backend_compiles_the_hot_networks_in_place():
     """compile_backend: every conv/vector encoder and diffusion UNet is compiled in place (nn.Module.compile), so
     parameter names, and so checkpoints, are unchanged; loss and gradients equal the eager model's. Backend aot_eager
     traces forward and backward graphs as inductor does, without generating code (a test-sized check of the path)."""
-    import copy
-
-    from decoders import DiffusionDecoder
-    from decoders.diffusion import DDIM, DDPMProcess
-    from diffmvae.model.vae import MultimodalVAE
-    from encoders import ConvImageEncoder
-
-    torch.manual_seed(0)
-    names = ("m0", "m1")
-    encoders = {m: ConvImageEncoder(4, image_size=8, channels=(4, 4), hidden_dim=8) for m in names}
-    decoders = {m: DiffusionDecoder(4, DDPMProcess(sampler=DDIM(3)), image_size=8, unet_channels=(8, 8), emb_dim=16, mean_channels=(8,),
-                                    mean_hidden=8) for m in names}
-    for dec in decoders.values():
-        torch.nn.init.normal_(dec.net.out[-1].weight, std=0.1)
-    eager = TrainingModule(MultimodalVAE(encoders, decoders, 4))
+    model, x = diffusion_vae_and_batch()
+    eager = TrainingModule(model)
     compiled = TrainingModule(copy.deepcopy(eager.model), compile_backend="aot_eager")
     eager.on_fit_start()
     compiled.on_fit_start()
@@ -158,13 +153,7 @@ def test_compile_backend_compiles_the_hot_networks_in_place():
     assert all(n._compiled_call_impl is not None for n in compiled.compiled_networks())
     assert all(n._compiled_call_impl is None for n in eager.compiled_networks())
     assert list(compiled.model.state_dict()) == list(eager.model.state_dict())
-    x = {m: torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(k)) for k, m in enumerate(names)}
-    losses = []
-    for module in (eager, compiled):
-        record = module.model.elbo(x, generator=torch.Generator().manual_seed(0))
-        loss = record.loss(module.beta, module.weights_for(x), module.term_weights).mean()
-        loss.backward()
-        losses.append(loss)
+    losses = [backward_loss(eager, x), backward_loss(compiled, x)]
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=0)
     for (name, a), b in zip(eager.model.named_parameters(), compiled.model.parameters()):
         assert (b.grad - a.grad).norm() <= 1e-5 * a.grad.norm() + 1e-6, name
