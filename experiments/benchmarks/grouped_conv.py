@@ -17,9 +17,8 @@ import argparse
 import copy
 
 import torch
-import yaml
 from step_speed import side_by_side, timed
-from step_time import build
+from step_time import build, read_config
 
 from diffmvae.data import PolyDigits
 from diffmvae.training.module import split_batch
@@ -64,7 +63,6 @@ def layer_runs(layer: torch.nn.Module, shape: torch.Size, m: int, fmt: torch.mem
     stacked = torch.randn(batch, m * channels, height, width).contiguous(memory_format=fmt).requires_grad_()
     one = copy.deepcopy(layer).to(memory_format=fmt)
     all_images = torch.randn(m * batch, channels, height, width).contiguous(memory_format=fmt).requires_grad_()
-
     return {"separate": timed(lambda: sum(s(x).sum() for s, x in zip(separate, inputs))),
             "grouped": timed(lambda: group(stacked).sum()),
             "one layer on all": timed(lambda: one(all_images).sum())}
@@ -77,10 +75,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--nchw", action="store_true", help="NCHW tensors (default: channels_last, the library's speed setting)")
     args = p.parse_args()
-    with open(args.config) as f:
-        config = yaml.safe_load(f)
-    batch_size = config["data"]["init_args"].get("batch_size", 128)
-    num = config["data"]["init_args"].get("num_modalities", 5)
+    config, batch_size, num = read_config(args.config)
     torch.manual_seed(0)
     model = build(config, num)
     ds = PolyDigits("train", num_modalities=num, seed=0)

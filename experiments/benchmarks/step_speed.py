@@ -31,8 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import yaml
-from step_time import build
+from step_time import build, read_config
 
 from diffmvae.data import PolyDigits
 from diffmvae.training.module import split_batch, to_channels_last
@@ -158,10 +157,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--multivae_python", default=None, help="python of a virtual environment holding multivae: adds its MoPoE")
     args = p.parse_args()
-    with open(args.config) as f:
-        config = yaml.safe_load(f)
-    batch_size = config["data"]["init_args"].get("batch_size", 128)
-    num_modalities = config["data"]["init_args"].get("num_modalities", 5)
+    config, batch_size, num_modalities = read_config(args.config)
     torch.manual_seed(0)
     data = PolyDigits("train", num_modalities=num_modalities, seed=0)
     model = build(config, num_modalities)

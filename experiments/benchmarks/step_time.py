@@ -38,6 +38,14 @@ def build(config: dict, num_modalities: int) -> torch.nn.Module:
     return build_objects({"model": spec}, {"model": MultimodalModel}, "the benchmark's model")["model"]
 
 
+def read_config(path: str) -> tuple[dict, int, int]:
+    """A benchmark's config, with its data's batch size and number of modalities (128 and 5 when it names none)."""
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    data = config["data"]["init_args"]
+    return config, data.get("batch_size", 128), data.get("num_modalities", 5)
+
+
 def time_steps(model: torch.nn.Module, batch: dict, steps: int, warmup: int = 3) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, present = split_batch(batch, model.modalities)
@@ -57,9 +65,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch_size", type=int, default=None, help="default: the config's")
     args = p.parse_args()
-    with open(args.config) as f:
-        config = yaml.safe_load(f)
-    batch_size = args.batch_size or config["data"]["init_args"].get("batch_size", 128)
+    config, batch_size, _ = read_config(args.config)
+    batch_size = args.batch_size or batch_size
     torch.manual_seed(0)
     rows = []
     for m in (2, 3, 4, 5):
