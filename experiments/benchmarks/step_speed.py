@@ -10,7 +10,9 @@ on top; and AdamW as one fused kernel (``fused``, what ``TrainingModule`` uses u
 the M same-shaped experts (encoder and decoder, forward and backward): M separate modules on B images each; the same
 weights stacked and run as one computation by ``torch.func.stack_module_state`` + ``vmap``; and the most any
 batching could save, one encoder and one decoder on all M x B images (identical FLOPs, one call per layer). Prints
-milliseconds per step (median over rounds) and ratios.
+milliseconds per step (median over rounds) and ratios. ``--bf16`` adds the fused rows with the forward pass under
+bfloat16 autocast (``--trainer.precision bf16-mixed`` on a CPU): other arithmetic, fast only on CPUs with bfloat16
+instructions (``avx512_bf16`` or AMX in ``lscpu``'s flags).
 
 With ``--multivae_python`` (the python of a virtual environment holding multivae, e.g. made by
 ``python -m venv mv && mv/bin/pip install multivae==1.0.3``; multivae imports torchvision, which diffmvae's environment
@@ -37,8 +39,9 @@ from diffmvae.data import PolyDigits
 from diffmvae.training.module import split_batch, to_channels_last
 
 
-def variant(base: torch.nn.Module, batches: list, optimizer: dict, channels_last: bool) -> Callable[[int], float]:
-    """A function running ``n`` training steps of a copy of ``base`` and returning the seconds they took."""
+def variant(base: torch.nn.Module, batches: list, optimizer: dict, channels_last: bool, bf16: bool = False) -> Callable[[int], float]:
+    """A function running ``n`` training steps of a copy of ``base`` and returning the seconds they took; ``bf16``: the
+    forward pass under CPU autocast to bfloat16 (what ``--trainer.precision bf16-mixed`` runs on a CPU)."""
     model = copy.deepcopy(base)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -51,7 +54,8 @@ def variant(base: torch.nn.Module, batches: list, optimizer: dict, channels_last
         for _ in range(n):
             x, present = inputs[state["i"] % len(inputs)]
             state["i"] += 1
-            loss = model.elbo(x, present, generator=torch.Generator().manual_seed(state["i"])).loss().mean()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model.elbo(x, present, generator=torch.Generator().manual_seed(state["i"])).loss().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -156,6 +160,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--multivae_python", default=None, help="python of a virtual environment holding multivae: adds its MoPoE")
+    p.add_argument("--bf16", action="store_true", help="adds the fused rows under bfloat16 autocast (mixed precision on the CPU)")
     args = p.parse_args()
     config, batch_size, num_modalities = read_config(args.config)
     torch.manual_seed(0)
@@ -169,6 +174,9 @@ def main() -> None:
         "foreach AdamW, channels_last": variant(model, batches, {"foreach": True}, True),
         "fused AdamW, channels_last": variant(model, batches, {"fused": True}, True),
     }
+    if args.bf16:
+        runs["fused AdamW, NCHW, bf16 autocast"] = variant(model, batches, {"fused": True}, False, bf16=True)
+        runs["fused AdamW, channels_last, bf16 autocast"] = variant(model, batches, {"fused": True}, True, bf16=True)
     tmp = tempfile.TemporaryDirectory()
     if args.multivae_python:
         if not all(m in model.decoders for m in model.modalities):
@@ -180,7 +188,7 @@ def main() -> None:
           f"median of {args.rounds} rounds of {args.steps} steps:")
     mv = ms.get("multivae 1.0.3 MoPoE, same networks")
     for name, t in ms.items():
-        print(f"  {name:<40} {t:7.1f} ms   {t / ref:5.2f}x the reference" + (f"   {t / mv:5.2f}x multivae's" if mv else ""))
+        print(f"  {name:<44} {t:7.1f} ms   {t / ref:5.2f}x the reference" + (f"   {t / mv:5.2f}x multivae's" if mv else ""))
     if not all(m in model.decoders for m in model.modalities):
         return  # a decoder shared by several modalities: nothing to stack
     for cl in (False, True):
