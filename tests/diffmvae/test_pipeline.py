@@ -47,6 +47,15 @@ def tiny(spec, **sets):
     return spec
 
 
+@pytest.mark.parametrize("path", sorted(ROOT.glob("experiments/*/pipeline*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_pipeline_file_loads(path, monkeypatch):
+    """Each pipeline the docs point to reads and checks (its fit and prior configs exist, no unknown keys), as
+    `diffmvae pipeline --config` would from the repository root."""
+    monkeypatch.chdir(ROOT)
+    spec = load_pipeline(path)
+    assert spec.models and all(m.config.is_file() for m in spec.models.values())
+
+
 def test_set_key_dotted_and_anywhere():
     cfg = {"a": {"b": {"c": 1}}, "enc": [{"latent_dim": 3}, {"x": {"latent_dim": 5}}]}
     assert set_key(cfg, "a.b.c", 2) == 1 and cfg["a"]["b"]["c"] == 2
