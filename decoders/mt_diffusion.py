@@ -55,7 +55,7 @@ from decoders.sampling import SamplingSettings
 from decoders.unet import Condition, UNet2d
 
 __all__ = ["Aggregate", "Algorithm1", "ChainState", "Head", "MTDiffusionDecoder"]
-Unconditional = Literal["reestimate", "dropped"]
+Unconditional = Literal["reestimate", "dropped", "sampled"]
 
 
 class MTDiffusionDecoder(Decoder):
@@ -87,7 +87,10 @@ class MTDiffusionDecoder(Decoder):
             those only (elsewhere the input holds its own target, and it would learn to copy it); the others keep it.
         unconditional: how generation treats an aggregated modality that is not given: ``reestimate`` (Algorithm 1:
             a random start re-estimated from its head at every step; the default) or ``dropped`` (the null path, zero
-            offset; needs ``cond_dropout > 0``); heads' modalities are then read from the finished image.
+            offset; needs ``cond_dropout > 0``); heads' modalities are then read from the finished image; or
+            ``sampled`` (ancestral sampling of the joint: a label that is not given is drawn uniformly over its
+            classes and held fixed, the image generated given it, and the drawn label returned with the image; an
+            image modality that is not given is re-estimated as in Algorithm 1).
         c_in_from: weight schedules whose offsets set the input scaling ``c_in`` instead of this decoder's own, so a
             single-task baseline (no offset) sees its input scaled exactly as the MT-Diffusion model it is compared
             with (default: its own).
@@ -122,7 +125,7 @@ class MTDiffusionDecoder(Decoder):
         if label_estimates not in get_args(LabelEstimates):
             raise ValueError(f"unknown label_estimates {label_estimates!r}; choose hard or soft")
         if unconditional not in get_args(Unconditional):
-            raise ValueError(f"unknown unconditional {unconditional!r}; choose reestimate or dropped")
+            raise ValueError(f"unknown unconditional {unconditional!r}; choose reestimate, dropped or sampled")
         if not (0.0 <= cond_dropout < 1.0 and 0.0 < head_view < 1.0):
             raise ValueError(f"cond_dropout must be in [0, 1) and head_view in (0, 1), got {cond_dropout} and {head_view}")
         if unconditional == "dropped" and cond_dropout <= 0:
@@ -351,6 +354,8 @@ class MTDiffusionDecoder(Decoder):
         fixed = {m for m in self.aggregate if m in given and bool(given.mask(m).all())}
         values = {m: self.data_value(m, given[m]).to(dtype) if m in fixed else self.random_value(m, batch, generator, device, dtype)
                   for m in self.aggregate}
+        drawn = {m for m in self.aggregate if m not in fixed and self.aggregate[m].kind != "identity"} if self.unconditional == "sampled" else set()
+        fixed |= drawn  # ancestral sampling: the drawn labels (uniform one-hot, from random_value) condition like given ones
         if self.main in given:
             return self.outputs(targets, None, self.read(z, 2 * given[self.main] - 1, values, generator))
         null = self.unconditional == "dropped"
@@ -363,7 +368,7 @@ class MTDiffusionDecoder(Decoder):
         if null and any(m != self.main for m in targets):
             reread = {m: v if m in fixed else self.random_value(m, batch, generator, device, dtype) for m, v in values.items()}
             return self.outputs(targets, x, self.read(z, x, reread, generator))
-        return self.outputs(targets, x, end.cond.estimates)
+        return self.outputs(targets, x, {**end.cond.estimates, **{m: values[m] for m in drawn}})
 
     def read(self, z: Tensor | None, x0: Tensor, values: Mapping[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
         """The heads' estimates from an image ``x0`` in [-1, 1], noised to the first noise level (the direct inputs of

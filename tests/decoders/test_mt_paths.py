@@ -142,6 +142,24 @@ def test_unconditional_sampling_through_the_null_path_keeps_every_offset_zero():
     assert all(torch.equal(v, F.one_hot(label, 10).float()) for v in seen)
 
 
+def test_sampled_unconditional_draws_each_label_once_and_returns_it_with_its_image():
+    """unconditional: sampled is ancestral sampling of the joint: every example's label is drawn once (uniform over
+    the classes), conditions every step of the chain unchanged (no re-estimation), and is returned as the example's
+    label; the same generator gives the same draws."""
+    dec = decoder("structured", unconditional="sampled").eval()
+    torch.nn.init.normal_(dec.head_nets["label"].net[-1].weight, std=1.0)  # a head that would change the label if read
+    seen = spy_on_labels(dec)
+    nothing = Observed({}, torch.zeros(200, 2, dtype=torch.bool), ("img", "label"))
+    with torch.no_grad():
+        out = dec.generate(None, nothing, targets=["img", "label"], generator=torch.Generator().manual_seed(0))
+        again = dec.generate(None, nothing, targets=["label"], generator=torch.Generator().manual_seed(0))
+    drawn = F.one_hot(out["label"], 10).float()
+    assert len(seen) > 3 and all(torch.equal(v, drawn) for v in seen)
+    assert torch.equal(out["label"], again["label"])
+    counts = torch.bincount(out["label"], minlength=10)
+    assert counts.min() >= 8 and counts.max() <= 35  # 200 uniform draws over 10 classes (expected 20 each)
+
+
 def test_guidance_combines_the_conditional_and_null_predictions_on_the_same_chain():
     """With guidance w the step's prediction is null + w (cond - null), the null network reading y_t = z_t - c_t (the
     chain without the offset): checked against the two network calls made by hand."""
@@ -167,7 +185,7 @@ def test_guidance_combines_the_conditional_and_null_predictions_on_the_same_chai
 @pytest.mark.parametrize("kw, message", [
     ({"unconditional": "dropped"}, "needs cond_dropout > 0"),
     ({"cond_dropout": 1.0}, r"cond_dropout must be in \[0, 1\)"),
-    ({"unconditional": "always"}, "unknown unconditional 'always'"),
+    ({"unconditional": "always"}, "unknown unconditional 'always'; choose reestimate, dropped or sampled"),
 ])
 def test_null_path_settings_are_checked_in_one_line(kw, message):
     with pytest.raises(ValueError, match=message):
