@@ -4,17 +4,20 @@ digit classifiers of `diffmvae evaluate` on every test example.
     python experiments/polydigits/mt/measure.py --runs runs --classifiers runs/classifiers/<PolyDigits M=5 key>.pt \
         [--steps 50] [--sampler ddim] [--out runs/mt_table]
 
-Reads the checkpoints ``runs/{restore,restore_ddpm,image_label,image_label_null,image_ddpm,translate,translate_ddpm}/checkpoints/last.ckpt``
-(any that exist) and ``runs/mt_classifier/classifier.pt`` (the plain-classifier baseline), and prints / writes
+Reads the checkpoints ``runs/{restore,restore_ddpm,image_label,image_label_null,image_ddpm,label_ddpm,translate,
+translate_ddpm}/checkpoints/last.ckpt`` (any that exist; every other ``runs/image_label_*`` run is measured as an
+image-label model too) and ``runs/mt_classifier/classifier.pt`` (the plain-classifier baseline), and prints / writes
 ``mt_table.json`` and ``mt_table.md``:
 
 * restoration: MSE inside and outside the masked region (images in [0, 1]) and the digit accuracy of the restored image
   (the unmasked region kept from the input, the masked one generated), of the whole generated image, of the masked input
   and of the clean image;
 * image-label: accuracy of the label head on real test images (read at the first noise level), against the plain
-  classifier of the same backbone and budget; on joint unconditional samples, the share whose generated label
-  agrees with the judge's reading of the generated image; FD of unconditional images against the unconditional DDPM;
-  for a model with the null path (``image_label_null``) also images given a label with guidance 2 (opt-in);
+  classifier of the same backbone and budget; on joint unconditional samples (as the model is configured to draw
+  them, and with the label drawn first and held, ``*_sampled``), the share whose generated label agrees with the
+  judge's reading of the generated image, and their FD against the unconditional DDPM's; images given each test
+  example's label: the judge's agreement and FD, exact and, for a model with the null path, guided at 2 and 3
+  (opt-in); the same for the class-conditional DDPM (``label_ddpm``: the label through the UNet's embedding only);
 * translation: coherence (the m1 judge reads the example's digit) and FD of m1 generated from m0.
 
 Every Fréchet distance is given in both feature spaces of `diffmvae evaluate`: the judge's penultimate layer (``fd_*``)
@@ -61,25 +64,49 @@ def restoration(run, judge, sampling):
             "mean_mask_share": float(test["m0_mask"].mean())}
 
 
-GUIDANCE = (2.0,)
+GUIDANCE = (2.0, 3.0)
+
+
+def given_label(run, judge, extractor, sampling):
+    """Images generated given every test example's label: the judge's agreement and both Fréchet distances, exact and
+    (for a model with the null path; opt-in) guided."""
+    test = collate_split(run.datamodule.dataset("test"))
+    pca = label_free_features(run, ["m0"])["m0"]
+    out = {}
+    scales = (1.0, *GUIDANCE) if run.module.model.decoders["joint"].cond_dropout > 0 else (1.0,)
+    for w in scales:
+        images, _ = generate(run, ["label"], len(test["label"]), sampling.replace(guidance=w), seed=2, batch=test)
+        suffix = "" if w == 1.0 else f"_guidance_{w:g}"
+        out[f"conditional_image_coherence{suffix}"] = float((predict(judge, images["m0"]) == test["label"]).float().mean())
+        out[f"fd_conditional{suffix}"] = frechet_distance(test["m0"], images["m0"], extractor)
+        out[f"fd_pca_conditional{suffix}"] = frechet_distance(test["m0"], images["m0"], pca)
+    return out
+
+
+def joint_samples(run, judge, extractor, sampling, n, mode=None):
+    """``n`` joint unconditional samples (with ``mode``, the decoder's ``unconditional`` setting for them): the share
+    whose label the judge reads in the image, and the images' Fréchet distances."""
+    test = collate_split(run.datamodule.dataset("test"))
+    decoder = run.module.model.decoders["joint"]
+    trained, decoder.unconditional = decoder.unconditional, mode or decoder.unconditional
+    try:
+        joint, _ = generate(run, [], n, sampling, seed=1, batch=test)
+    finally:
+        decoder.unconditional = trained
+    return {"joint_label_agreement": float((predict(judge, joint["m0"]) == joint["label"]).float().mean()),
+            "fd_unconditional": frechet_distance(test["m0"], joint["m0"], extractor),
+            "fd_pca_unconditional": frechet_distance(test["m0"], joint["m0"], label_free_features(run, ["m0"])["m0"])}
 
 
 def image_label(run, judge, extractor, sampling, n):
+    """The label head on real test images; joint samples as the model was configured to draw them and, for a label,
+    drawn first and held (``unconditional: sampled``, the ``*_sampled`` keys); images given a label."""
     test = collate_split(run.datamodule.dataset("test"))
     read, _ = generate(run, ["m0"], len(test["label"]), sampling, batch=test)
     head_acc = float((read["label"] == test["label"]).float().mean())
-    joint, _ = generate(run, [], n, sampling, seed=1, batch=test)
-    agree = float((predict(judge, joint["m0"]) == joint["label"]).float().mean())
-    conditional, _ = generate(run, ["label"], len(test["label"]), sampling, seed=2, batch=test)
-    cond_acc = float((predict(judge, conditional["m0"]) == test["label"]).float().mean())
-    guided = {}
-    if run.module.model.decoders["joint"].cond_dropout > 0:  # opt-in, beside the exact samples: guidance over the null path
-        for w in GUIDANCE:
-            out, _ = generate(run, ["label"], len(test["label"]), sampling.replace(guidance=w), seed=2, batch=test)
-            guided[f"conditional_image_coherence_guidance_{w:g}"] = float((predict(judge, out["m0"]) == test["label"]).float().mean())
-    return {"label_head_accuracy": head_acc, "joint_label_agreement": agree, "conditional_image_coherence": cond_acc, **guided,
-            "fd_unconditional": frechet_distance(test["m0"], joint["m0"], extractor),
-            "fd_pca_unconditional": frechet_distance(test["m0"], joint["m0"], label_free_features(run, ["m0"])["m0"])}
+    sampled = {f"{k}_sampled": v for k, v in joint_samples(run, judge, extractor, sampling, n, "sampled").items()}
+    return {"label_head_accuracy": head_acc, **joint_samples(run, judge, extractor, sampling, n), **sampled,
+            **given_label(run, judge, extractor, sampling)}
 
 
 def unconditional_fd(run, extractor, sampling, n):
@@ -122,11 +149,15 @@ def main() -> None:
         path = runs / name / "checkpoints" / "last.ckpt"
         return load_run(path) if path.is_file() else None
 
+    def joint_model(r):
+        return image_label(r, judges["m0"], features["m0"], sampling, args.n)
+
+    image_label_runs = ["image_label", "image_label_scale01", "image_label_null"]
+    image_label_runs += sorted(p.name for p in runs.glob("image_label_*") if p.name not in image_label_runs)
     for name, fn in (("restore", lambda r: restoration(r, judges["m0"], sampling)), ("restore_ddpm", lambda r: restoration(r, judges["m0"], sampling)),
-                     ("image_label", lambda r: image_label(r, judges["m0"], features["m0"], sampling, args.n)),
-                     ("image_label_scale01", lambda r: image_label(r, judges["m0"], features["m0"], sampling, args.n)),
-                     ("image_label_null", lambda r: image_label(r, judges["m0"], features["m0"], sampling, args.n)),
+                     *((name, joint_model) for name in image_label_runs),
                      ("image_ddpm", lambda r: unconditional_fd(r, features["m0"], sampling, args.n)),
+                     ("label_ddpm", lambda r: given_label(r, judges["m0"], features["m0"], sampling)),
                      ("translate", lambda r: translation(r, judges["m1"], features["m1"], sampling)),
                      ("translate_ddpm", lambda r: translation(r, judges["m1"], features["m1"], sampling))):
         run = have(name) if only is None or name in only else None
@@ -154,11 +185,17 @@ ROWS = (  # (task, metric, MT-Diffusion run, single-task run)
     ("image-label, null path", "label accuracy on real test images (plain classifier)", "image_label_null", "plain_classifier",
      ("label_head_accuracy", "test_accuracy")),
     ("image-label, null path", "joint samples: generated label = judge's reading", "image_label_null", None, "joint_label_agreement"),
-    ("image-label, null path", "image given label: judge agrees", "image_label_null", None, "conditional_image_coherence"),
-    ("image-label, null path", "image given label, guidance 2 (opt-in): judge agrees", "image_label_null", None,
+    ("image-label, null path", "image given label: judge agrees", "image_label_null", "label_ddpm", "conditional_image_coherence"),
+    ("image-label, null path", "image given label, guidance 2 (opt-in): judge agrees", "image_label_null", "label_ddpm",
      "conditional_image_coherence_guidance_2"),
+    ("image-label, null path", "image given label, guidance 3 (opt-in): judge agrees", "image_label_null", "label_ddpm",
+     "conditional_image_coherence_guidance_3"),
     ("image quality, null path", "FD of unconditional images, classifier features", "image_label_null", "image_ddpm", "fd_unconditional"),
     ("image quality, null path", "FD of unconditional images, pixel PCA", "image_label_null", "image_ddpm", "fd_pca_unconditional"),
+    ("image quality, label drawn first", "FD of joint images, classifier features", "image_label_null", "image_ddpm",
+     ("fd_unconditional_sampled", "fd_unconditional")),
+    ("image quality, label drawn first", "FD of joint images, pixel PCA", "image_label_null", "image_ddpm",
+     ("fd_pca_unconditional_sampled", "fd_pca_unconditional")),
     ("translation", "coherence of m1 given m0", "translate", "translate_ddpm", "coherence_m1_given_m0"),
     ("translation", "FD of m1 given m0, classifier features", "translate", "translate_ddpm", "fd_m1"),
     ("translation", "FD of m1 given m0, pixel PCA", "translate", "translate_ddpm", "fd_pca_m1"),
