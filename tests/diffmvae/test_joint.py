@@ -142,3 +142,9 @@ def test_every_shipped_mt_config_builds(name):
     decoder.check_specs(data.specs)
     if name == "image_label_null":
         assert decoder.cond_dropout > 0 and decoder.unconditional == "dropped" and decoder.aggregate["label"].kind == "structured"
+    if name == "image_label_null_v":  # one change against image_label_null, so its row reads as that change alone
+        other = yaml.safe_load((Path(__file__).parents[2] / "experiments" / "polydigits" / "mt" / "image_label_null.yaml").read_text())
+        for c in (config, other):
+            c["trainer"].pop("default_root_dir")
+            c["model"]["init_args"]["model"]["init_args"]["decoder"]["init_args"].pop("prediction")
+        assert decoder.prediction == "v" and config == other
