@@ -4,9 +4,9 @@ digit classifiers of `diffmvae evaluate` on every test example.
     python experiments/polydigits/mt/measure.py --runs runs --classifiers runs/classifiers/<PolyDigits M=5 key>.pt \
         [--steps 50] [--sampler ddim] [--out runs/mt_table]
 
-Reads the checkpoints ``runs/{restore,restore_ddpm,image_label,image_label_null,image_ddpm,label_ddpm,translate,
-translate_ddpm}/checkpoints/last.ckpt`` (any that exist; every other ``runs/image_label_*`` run is measured as an
-image-label model too) and ``runs/mt_classifier/classifier.pt`` (the plain-classifier baseline), and prints / writes
+Reads the checkpoints ``runs/NAME/checkpoints/last.ckpt`` of every run named ``restore``, ``image_label``,
+``image_ddpm``, ``label_ddpm`` or ``translate``, or one of those followed by ``_`` and anything (``restore_ddpm``,
+``image_label_null``, ``image_ddpm_v``, ...), measured as that kind of run, and ``runs/mt_classifier/classifier.pt`` (the plain-classifier baseline), and prints / writes
 ``mt_table.json`` and ``mt_table.md``:
 
 * restoration: MSE inside and outside the masked region (images in [0, 1]) and the digit accuracy of the restored image
@@ -149,21 +149,18 @@ def main() -> None:
         path = runs / name / "checkpoints" / "last.ckpt"
         return load_run(path) if path.is_file() else None
 
-    def joint_model(r):
-        return image_label(r, judges["m0"], features["m0"], sampling, args.n)
-
-    image_label_runs = ["image_label", "image_label_scale01", "image_label_null"]
-    image_label_runs += sorted(p.name for p in runs.glob("image_label_*") if p.name not in image_label_runs)
-    for name, fn in (("restore", lambda r: restoration(r, judges["m0"], sampling)), ("restore_ddpm", lambda r: restoration(r, judges["m0"], sampling)),
-                     *((name, joint_model) for name in image_label_runs),
-                     ("image_ddpm", lambda r: unconditional_fd(r, features["m0"], sampling, args.n)),
-                     ("label_ddpm", lambda r: given_label(r, judges["m0"], features["m0"], sampling)),
-                     ("translate", lambda r: translation(r, judges["m1"], features["m1"], sampling)),
-                     ("translate_ddpm", lambda r: translation(r, judges["m1"], features["m1"], sampling))):
-        run = have(name) if only is None or name in only else None
-        if run is not None:
-            table[name] = fn(run)
-            print(json.dumps({name: table[name]}), flush=True)
+    kinds = (("restore", lambda r: restoration(r, judges["m0"], sampling)),
+             ("image_label", lambda r: image_label(r, judges["m0"], features["m0"], sampling, args.n)),
+             ("image_ddpm", lambda r: unconditional_fd(r, features["m0"], sampling, args.n)),
+             ("label_ddpm", lambda r: given_label(r, judges["m0"], features["m0"], sampling)),
+             ("translate", lambda r: translation(r, judges["m1"], features["m1"], sampling)))
+    for prefix, fn in kinds:
+        names = sorted(p.name for p in runs.iterdir() if p.name == prefix or p.name.startswith(prefix + "_")) if runs.is_dir() else []
+        for name in names:
+            run = have(name) if only is None or name in only else None
+            if run is not None:
+                table[name] = fn(run)
+                print(json.dumps({name: table[name]}), flush=True)
     baseline = runs / "mt_classifier" / "result.json"
     if baseline.is_file():
         table["plain_classifier"] = json.loads(baseline.read_text())
