@@ -37,14 +37,15 @@ def main() -> None:
     x0, y = 2 * test[dec.main][:args.n] - 1, test["label"][:args.n]
     n, g = x0.shape[0], torch.Generator().manual_seed(0)
     labels = {"y": y, "shuffled": y[torch.randperm(n, generator=g)]}
+    k = dec.aggregate["label"].num_classes
     print("| t | " + " | ".join(f"loss, {v[0]}" for v in VIEWS) + " | label head accuracy |")
     print("|---" * (len(VIEWS) + 2) + "|")
     for time in (float(s) for s in args.times.split(",")):
         t, eps = torch.full((n,), time), torch.randn(x0.shape, generator=g)
         row, head_acc = [], "-"
         for name, offset, direct in VIEWS:
-            onehot = {"label": F.one_hot(labels[offset], 10).to(x0.dtype)}
-            seen = {"label": F.one_hot(labels[direct], 10).to(x0.dtype) if direct else torch.zeros(n, 10)}
+            onehot = {"label": F.one_hot(labels[offset], k).to(x0.dtype)}
+            seen = {"label": F.one_hot(labels[direct], k).to(x0.dtype) if direct else torch.zeros(n, k, dtype=x0.dtype)}
             cond, enc = dec.condition(None, onehot, n, x0.device, direct=seen)
             marginal = dec.forward_process.given(enc)
             alpha, sigma = marginal.alpha_sigma(t)

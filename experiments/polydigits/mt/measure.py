@@ -6,8 +6,8 @@ digit classifiers of `diffmvae evaluate` on every test example.
 
 Reads the checkpoints ``runs/NAME/checkpoints/last.ckpt`` of every run named ``restore``, ``image_label``,
 ``image_ddpm``, ``label_ddpm`` or ``translate``, or one of those followed by ``_`` and anything (``restore_ddpm``,
-``image_label_null``, ``image_ddpm_v``, ...), measured as that kind of run, and ``runs/mt_classifier/classifier.pt`` (the plain-classifier baseline), and prints / writes
-``mt_table.json`` and ``mt_table.md``:
+``image_label_null``, ``image_ddpm_v``, ...), measured as that kind of run, and ``runs/mt_classifier/classifier.pt``
+(the plain-classifier baseline), and prints / writes ``mt_table.json`` and ``mt_table.md``:
 
 * restoration: MSE inside and outside the masked region (images in [0, 1]) and the digit accuracy of the restored image
   (the unmasked region kept from the input, the masked one generated), of the whole generated image, of the masked input
@@ -67,11 +67,14 @@ def restoration(run, judge, sampling):
 GUIDANCE = (2.0, 3.0)
 
 
-def given_label(run, judge, extractor, sampling):
+def test_and_pca(run):
+    """The run's test split and its m0 pixel PCA (fitted on real training images), built once per run."""
+    return collate_split(run.datamodule.dataset("test")), label_free_features(run, ["m0"])["m0"]
+
+
+def given_label(run, judge, extractor, sampling, test, pca):
     """Images generated given every test example's label: the judge's agreement and both Fréchet distances, exact and
     (for a model with the null path; opt-in) guided."""
-    test = collate_split(run.datamodule.dataset("test"))
-    pca = label_free_features(run, ["m0"])["m0"]
     out = {}
     scales = (1.0, *GUIDANCE) if run.module.model.decoders["joint"].cond_dropout > 0 else (1.0,)
     for w in scales:
@@ -83,10 +86,9 @@ def given_label(run, judge, extractor, sampling):
     return out
 
 
-def joint_samples(run, judge, extractor, sampling, n, mode=None):
+def joint_samples(run, judge, extractor, sampling, n, test, pca, mode=None):
     """``n`` joint unconditional samples (with ``mode``, the decoder's ``unconditional`` setting for them): the share
     whose label the judge reads in the image, and the images' Fréchet distances."""
-    test = collate_split(run.datamodule.dataset("test"))
     decoder = run.module.model.decoders["joint"]
     trained, decoder.unconditional = decoder.unconditional, mode or decoder.unconditional
     try:
@@ -95,18 +97,18 @@ def joint_samples(run, judge, extractor, sampling, n, mode=None):
         decoder.unconditional = trained
     return {"joint_label_agreement": float((predict(judge, joint["m0"]) == joint["label"]).float().mean()),
             "fd_unconditional": frechet_distance(test["m0"], joint["m0"], extractor),
-            "fd_pca_unconditional": frechet_distance(test["m0"], joint["m0"], label_free_features(run, ["m0"])["m0"])}
+            "fd_pca_unconditional": frechet_distance(test["m0"], joint["m0"], pca)}
 
 
 def image_label(run, judge, extractor, sampling, n):
     """The label head on real test images; joint samples as the model was configured to draw them and, for a label,
     drawn first and held (``unconditional: sampled``, the ``*_sampled`` keys); images given a label."""
-    test = collate_split(run.datamodule.dataset("test"))
+    test, pca = test_and_pca(run)
     read, _ = generate(run, ["m0"], len(test["label"]), sampling, batch=test)
     head_acc = float((read["label"] == test["label"]).float().mean())
-    sampled = {f"{k}_sampled": v for k, v in joint_samples(run, judge, extractor, sampling, n, "sampled").items()}
-    return {"label_head_accuracy": head_acc, **joint_samples(run, judge, extractor, sampling, n), **sampled,
-            **given_label(run, judge, extractor, sampling)}
+    sampled = {f"{k}_sampled": v for k, v in joint_samples(run, judge, extractor, sampling, n, test, pca, "sampled").items()}
+    return {"label_head_accuracy": head_acc, **joint_samples(run, judge, extractor, sampling, n, test, pca), **sampled,
+            **given_label(run, judge, extractor, sampling, test, pca)}
 
 
 def unconditional_fd(run, extractor, sampling, n):
@@ -152,7 +154,7 @@ def main() -> None:
     kinds = (("restore", lambda r: restoration(r, judges["m0"], sampling)),
              ("image_label", lambda r: image_label(r, judges["m0"], features["m0"], sampling, args.n)),
              ("image_ddpm", lambda r: unconditional_fd(r, features["m0"], sampling, args.n)),
-             ("label_ddpm", lambda r: given_label(r, judges["m0"], features["m0"], sampling)),
+             ("label_ddpm", lambda r: given_label(r, judges["m0"], features["m0"], sampling, *test_and_pca(r))),
              ("translate", lambda r: translation(r, judges["m1"], features["m1"], sampling)))
     for prefix, fn in kinds:
         names = sorted(p.name for p in runs.iterdir() if p.name == prefix or p.name.startswith(prefix + "_")) if runs.is_dir() else []
