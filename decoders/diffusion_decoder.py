@@ -195,6 +195,9 @@ class DiffusionDecoder(Decoder):
 
     # ------------------------------------------------------------------ generation
     def check_sampling(self, sampling: SamplingSettings) -> None:
+        if sampling.unconditional is not None:
+            raise ValueError(f"unconditional {sampling.unconditional!r} applies to MT-Diffusion decoders; this decoder has no "
+                             "aggregated modalities")
         if sampling.guidance != 1.0 and self.cond_dropout <= 0:
             raise ValueError(f"guidance {sampling.guidance} needs a decoder trained with cond_dropout > 0 (it has {self.cond_dropout}), "
                              "or the null condition is untrained")

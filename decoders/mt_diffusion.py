@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F
@@ -51,11 +51,10 @@ from decoders.diffusion.schedules import Schedule, VPSchedule
 from decoders.mt_parts import VECTOR_KINDS, Aggregate, ClassifierHead, Head, ImageHead, LabelEstimates, LabelHead, structured_patterns
 from decoders.mt_sampling import Algorithm1, ChainState
 from decoders.random import rand, randint, randn
-from decoders.sampling import SamplingSettings
+from decoders.sampling import SamplingSettings, Unconditional
 from decoders.unet import Condition, UNet2d
 
 __all__ = ["Aggregate", "Algorithm1", "ChainState", "Head", "MTDiffusionDecoder"]
-Unconditional = Literal["reestimate", "dropped", "sampled"]
 
 
 class MTDiffusionDecoder(Decoder):
@@ -90,7 +89,8 @@ class MTDiffusionDecoder(Decoder):
             offset; needs ``cond_dropout > 0``); heads' modalities are then read from the finished image; or
             ``sampled`` (ancestral sampling of the joint: a label that is not given is drawn uniformly over its
             classes and held fixed, the image generated given it, and the drawn label returned with the image; an
-            image modality that is not given is re-estimated as in Algorithm 1).
+            image modality that is not given is re-estimated as in Algorithm 1). ``SamplingSettings.unconditional``
+            overrides it for one call.
         c_in_from: weight schedules whose offsets set the input scaling ``c_in`` instead of this decoder's own, so a
             single-task baseline (no offset) sees its input scaled exactly as the MT-Diffusion model it is compared
             with (default: its own).
@@ -124,8 +124,7 @@ class MTDiffusionDecoder(Decoder):
     ) -> None:
         if label_estimates not in get_args(LabelEstimates):
             raise ValueError(f"unknown label_estimates {label_estimates!r}; choose hard or soft")
-        if unconditional not in get_args(Unconditional):
-            raise ValueError(f"unknown unconditional {unconditional!r}; choose reestimate, dropped or sampled")
+        SamplingSettings(unconditional=unconditional)  # one-line error for an unknown setting
         if not (0.0 <= cond_dropout < 1.0 and 0.0 < head_view < 1.0):
             raise ValueError(f"cond_dropout must be in [0, 1) and head_view in (0, 1), got {cond_dropout} and {head_view}")
         if unconditional == "dropped" and cond_dropout <= 0:
@@ -327,11 +326,18 @@ class MTDiffusionDecoder(Decoder):
                              "without it there is no null condition to guide with")
         if not sampling.exact:
             raise ValueError(f"start {sampling.start} refines a mean image, and an MT-Diffusion decoder has none; use start 1")
+        if self.mode(sampling) == "dropped" and self.cond_dropout <= 0:
+            raise ValueError("unconditional: dropped samples through the null path, which needs cond_dropout > 0 in training")
         sampling.sampler_for(self.sampler).check(self.forward_process)
+
+    def mode(self, sampling: SamplingSettings) -> str:
+        """How this call treats aggregated modalities that are not given: the sampling's ``unconditional``, else the
+        decoder's own."""
+        return sampling.unconditional or self.unconditional
 
     def describe_sampling(self, sampling: SamplingSettings) -> dict[str, Any]:
         return {**sampling.sampler_for(self.sampler).describe(), "guidance": sampling.guidance, "start": 1.0, "exact": True,
-                "unconditional": self.unconditional}
+                "unconditional": self.mode(sampling)}
 
     def estimate(self, name: str, head_output: Tensor) -> Tensor:
         """A head's output as a value of its modality: a label's most likely class one-hot (``label_estimates:
@@ -354,11 +360,12 @@ class MTDiffusionDecoder(Decoder):
         fixed = {m for m in self.aggregate if m in given and bool(given.mask(m).all())}
         values = {m: self.data_value(m, given[m]).to(dtype) if m in fixed else self.random_value(m, batch, generator, device, dtype)
                   for m in self.aggregate}
-        drawn = {m for m in self.aggregate if m not in fixed and self.aggregate[m].kind != "identity"} if self.unconditional == "sampled" else set()
+        mode = self.mode(sampling)
+        drawn = {m for m in self.aggregate if m not in fixed and self.aggregate[m].kind != "identity"} if mode == "sampled" else set()
         fixed |= drawn  # ancestral sampling: the drawn labels (uniform one-hot, from random_value) condition like given ones
         if self.main in given:
             return self.outputs(targets, None, self.read(z, 2 * given[self.main] - 1, values, generator))
-        null = self.unconditional == "dropped"
+        null = mode == "dropped"
         chain_values = {m: v if m in fixed else torch.zeros_like(v) for m, v in values.items()} if null else values
         held = frozenset(self.aggregate) if null else frozenset(fixed)  # the null path drops what is not given, re-estimates nothing
         cond, enc = self.condition(z, chain_values, batch, device)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from decoders.diffusion.samplers import SAMPLERS, Sampler, check_grid, check_start, check_steps
+
+
+Unconditional = Literal["reestimate", "dropped", "sampled"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class SamplingSettings:
             model. Below 1 the decoder's mean image, noised to ``start``, is refined (SDEdit / DiffuseVAE-style):
             more of the mean's content, less detail, and no longer a sample of ``p(x|z)``. Opt-in, and recorded.
         text: how text decoders generate (:class:`TextSampling`; greedy by default).
+        unconditional: how MT-Diffusion decoders treat an aggregated modality that is not given — ``reestimate``,
+            ``dropped`` or ``sampled`` (:class:`~decoders.MTDiffusionDecoder`'s setting of that name); ``None`` (the
+            default) keeps each decoder's own. Other diffusion decoders refuse it. Recorded.
     """
 
     sampler: str | Sampler | None = None
@@ -56,6 +62,7 @@ class SamplingSettings:
     guidance: float = 1.0
     start: float = 1.0
     text: TextSampling = TextSampling()
+    unconditional: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.sampler, str) and self.sampler not in SAMPLERS:
@@ -69,6 +76,8 @@ class SamplingSettings:
         if self.guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         check_start(self.start)
+        if self.unconditional is not None and self.unconditional not in get_args(Unconditional):
+            raise ValueError(f"unknown unconditional {self.unconditional!r}; choose reestimate, dropped or sampled")
 
     @property
     def exact(self) -> bool:
@@ -109,4 +118,4 @@ class SamplingSettings:
         """The settings as JSON-able values (what ``samples.npz`` and ``metrics.json`` store)."""
         sampler = self.sampler.describe() if isinstance(self.sampler, Sampler) else self.sampler
         return {"sampler": sampler, "steps": self.steps, "eta": self.eta, "grid": self.grid, "guidance": self.guidance, "start": self.start,
-                "exact": self.exact, "text": self.text.record()}
+                "exact": self.exact, "text": self.text.record(), "unconditional": self.unconditional}

@@ -13,7 +13,7 @@ from jsonargparse import ArgumentError
 from diffmvae.io import DiffMVAEError, one_line
 from diffmvae.store.build import parser_error
 
-SAMPLING_OPTIONS = ("sampler", "steps", "eta", "grid", "guidance", "start")
+SAMPLING_OPTIONS = ("sampler", "steps", "eta", "grid", "guidance", "start", "unconditional")
 TEXT_OPTIONS = {"text_strategy": "strategy", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p"}
 MAX_ERROR = 300  # characters of an error line
 
@@ -53,7 +53,7 @@ def refuse_empty(values: Mapping[str, Any]) -> None:
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    """``--sampler/--steps/--eta/--grid/--guidance/--start``: how every diffusion decoder samples (also used by the
+    """``--sampler/--steps/--eta/--grid/--guidance/--start/--unconditional``: how every diffusion decoder samples (also used by the
     experiment scripts). Unset options keep the run's default (its config's ``sampling``, else exact sampling
     with each decoder's own sampler)."""
     p.add_argument("--sampler", default=None, help="sampler of every diffusion decoder: ddim, dpmpp_2m (DPM-Solver++, 10-20 steps), ancestral, euler_maruyama (as the process allows)")
@@ -66,6 +66,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", type=float, default=None,
                    help="time in (0, 1] where sampling begins: 1 (default) samples the model exactly; below 1 refines the "
                         "decoder's noised mean image (recorded in the outputs)")
+    p.add_argument("--unconditional", choices=("reestimate", "dropped", "sampled"), default=None,
+                   help="MT-Diffusion decoders: how a conditioning modality that is not given is generated (Algorithm 1's "
+                        "re-estimation, the null path, or drawn first and held); default: the decoder's own (recorded)")
     p.add_argument("--text_strategy", choices=("greedy", "sample"), default=None, help="how text decoders pick tokens (default: greedy)")
     p.add_argument("--temperature", type=float, default=None, help="text sampling temperature (with --text_strategy sample)")
     p.add_argument("--top_k", type=int, default=None, help="sample among the k most likely tokens (0: all)")

@@ -264,6 +264,8 @@ def test_decoder_checks_and_describes_sampling():
         tiny(VDMProcess()).check_sampling(SamplingSettings(sampler="euler_maruyama"))
     with pytest.raises(ValueError, match="a 'film' decoder has none"):
         tiny(conditioning="film").check_sampling(SamplingSettings(start=0.5))
+    with pytest.raises(ValueError, match="unconditional 'sampled' applies to MT-Diffusion decoders"):
+        dec.check_sampling(SamplingSettings(unconditional="sampled"))
     described = dec.describe_sampling(SamplingSettings(steps=200))
     assert described == {"sampler": "euler_maruyama", "steps": 200, "corrector_steps": 0, "snr": 0.16, "t_min": 1e-3,
                          "guidance": 1.0, "start": 1.0, "exact": True}

@@ -160,6 +160,29 @@ def test_sampled_unconditional_draws_each_label_once_and_returns_it_with_its_ima
     assert counts.min() >= 8 and counts.max() <= 35  # 200 uniform draws over 10 classes (expected 20 each)
 
 
+def test_the_unconditional_sampling_setting_overrides_the_decoders_own_for_one_call():
+    """``SamplingSettings(unconditional=...)`` gives what a decoder configured that way gives (the same draws from
+    the same generator), is recorded, and leaves the decoder's own setting in place for the next call; the null path
+    is refused for a decoder trained without condition dropout, and unknown settings in one line."""
+    nothing = Observed({}, torch.zeros(6, 2, dtype=torch.bool), ("img", "label"))
+    configured, plain = decoder("structured", unconditional="sampled").eval(), decoder("structured").eval()
+    with torch.no_grad():
+        want = configured.generate(None, nothing, targets=["img", "label"], generator=torch.Generator().manual_seed(3))
+        got = plain.generate(None, nothing, targets=["img", "label"], sampling=SamplingSettings(unconditional="sampled"),
+                             generator=torch.Generator().manual_seed(3))
+        default = plain.generate(None, nothing, targets=["img", "label"], generator=torch.Generator().manual_seed(3))
+    assert torch.equal(got["label"], want["label"]) and torch.equal(got["img"], want["img"])
+    assert not torch.equal(default["img"], want["img"])  # without the setting: Algorithm 1's re-estimation
+    assert plain.unconditional == "reestimate"
+    assert plain.describe_sampling(SamplingSettings(unconditional="sampled"))["unconditional"] == "sampled"
+    assert plain.describe_sampling(SamplingSettings())["unconditional"] == "reestimate"
+    assert SamplingSettings(unconditional="dropped").record()["unconditional"] == "dropped"
+    with pytest.raises(ValueError, match="needs cond_dropout > 0"):
+        plain.check_sampling(SamplingSettings(unconditional="dropped"))
+    with pytest.raises(ValueError, match="unknown unconditional 'never'; choose reestimate, dropped or sampled"):
+        SamplingSettings(unconditional="never")
+
+
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
 def test_every_parameterisation_recovers_the_image_from_the_chain_without_its_offset(prediction):
     """A network that returns the exact target (eps, v or x0) of a draw of the aggregated marginal makes Algorithm 1's

@@ -97,6 +97,9 @@ def test_sample_with_sampling_overrides_records_them(diffusion_run, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "guidance 2.0 needs a decoder trained with cond_dropout > 0" in err
     assert not (tmp_path / "d").exists()
+    assert main([*base, "--out", str(tmp_path / "d"), "--unconditional", "sampled"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unconditional 'sampled' applies to MT-Diffusion decoders" in err
     assert main([*base, "--out", str(tmp_path / "e"), "--start", "0"]) == 2
     assert "start must be in (0, 1], got 0.0" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "f"), "--steps", "4", "--start", "0.5"]) == 0

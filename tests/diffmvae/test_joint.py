@@ -51,6 +51,11 @@ def test_joint_model_trains_logs_its_terms_and_samples_any_subset(joint_run, tmp
         assert data["m0"].shape == (4, 3, 28, 28) and data["label"].shape == (4,) and set(np.unique(data["label"])) <= set(range(10))
     record = json.loads(str(np.load(tmp_path / "none" / "samples.npz")["sampling"]))
     assert record["decoders"]["m0"]["sampler"] == "ddim" and record["decoders"]["label"]["steps"] == 3
+    assert record["decoders"]["m0"]["unconditional"] == "reestimate"
+    out = tmp_path / "sampled"  # the label drawn first and held, for this call only; recorded
+    assert main(["sample", "--ckpt", str(joint_run), "--given", "none", "--n", "4", "--out", str(out), "--unconditional", "sampled"]) == 0
+    record = json.loads(str(np.load(out / "samples.npz")["sampling"]))
+    assert record["settings"]["unconditional"] == "sampled" and record["decoders"]["m0"]["unconditional"] == "sampled"
     # the joint model takes the composition argument every model takes, and refuses it in one line
     model = load_run(joint_run).module.model
     with pytest.raises(DiffMVAEError, match="does not compose predictions from several sources"):

@@ -87,14 +87,9 @@ def given_label(run, judge, extractor, sampling, test, pca):
 
 
 def joint_samples(run, judge, extractor, sampling, n, test, pca, mode=None):
-    """``n`` joint unconditional samples (with ``mode``, the decoder's ``unconditional`` setting for them): the share
-    whose label the judge reads in the image, and the images' Fréchet distances."""
-    decoder = run.module.model.decoders["joint"]
-    trained, decoder.unconditional = decoder.unconditional, mode or decoder.unconditional
-    try:
-        joint, _ = generate(run, [], n, sampling, seed=1, batch=test)
-    finally:
-        decoder.unconditional = trained
+    """``n`` joint unconditional samples (with ``mode``, the ``unconditional`` sampling setting for them; default: the
+    decoder's own): the share whose label the judge reads in the image, and the images' Fréchet distances."""
+    joint, _ = generate(run, [], n, sampling.replace(unconditional=mode), seed=1, batch=test)
     return {"joint_label_agreement": float((predict(judge, joint["m0"]) == joint["label"]).float().mean()),
             "fd_unconditional": frechet_distance(test["m0"], joint["m0"], extractor),
             "fd_pca_unconditional": frechet_distance(test["m0"], joint["m0"], pca)}
