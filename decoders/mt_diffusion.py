@@ -9,7 +9,8 @@ the other modalities, with a shared UNet predicting the noise and modality heads
   smooth image-space pattern per class), ``unet`` (option 3: ``E(y) = U-Net(0, y, t = 0)`` under stop-gradient) and
   ``backbone`` (the label enters the UNet's embedding and adds no offset). Modalities listed in ``inputs`` are also
   read by the noise network directly (the -X variant: images as input channels, labels through the embedding; -U gives
-  it ``z_t`` and ``t`` only). A head is never trained on an input holding its own target (``head_view``).
+  it ``z_t`` and ``t`` only). A head is never trained on an input holding its own target, neither directly nor in
+  the offset (``head_view``).
 * The jointly learned pure-generation path (§4.2): ``cond_dropout`` drops aggregated modalities in training, so the
   network is also the unconditional model; generation can go through it (``unconditional: dropped``) and guide with
   it (``SamplingSettings.guidance``).
@@ -81,9 +82,9 @@ class MTDiffusionDecoder(Decoder):
             modality is dropped from an example with this probability (its offset zero, its direct inputs zero, its
             head's term off), so one network is the multi-task model and the unconditional one. Needed for guidance
             and for ``unconditional: dropped``.
-        head_view: for a modality the UNet reads directly (a ``unet`` / ``backbone`` label, an image in ``inputs``)
-            that also has a head: the share of examples whose direct input of it is hidden. The head is trained on
-            those only (elsewhere the input holds its own target, and it would learn to copy it); the others keep it.
+        head_view: for an aggregated modality that also has a head: the share of examples from which it is hidden
+            (no offset, no direct input). The head is trained on those only: elsewhere the offset or the direct input
+            holds its own target, and it learns to read it there instead of the image. The others keep it.
         unconditional: how generation treats an aggregated modality that is not given: ``reestimate`` (Algorithm 1:
             a random start re-estimated from its head at every step; the default) or ``dropped`` (the null path, zero
             offset; needs ``cond_dropout > 0``); heads' modalities are then read from the finished image; or
@@ -156,8 +157,8 @@ class MTDiffusionDecoder(Decoder):
             elif a.kind == "structured":
                 self.register_buffer(f"pattern_{m}", a.scale * structured_patterns(a.num_classes, self.shape, generator))
         self.backbone_labels = [m for m, a in self.aggregate.items() if a.kind in VECTOR_KINDS or (m in inputs and a.kind != "identity")]
-        # modalities the UNet reads directly and a head predicts: the head is trained only where the input is hidden
-        self.leaky = frozenset(m for m in (*self.inputs, *self.backbone_labels) if m in self.heads_spec)
+        # aggregated modalities a head predicts: the head is trained only where the modality is hidden from the input
+        self.leaky = frozenset(m for m in self.aggregate if m in self.heads_spec)
         vector_dim = sum(self.aggregate[m].num_classes for m in self.backbone_labels)
         self.net = UNet2d(image_channels, latent_dim, image_channels * len(self.inputs), unet_channels, emb_dim, attention_levels, dropout,
                           vector_dim=vector_dim)
@@ -251,8 +252,8 @@ class MTDiffusionDecoder(Decoder):
         return Condition(z=z if self.latent_dim else None, image=image, vector=vector), enc
 
     def hide_leaky(self, values: Mapping[str, Tensor], rows: Tensor | None = None) -> dict[str, Tensor]:
-        """``values`` with the direct inputs of head-predicted modalities zeroed (on ``rows``, a ``[B]`` bool; all
-        when ``None``): the view their heads are trained and read on."""
+        """``values`` with head-predicted modalities zeroed — no offset, no direct input — (on ``rows``, a ``[B]``
+        bool; all when ``None``): the view their heads are trained and read on."""
         def hidden(v: Tensor) -> Tensor:
             return torch.zeros_like(v) if rows is None else v * expand((~rows).to(v.dtype), v)
         return {m: hidden(v) if m in self.leaky else v for m, v in values.items()}
@@ -284,9 +285,10 @@ class MTDiffusionDecoder(Decoder):
         for m in self.aggregate:  # the data where observed and kept, zero (no contribution) where missing or dropped
             value = self.data_value(m, example[m]).to(x0.dtype) if m in example else self.zero_value(m, batch, device, x0.dtype)
             keep = example.mask(m) & ~dropped[m] if m in dropped else example.mask(m)
-            values[m] = value * expand(keep.to(x0.dtype), value)
             head_rows[m] = keep & hidden if m in self.leaky else keep
-        cond, enc = self.condition(z, values, batch, device, direct=self.hide_leaky(values, hidden) if self.leaky else None)
+            keep = keep & ~hidden if m in self.leaky else keep
+            values[m] = value * expand(keep.to(x0.dtype), value)
+        cond, enc = self.condition(z, values, batch, device)
         # the library's DDPM loss on the aggregated marginal, its network returning the heads' outputs too
         eps_loss, heads = self.process.diffusion_loss.with_extras(self.network, x0, cond, marginal=self.forward_process.given(enc),
                                                                   generator=generator)
@@ -331,8 +333,7 @@ class MTDiffusionDecoder(Decoder):
         sampling.sampler_for(self.sampler).check(self.forward_process)
 
     def mode(self, sampling: SamplingSettings) -> str:
-        """How this call treats aggregated modalities that are not given: the sampling's ``unconditional``, else the
-        decoder's own."""
+        """How this call treats aggregated modalities not given: the sampling's ``unconditional``, else the decoder's."""
         return sampling.unconditional or self.unconditional
 
     def describe_sampling(self, sampling: SamplingSettings) -> dict[str, Any]:
@@ -373,16 +374,15 @@ class MTDiffusionDecoder(Decoder):
         x, end = sampling.sampler_for(self.sampler).run(Algorithm1(self, z, held, sampling.guidance), start, (batch, *self.shape),
                                                         timesteps=self.timesteps, generator=generator, device=device, dtype=dtype)
         if null and any(m != self.main for m in targets):
-            reread = {m: v if m in fixed else self.random_value(m, batch, generator, device, dtype) for m, v in values.items()}
-            return self.outputs(targets, x, self.read(z, x, reread, generator))
+            return self.outputs(targets, x, self.read(z, x, chain_values, generator))  # heads' modalities hidden in read
         return self.outputs(targets, x, {**end.cond.estimates, **{m: values[m] for m in drawn}})
 
     def read(self, z: Tensor | None, x0: Tensor, values: Mapping[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
-        """The heads' estimates from an image ``x0`` in [-1, 1], noised to the first noise level (the direct inputs of
-        head-predicted modalities hidden, the view their heads were trained on)."""
+        """The heads' estimates from an image ``x0`` in [-1, 1], noised to the first noise level (head-predicted
+        modalities hidden, the view their heads were trained on)."""
         batch, device = x0.shape[0], x0.device
         t = torch.full((batch,), 1.0 / self.timesteps, device=device, dtype=x0.dtype)
-        cond, enc = self.condition(z, values, batch, device, direct=self.hide_leaky(values))
+        cond, enc = self.condition(z, self.hide_leaky(values), batch, device)
         z_t = self.forward_process.given(enc).sample(x0, t, randn(tuple(x0.shape), generator, device, x0.dtype))
         _, heads = self.network(z_t, t, cond)
         return {m: self.estimate(m, h) for m, h in heads.items()}

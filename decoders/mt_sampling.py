@@ -43,8 +43,8 @@ class Algorithm1(Reestimating):
     takes its head's new estimate, and the chain continues on the marginal of the new encodings (a new
     :class:`ChainState`; nothing changes in place).
 
-    Heads of modalities the network also reads directly (label vectors, input channels) are read from a second pass
-    with those inputs hidden, the view they were trained on. With ``guidance`` ``w != 1`` the prediction is
+    Heads of aggregated modalities are read from a second pass with those modalities hidden (their offsets removed
+    from ``z_t``, their direct inputs zero), the view they were trained on. With ``guidance`` ``w != 1`` the prediction is
     ``pred_null + w (pred - pred_null)``, where ``pred_null`` is the null path's (every aggregated modality dropped) on
     ``y_t = z_t - c_t``: in ``y`` both passes predict the same chain (eq. 4 without the offset), so the combination is
     classifier-free guidance on the image's own diffusion."""
@@ -58,10 +58,11 @@ class Algorithm1(Reestimating):
         dec, state = self.decoder, marginal.cond
         batch, device = z_t.shape[0], z_t.device
         out, heads = dec.network(z_t, t, state.network)
-        if dec.leaky - self.fixed:  # a re-estimated modality the UNet also reads: its head from the hidden view
-            _, hidden = dec.network(z_t, t, dec.condition(self.z, state.current, batch, device, direct=dec.hide_leaky(state.current))[0])
-            heads = {**heads, **{m: hidden[m] for m in dec.leaky}}
         y_t = marginal.remove_offset(z_t, t)  # z_t carries the offset of the values it was drawn with, not the new ones'
+        if dec.leaky - self.fixed:  # a re-estimated modality a head predicts: its head from the hidden view
+            cond, enc = dec.condition(self.z, dec.hide_leaky(state.current), batch, device)
+            _, hidden = dec.network(dec.forward_process.given(enc).add_offset(y_t, t), t, cond)
+            heads = {**heads, **{m: hidden[m] for m in dec.leaky}}
         if self.guidance != 1.0:
             null, _ = dec.network(y_t, t, dec.condition(self.z, dec.null_values(state.current), batch, device)[0])
             out = null + self.guidance * (out - null)

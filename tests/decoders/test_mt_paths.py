@@ -77,11 +77,14 @@ def test_option_3_encodes_a_label_by_the_unet_at_a_zero_image_and_t_zero_under_s
     assert torch.equal(cond.vector, F.one_hot(y, 10).float())
 
 
-@pytest.mark.parametrize("variant", ["unet label", "backbone label", "structured label input", "image input"])
+@pytest.mark.parametrize("variant", ["structured label, offset only", "unet label", "backbone label", "structured label input",
+                                     "image input"])
 def test_a_head_is_never_trained_on_an_input_that_holds_its_own_target(variant):
-    """Where the UNet reads a modality directly (a label vector, input channels) and a head predicts it, the head's term
-    is computed only on examples whose direct input is hidden; the other examples keep the input and no head term."""
+    """Where a head predicts an aggregated modality, its term is computed only on examples from which that modality is
+    hidden: its value zero, so no offset and no direct input (label vector, input channels). The other examples keep
+    both, and have no head term. (A head trained where the offset carries its label reads the offset, not the image.)"""
     kw = {
+        "structured label, offset only": {"aggregate": {"label": Aggregate("structured", 10, ConstantWeight(0.05))}},
         "unet label": {"aggregate": {"label": Aggregate("unet", 10, ConstantWeight(0.05))}},
         "backbone label": {"aggregate": {"label": Aggregate("backbone", 10)}},
         "structured label input": {"aggregate": {"label": Aggregate("structured", 10, ConstantWeight(0.05))}, "inputs": ["label"]},
@@ -89,36 +92,47 @@ def test_a_head_is_never_trained_on_an_input_that_holds_its_own_target(variant):
                         "heads": {"src": Head("image", "out")}},
     }[variant]
     dec = decoder(**kw)
+    for name, p in dec.net.named_parameters():  # option 3's patterns are zero from a zero-initialised output
+        if name.endswith(("conv2.weight", "out.2.weight")):
+            torch.nn.init.normal_(p, std=0.3)
     other = next(iter(dec.heads_spec))
-    seen = []
-    original = dec.network
+    seen, original = [], dec.condition
 
-    def spy(z_t, t, cond):
-        seen.append(cond)
-        return original(z_t, t, cond)
+    def spy(z, values, b, device, direct=None):
+        out = original(z, values, b, device, direct)
+        seen.append((values[other].clone(), out))
+        return out
 
-    dec.network = spy
+    dec.condition = spy
     batch = {m: v for m, v in data().items() if m in ("img", other)}
     terms = JointDiffusion(dec).elbo(batch, generator=torch.Generator().manual_seed(0)).terms
-    direct = (seen[0].vector if seen[0].vector is not None else seen[0].image).flatten(1)
-    shown = direct.abs().sum(1) > 0
+    value, (cond, enc) = seen[0]
+    shown = value.flatten(1).abs().sum(1) > 0
     head = terms[f"{other}/head"]
     assert 10 < int(shown.sum()) < 54  # both views occur (head_view 0.5)
     assert torch.all(head[shown] == 0) and torch.all(head[~shown] > 0)
+    direct = cond.vector if cond.vector is not None else cond.image
+    if direct is not None:
+        assert torch.equal(direct.flatten(1).abs().sum(1) > 0, shown)
+    if other in enc:  # the offset's encoding: zero exactly where the head is trained
+        assert torch.equal(enc[other].flatten(1).abs().sum(1) > 0, shown)
 
 
-def test_the_null_path_drops_a_modality_with_no_offset_and_no_head_term():
-    """cond_dropout: a dropped example's label encoding (its offset) is zero and its head term is off; a kept one has
-    its one-hot label and its head term."""
+def test_dropped_hidden_and_shown_examples(monkeypatch):
+    """Three kinds of examples with condition dropout and a head: dropped (the null path: no offset, no head term),
+    hidden (no offset, the head's term) and shown (the one-hot label, no head term); dropping wins over hiding."""
+    import decoders.mt_diffusion as mt
+
+    draws = iter([torch.tensor([0.0, 0, 0, 0, 1, 1, 1, 1]),   # dropped where < cond_dropout: rows 0-3
+                  torch.tensor([1.0, 1, 0, 0, 0, 0, 1, 1])])  # hidden where < head_view: rows 2-5
+    monkeypatch.setattr(mt, "rand", lambda *a, **k: next(draws))
     dec = decoder("structured", cond_dropout=0.4)
     seen = spy_on_labels(dec)
-    batch = {m: v for m, v in data().items() if m in ("img", "label")}
-    terms = JointDiffusion(dec).elbo(batch, generator=torch.Generator().manual_seed(0)).terms
-    kept = seen[0].sum(1) > 0
-    assert 10 < int((~kept).sum()) < 45
-    torch.testing.assert_close(seen[0][kept], F.one_hot(batch["label"][kept], 10).float())
-    assert torch.all(dec.encode("label", seen[0])[~kept] == 0)
-    assert torch.all(terms["label/head"][~kept] == 0) and torch.all(terms["label/head"][kept] > 0)
+    batch = {m: v[:8] for m, v in data().items() if m in ("img", "label")}
+    head = JointDiffusion(dec).elbo(batch, generator=torch.Generator().manual_seed(0)).terms["label/head"]
+    assert torch.all(seen[0][:6] == 0)
+    torch.testing.assert_close(seen[0][6:], F.one_hot(batch["label"][6:], 10).float())
+    assert torch.all(head[[0, 1, 2, 3, 6, 7]] == 0) and torch.all(head[[4, 5]] > 0)
 
 
 def test_unconditional_sampling_through_the_null_path_keeps_every_offset_zero():
@@ -132,7 +146,7 @@ def test_unconditional_sampling_through_the_null_path_keeps_every_offset_zero():
         out = dec.generate(None, nothing, targets=["img", "label"], generator=torch.Generator().manual_seed(0))
     chain, reread = seen[:-1], seen[-1]
     assert len(chain) > 3 and all(torch.all(v == 0) for v in chain)
-    assert reread.sum() == 4  # the finished image is read with a random one-hot where its head was trained
+    assert torch.all(reread == 0)  # the finished image is read with the label hidden, the view its head was trained on
     assert out["label"].shape == (4,) and out["img"].shape == (4, 3, 8, 8)
     seen.clear()
     label = torch.tensor([1, 2, 3, 4])
@@ -248,3 +262,28 @@ def test_a_baseline_can_take_the_input_scaling_of_the_model_it_is_compared_with(
     baseline = decoder("structured", aggregate={"label": Aggregate("structured", 10, ConstantWeight(0.0))}, c_in_from={"label": weight})
     assert torch.all(plain.c_in == 1) and torch.equal(baseline.c_in, model.c_in) and model.c_in[-1] < 0.3
     torch.testing.assert_close(model.c_in, (1 + model.forward_process.atilde[0] ** 2).rsqrt().float())
+
+
+def test_algorithm_1_reads_a_head_with_its_modality_hidden_from_the_chain():
+    """Re-estimating a label, Algorithm 1 reads its head where the head was trained: on ``z_t`` with that label's
+    offset removed and the label zero; the new estimate is that pass's (soft here, to tell the passes apart)."""
+    dec = decoder("structured", aggregate={"label": Aggregate("structured", 10, ConstantWeight(2.0))}, label_estimates="soft").eval()
+    torch.nn.init.normal_(dec.head_nets["label"].net[-1].weight, std=1.0)
+    values = {"label": F.one_hot(torch.tensor([1, 5, 8, 2, 0, 9]), 10).float()}
+    cond, enc = dec.condition(None, values, 6, torch.device("cpu"))
+    start = dec.forward_process.given(ChainState(enc, values, {}, cond))
+    z_t, t = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(4)), torch.full((6,), 0.6)
+    calls, original = [], dec.network
+
+    def spy(z, tt, c):
+        out = original(z, tt, c)
+        calls.append((z, out[1]["label"]))
+        return out
+
+    dec.network = spy
+    with torch.no_grad():
+        _, following = Algorithm1(dec, None, frozenset()).step(z_t, t, start)
+    assert len(calls) == 2
+    torch.testing.assert_close(calls[1][0], start.remove_offset(z_t, t))
+    assert (calls[0][1] - calls[1][1]).abs().max() > 1e-3  # the two views read differently
+    torch.testing.assert_close(following.cond.current["label"], calls[1][1].softmax(-1))
