@@ -49,7 +49,8 @@ from decoders.diffusion.parameterization import Prediction, expand
 from decoders.diffusion.processes import DDPMProcess
 from decoders.diffusion.samplers import Ancestral, Sampler
 from decoders.diffusion.schedules import Schedule, VPSchedule
-from decoders.mt_parts import VECTOR_KINDS, Aggregate, ClassifierHead, Head, ImageHead, LabelEstimates, LabelHead, structured_patterns
+from decoders.mt_parts import (VECTOR_KINDS, Aggregate, ClassifierHead, Head, ImageHead, LabelEstimates, LabelHead, check_null_path,
+                               structured_patterns)
 from decoders.mt_sampling import Algorithm1, ChainState
 from decoders.random import rand, randint, randn
 from decoders.sampling import SamplingSettings, Unconditional
@@ -125,11 +126,9 @@ class MTDiffusionDecoder(Decoder):
     ) -> None:
         if label_estimates not in get_args(LabelEstimates):
             raise ValueError(f"unknown label_estimates {label_estimates!r}; choose hard or soft")
-        SamplingSettings(unconditional=unconditional)  # one-line error for an unknown setting
         if not (0.0 <= cond_dropout < 1.0 and 0.0 < head_view < 1.0):
             raise ValueError(f"cond_dropout must be in [0, 1) and head_view in (0, 1), got {cond_dropout} and {head_view}")
-        if unconditional == "dropped" and cond_dropout <= 0:
-            raise ValueError("unconditional: dropped samples through the null path, which needs cond_dropout > 0 in training")
+        check_null_path(unconditional, cond_dropout)
         self.label_estimates, self.cond_dropout, self.head_view, self.unconditional = label_estimates, cond_dropout, head_view, unconditional
         self.aggregate = dict(aggregate or {})
         self.heads_spec = dict(heads or {})
@@ -328,8 +327,7 @@ class MTDiffusionDecoder(Decoder):
                              "without it there is no null condition to guide with")
         if not sampling.exact:
             raise ValueError(f"start {sampling.start} refines a mean image, and an MT-Diffusion decoder has none; use start 1")
-        if self.mode(sampling) == "dropped" and self.cond_dropout <= 0:
-            raise ValueError("unconditional: dropped samples through the null path, which needs cond_dropout > 0 in training")
+        check_null_path(self.mode(sampling), self.cond_dropout)
         sampling.sampler_for(self.sampler).check(self.forward_process)
 
     def mode(self, sampling: SamplingSettings) -> str:

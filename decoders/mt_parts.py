@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from decoders.diffusion.aggregation import WeightSchedule
+from decoders.sampling import check_unconditional
 
 EncoderKind = Literal["identity", "embedding", "structured", "unet", "backbone"]
 VECTOR_KINDS = ("unet", "backbone")  # label encoders whose label also enters the UNet's embedding
@@ -124,3 +125,10 @@ def structured_patterns(num_classes: int, shape: tuple[int, int, int], generator
     low = torch.randn(num_classes, shape[0], grid, grid, generator=generator)
     up = F.interpolate(low, size=shape[1:], mode="bicubic", align_corners=False)
     return up / up.std(dim=(1, 2, 3), keepdim=True)
+
+
+def check_null_path(mode: str, cond_dropout: float) -> None:
+    """One-line ``ValueError`` for an unknown ``unconditional`` setting, or ``dropped`` without a trained null path."""
+    check_unconditional(mode)
+    if mode == "dropped" and cond_dropout <= 0:
+        raise ValueError("unconditional: dropped samples through the null path, which needs cond_dropout > 0 in training")

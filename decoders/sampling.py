@@ -17,6 +17,12 @@ from decoders.diffusion.samplers import SAMPLERS, Sampler, check_grid, check_sta
 Unconditional = Literal["reestimate", "dropped", "sampled"]
 
 
+def check_unconditional(mode: str | None) -> None:
+    """One-line ``ValueError`` unless ``mode`` is ``None`` or an :data:`Unconditional` setting."""
+    if mode is not None and mode not in get_args(Unconditional):
+        raise ValueError(f"unknown unconditional {mode!r}; choose reestimate, dropped or sampled")
+
+
 @dataclass(frozen=True)
 class TextSampling:
     """How text decoders generate: ``greedy`` (the most likely token, the default), or ``sample`` with
@@ -76,8 +82,7 @@ class SamplingSettings:
         if self.guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         check_start(self.start)
-        if self.unconditional is not None and self.unconditional not in get_args(Unconditional):
-            raise ValueError(f"unknown unconditional {self.unconditional!r}; choose reestimate, dropped or sampled")
+        check_unconditional(self.unconditional)
 
     @property
     def exact(self) -> bool:

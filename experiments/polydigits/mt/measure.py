@@ -107,10 +107,10 @@ def image_label(run, judge, extractor, sampling, n):
 
 
 def unconditional_fd(run, extractor, sampling, n):
-    test = collate_split(run.datamodule.dataset("test"))
+    test, pca = test_and_pca(run)
     out, _ = generate(run, [], n, sampling, seed=1, batch=test)
     return {"fd_unconditional": frechet_distance(test["m0"], out["m0"], extractor),
-            "fd_pca_unconditional": frechet_distance(test["m0"], out["m0"], label_free_features(run, ["m0"])["m0"])}
+            "fd_pca_unconditional": frechet_distance(test["m0"], out["m0"], pca)}
 
 
 def translation(run, judge, extractor, sampling):
