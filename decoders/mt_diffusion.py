@@ -250,12 +250,10 @@ class MTDiffusionDecoder(Decoder):
         vector = torch.cat([direct[m] for m in self.backbone_labels], dim=1) if self.backbone_labels else None
         return Condition(z=z if self.latent_dim else None, image=image, vector=vector), enc
 
-    def hide_leaky(self, values: Mapping[str, Tensor], rows: Tensor | None = None) -> dict[str, Tensor]:
-        """``values`` with head-predicted modalities zeroed — no offset, no direct input — (on ``rows``, a ``[B]``
-        bool; all when ``None``): the view their heads are trained and read on."""
-        def hidden(v: Tensor) -> Tensor:
-            return torch.zeros_like(v) if rows is None else v * expand((~rows).to(v.dtype), v)
-        return {m: hidden(v) if m in self.leaky else v for m, v in values.items()}
+    def hide_leaky(self, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``values`` with head-predicted modalities zeroed — no offset, no direct input: the view their heads are
+        trained and read on."""
+        return {m: torch.zeros_like(v) if m in self.leaky else v for m, v in values.items()}
 
     def null_values(self, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The null path's values: every aggregated modality dropped (zero: no offset, no direct input)."""
