@@ -5,12 +5,13 @@ Each is listed under ``trainer.callbacks`` in a config; the LightningModule know
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import signal
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,17 +64,35 @@ class EMA(L.Callback):
         self.ema.update()
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.ema is not None:
+        self.swap_in()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.swap_out()
+
+    def swap_in(self) -> None:
+        if self.ema is not None and not self._swapped:
             with torch.no_grad():
                 self.ema.store()
                 self.ema.copy_to()
             self._swapped = True
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def swap_out(self) -> None:
         if self._swapped:
             with torch.no_grad():
                 self.ema.restore()
             self._swapped = False
+
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        """The averaged weights in the model for the block (the raw ones back after it); nothing to swap before the
+        fit starts, or when they are in already."""
+        swapped = self.ema is not None and not self._swapped
+        self.swap_in()
+        try:
+            yield
+        finally:
+            if swapped:
+                self.swap_out()
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self.ema is None:
@@ -180,8 +199,9 @@ def warm_start(model: torch.nn.Module, path: str | Path, rename: Mapping[str, st
 
 
 class SampleGrid(L.Callback):
-    """Writes ``samples/epoch_XXX.png`` after validation epochs (rank 0, EMA weights when the :class:`EMA` callback
-    is on): left, generation from ``given`` (default: the first modality) for the first ``rows`` validation
+    """Writes ``samples/epoch_XXX.png`` after validation epochs, and once more when training stops unless the last grid
+    shows the last step (so a run without validation epochs still ends with one) (rank 0, EMA weights when the
+    :class:`EMA` callback is on): left, generation from ``given`` (default: the first modality) for the first ``rows`` validation
     examples, whose observed column is the input; right, unconditional samples from the prior (for models that can
     generate with nothing given). Image modalities only (from the data's specs).
 
@@ -199,6 +219,7 @@ class SampleGrid(L.Callback):
         if sampling is not None and not isinstance(sampling, SamplingSettings):
             raise TypeError(f"sampling must be a decoders.SamplingSettings, got {type(sampling).__name__}")
         self.sampling = sampling
+        self._written_step: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.given is not None and self.given not in pl_module.model.modalities:
@@ -209,6 +230,22 @@ class SampleGrid(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
             return
+        self.write(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._written_step == trainer.global_step:
+            return
+        ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
+        training = pl_module.training
+        pl_module.eval()
+        try:
+            with ema.averaged() if ema is not None else contextlib.nullcontext():
+                self.write(trainer, pl_module)
+        finally:
+            pl_module.train(training)
+
+    def write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._written_step = trainer.global_step
         log_dir = trainer.log_dir  # a collective under DDP (rank 0 broadcasts it): every rank asks, before the rank check
         if not trainer.is_global_zero:
             return

@@ -214,3 +214,27 @@ def test_lightning_chatter_only_with_verbose(tmp_path):
         outputs[name] = done.stdout + done.stderr
     for chatter in ("GPU available", "Seed set to"):
         assert chatter not in outputs["quiet"] and chatter in outputs["verbose"], chatter
+
+
+def test_a_run_without_validation_ends_with_one_grid_of_the_averaged_weights(tmp_path):
+    from diffmvae.io import save_png
+    from diffmvae.store.load import load_run
+    from diffmvae.training import SampleGrid
+
+    cfg = copy_config()
+    cfg["trainer"]["limit_val_batches"] = 0  # no validation epoch, so no grid until training ends
+    path, run = write_config(tmp_path, cfg)
+    assert main(["fit", "--config", str(path)]) == 0
+    grids = sorted((run / "samples").glob("epoch_*.png"))
+    assert len(grids) == 1
+    loaded = load_run(run / "checkpoints" / "last.ckpt")  # the EMA weights, in eval mode
+    expected = SampleGrid(rows=2).grid(loaded.module, loaded.datamodule, ["m0", "m1", "m2"])
+    save_png(expected, tmp_path / "expected.png")
+    assert grids[0].read_bytes() == (tmp_path / "expected.png").read_bytes()
+    raw = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert any(not torch.equal(raw["state_dict"][f"model.{k}"], v) for k, v in raw["ema_state_dict"].items())  # the two differ
+
+
+def test_a_run_whose_last_validation_drew_the_last_step_writes_no_second_grid(trained):
+    _, ckpt = trained
+    assert [p.name for p in sorted((ckpt.parent.parent / "samples").glob("epoch_*.png"))] == ["epoch_000.png", "epoch_001.png"]

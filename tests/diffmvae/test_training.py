@@ -157,3 +157,22 @@ def test_compile_backend_compiles_the_hot_networks_in_place():
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=0)
     for (name, a), b in zip(eager.model.named_parameters(), compiled.model.parameters()):
         assert (b.grad - a.grad).norm() <= 1e-5 * a.grad.norm() + 1e-6, name
+
+
+def test_ema_averaged_swaps_the_average_in_for_the_block_and_the_raw_weights_back():
+    from diffmvae.training import EMA
+
+    module = SimpleNamespace(model=torch.nn.Linear(3, 2), device=torch.device("cpu"))
+    ema = EMA(decay=0.5)
+    ema.on_fit_start(None, module)
+    with torch.no_grad():
+        module.model.weight.add_(1.0)
+    ema.ema.update()  # the average now sits halfway between the first and the current weights
+    raw = module.model.weight.detach().clone()
+    with ema.averaged():
+        assert torch.equal(module.model.weight, ema.ema.shadow_params[0])
+        assert not torch.equal(module.model.weight, raw)
+        with ema.averaged():  # already in: nothing more to swap, and nothing restored early
+            pass
+        assert torch.equal(module.model.weight, ema.ema.shadow_params[0])
+    assert torch.equal(module.model.weight, raw)
