@@ -200,9 +200,9 @@ def warm_start(model: torch.nn.Module, path: str | Path, rename: Mapping[str, st
 
 class SampleGrid(L.Callback):
     """Writes ``samples/epoch_XXX.png`` after validation epochs, and once more when training stops unless the last grid
-    shows the last step (so a run without validation epochs still ends with one) (rank 0, EMA weights when the
-    :class:`EMA` callback is on): left, generation from ``given`` (default: the first modality) for the first ``rows`` validation
-    examples, whose observed column is the input; right, unconditional samples from the prior (for models that can
+    shows the last step, so a run without validation epochs still ends with one (rank 0, EMA weights when the
+    :class:`EMA` callback is on): left, generation from ``given`` (default: the first modality) for the first ``rows``
+    validation examples, whose observed column is the input; right, unconditional samples from the prior (for models that can
     generate with nothing given). Image modalities only (from the data's specs).
 
     Args:
