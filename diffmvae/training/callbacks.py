@@ -86,13 +86,14 @@ class EMA(L.Callback):
     def averaged(self) -> Iterator[None]:
         """The averaged weights in the model for the block (the raw ones back after it); nothing to swap before the
         fit starts, or when they are in already."""
-        swapped = self.ema is not None and not self._swapped
+        if self.ema is None or self._swapped:
+            yield
+            return
         self.swap_in()
         try:
             yield
         finally:
-            if swapped:
-                self.swap_out()
+            self.swap_out()
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self.ema is None:

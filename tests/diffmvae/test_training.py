@@ -167,7 +167,7 @@ def test_ema_averaged_swaps_the_average_in_for_the_block_and_the_raw_weights_bac
     ema.on_fit_start(None, module)
     with torch.no_grad():
         module.model.weight.add_(1.0)
-    ema.ema.update()  # the average now sits halfway between the first and the current weights
+    ema.ema.update()  # the average now lies between the first and the current weights (torch-ema's warm-up decay)
     raw = module.model.weight.detach().clone()
     with ema.averaged():
         assert torch.equal(module.model.weight, ema.ema.shadow_params[0])
