@@ -89,16 +89,24 @@ class ShiftedSchedule(Schedule):
     where structure of the data's size is decided (Hoogeboom, Heek & Salimans 2023, "simple diffusion", shift the
     schedule by resolution; Chen 2023, "On the importance of noise scheduling for diffusion models"). A diffusion
     decoder with ``conditioning: residual`` models ``x - mean(z)``, whose spread is a fraction ``s`` of the image's;
-    ``shift = -2 log s`` gives it the base schedule's signal-to-noise ratios for data of the image's size."""
+    ``shift = -2 log s`` gives it the base schedule's signal-to-noise ratios for data of the image's size.
 
-    def __init__(self, base: Schedule, shift: float) -> None:
+    ``ramp``: the shift grows linearly in time, ``log_snr(t) = base.log_snr(t) + shift * t``, so the least noisy
+    level (``t = 0``) stays the base's and the noisiest moves by ``shift``: a negative ramp spends more of the chain
+    (and of uniform training times) at high noise without coarsening the last denoising steps."""
+
+    def __init__(self, base: Schedule, shift: float, ramp: bool = False) -> None:
         super().__init__()
         if not math.isfinite(shift):
             raise ValueError(f"ShiftedSchedule needs a finite shift, got {shift}")
-        self.base, self.shift = base, float(shift)
+        self.base, self.shift, self.ramp = base, float(shift), bool(ramp)
+        if self.ramp:
+            grid = self.log_snr(torch.linspace(0.0, 1.0, 1001, dtype=torch.float64))
+            if not bool((grid.diff() < 0).all()):
+                raise ValueError(f"ShiftedSchedule: a ramp of {shift} makes log_snr increase somewhere in t; use a smaller shift")
 
     def log_snr(self, t: Tensor) -> Tensor:
-        return self.base.log_snr(t) + self.shift
+        return self.base.log_snr(t) + (self.shift * t if self.ramp else self.shift)
 
 
 class LinearLogSNR(Schedule):

@@ -32,7 +32,7 @@ from decoders.diffusion import (
 from decoders.diffusion.parameterization import Reestimating, check_prediction, expand
 from decoders.diffusion.samplers import logsnr_grid
 
-SCHEDULES = [VPSchedule(), CosineSchedule(), LinearLogSNR(), ShiftedSchedule(VPSchedule(), 2.4)]
+SCHEDULES = [VPSchedule(), CosineSchedule(), LinearLogSNR(), ShiftedSchedule(VPSchedule(), 2.4), ShiftedSchedule(VPSchedule(), -4.0, ramp=True)]
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: type(s).__name__)
@@ -76,11 +76,28 @@ def test_shifted_schedule_is_the_base_schedule_on_scaled_data():
     assert torch.all(a_s > a_b)  # a positive shift keeps more of the signal at every t
 
 
+def test_ramped_shift_keeps_the_least_noisy_level_and_moves_the_noisiest():
+    """With ramp, the shift is 0 at t = 0 and grows linearly to ``shift`` at t = 1 (a constant shift would move the
+    least noisy level too)."""
+    base = VPSchedule()
+    ramped = ShiftedSchedule(base, -4.0, ramp=True)
+    t = torch.tensor([0.001, 0.25, 0.5, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(ramped.log_snr(t) - base.log_snr(t), torch.tensor([-0.004, -1.0, -2.0, -4.0], dtype=torch.float64))
+    assert ramped.log_snr(torch.zeros(1)).item() == math.inf  # DDPM's clean end is kept
+
+
 @pytest.mark.parametrize("bad", [lambda: VPSchedule(20.0, 0.1), lambda: CosineSchedule(5.0, -5.0), lambda: LinearLogSNR(5.0, -13.0),
                                  lambda: ShiftedSchedule(VPSchedule(), math.nan)])
 def test_bad_schedule_parameters_raise(bad):
     with pytest.raises(ValueError, match="needs"):
         bad()
+
+
+def test_a_ramp_that_makes_log_snr_increase_is_refused():
+    # LinearLogSNR's log_snr falls by 18.3 over t; a ramp of +20 would make it rise
+    with pytest.raises(ValueError, match="increase"):
+        ShiftedSchedule(LinearLogSNR(), 20.0, ramp=True)
+    ShiftedSchedule(LinearLogSNR(), 15.0, ramp=True)  # still decreasing: accepted
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
