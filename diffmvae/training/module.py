@@ -24,6 +24,7 @@ from decoders.unet import UNet2d
 from diffmvae.io import DiffMVAEError
 from diffmvae.model.base import MultimodalModel, batch_size
 from diffmvae.training.checkpoint_io import install_atomic_checkpoints
+from diffmvae.training.threads import threaded_step
 from encoders import ConvImageEncoder, MLPEncoder
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,11 @@ class TrainingModule(L.LightningModule):
             the diffusion decoders' UNets, in place (``nn.Module.compile``: parameter names and checkpoints are
             unchanged), with this backend (``inductor``: PyTorch's default); ``None`` (the default) runs them eagerly.
             Opt-in: on 2 CPU cores it made the MoPoE step slower (docs: training, speed); on a GPU it may pay.
+        thread_split: on a CPU, split each training batch into this many parts and run each part's forward and
+            backward pass on its own thread with one intra-op thread (:mod:`diffmvae.training.threads`); the
+            gradients are added weighted by each part's share, so the objective is the unsplit step's, and each part
+            draws its own noise; the process's intra-op threads are shared among the parts. 1 (the default) runs the
+            batch as one. For a one-process fit on a CPU; elsewhere (a GPU, DDP) it is ignored with a warning.
     """
 
     def __init__(
@@ -109,6 +115,7 @@ class TrainingModule(L.LightningModule):
         likelihood_reduction: Reduction = "sum",
         channels_last: bool = False,
         compile_backend: str | None = None,
+        thread_split: int = 1,
     ) -> None:
         super().__init__()
         self.model = model
@@ -130,6 +137,9 @@ class TrainingModule(L.LightningModule):
         self.sampling = sampling if sampling is not None else SamplingSettings()
         model.check_sampling(self.sampling)
         self.seed, self.channels_last, self.compile_backend = seed, channels_last, compile_backend
+        if not isinstance(thread_split, int) or thread_split < 1:
+            raise ValueError(f"thread_split must be a whole number >= 1, got {thread_split!r}")
+        self.thread_split, self._split = thread_split, 1
         self.skip_terms: frozenset[str] = frozenset()  # term kinds left out of the objective (set by a staging callback)
         self.run_config: dict[str, Any] | None = None  # set by the CLI; stored in checkpoints to rebuild the run
         self._noise: torch.Generator | None = None
@@ -178,6 +188,11 @@ class TrainingModule(L.LightningModule):
         return [m for m in self.model.modules() if isinstance(m, (ConvImageEncoder, MLPEncoder, UNet2d))]
 
     def on_fit_start(self) -> None:
+        processes = self._trainer.world_size if self._trainer is not None else 1
+        self._split = self.thread_split if self.device.type == "cpu" and processes == 1 else 1
+        if self._split < self.thread_split:
+            log.warning("thread_split %d applies to a one-process CPU fit; this one runs %d process(es) on %s: batches are not split",
+                        self.thread_split, processes, self.device.type)
         self.apply_memory_format()
         if self.compile_backend is not None:
             networks = self.compiled_networks()
@@ -201,15 +216,23 @@ class TrainingModule(L.LightningModule):
         x, present = split_batch(batch, self.model.modalities)
         if self.channels_last:
             x = to_channels_last(x)
-        record = self.model.elbo(x, present, generator=generator, skip=self.skip_terms)
-        loss = record.loss(self.beta, self.weights_for(x), self.term_weights).mean()
+        weights, n = self.weights_for(x), batch_size(x)
+
+        def part(x_k: Mapping[str, Any], present_k: Tensor | None, g: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+            record = self.model.elbo(x_k, present_k, generator=g, skip=self.skip_terms)
+            return record.loss(self.beta, weights, self.term_weights).mean(), record.means()
+
+        if stage == "train" and self._split > 1:
+            trained = [p for p in self.model.parameters() if p.requires_grad]
+            loss, means = threaded_step(part, x, present, n, self._split, generator, trained)
+        else:
+            loss, means = part(x, present, generator)
         if not torch.isfinite(loss):
-            bad = [n for n, v in record.terms.items() if not torch.isfinite(v).all()]
+            bad = [name for name, v in means.items() if not torch.isfinite(v).all()]
             raise DiffMVAEError(f"{stage} step {self.global_step}: the loss is not finite (term {bad[0] if bad else 'weights'}); "
                                 "the last checkpoint was written before this step")
-        n = batch_size(x)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n, sync_dist=stage != "train")
-        for name, value in record.means().items():
+        for name, value in means.items():
             self.log(f"{stage}/{name}", value, batch_size=n, sync_dist=stage != "train")
         return loss
 
