@@ -2,22 +2,72 @@
 imports torchvision, so it stays out of diffmvae's environment), it builds multivae's MoPoE from diffmvae's own
 encoder and decoder classes with the weights and batches the benchmark wrote, then answers each line ``N`` on stdin
 with the seconds ``N`` training steps (ELBO, backward, AdamW with PyTorch's defaults) took. Imports only torch,
-multivae and diffmvae's ``encoders`` / ``decoders`` packages (which need nothing else).
+multivae and diffmvae's ``encoders`` / ``decoders`` packages (which need nothing else); a torchvision that does not
+load for the installed torch is replaced by an empty stand-in, which the MoPoE step never calls.
 
     python multivae_worker.py REPO_ROOT SETUP.pt
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import sys
 import time
+import types
 
 import torch
+
+
+class _Unavailable:
+    """Stands for any torchvision name: callable (multivae evaluates ``ToTensor()`` as a default argument), never used."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __call__(self, *args, **kwargs) -> "_Unavailable":
+        return _Unavailable()
+
+
+def _stand_in_name(attr: str) -> type[_Unavailable]:
+    if attr.startswith("__"):  # __file__, __spec__ ...: what inspect and importlib look up on every module
+        raise AttributeError(attr)
+    return _Unavailable
+
+
+class _StandIn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports ``torchvision`` and its submodules as empty packages whose every name is :class:`_Unavailable`."""
+
+    def find_spec(self, name, path=None, target=None):
+        return importlib.machinery.ModuleSpec(name, self, is_package=True) if name.split(".")[0] == "torchvision" else None
+
+    def create_module(self, spec):
+        module = types.ModuleType(spec.name)
+        module.__path__ = []
+        module.__getattr__ = _stand_in_name  # PEP 562: from torchvision.x import Anything
+        return module
+
+    def exec_module(self, module) -> None:
+        pass
+
+
+def stand_in_for_torchvision() -> None:
+    """multivae imports torchvision at module level for its datasets, transforms and image grids, none of which the
+    MoPoE step calls. Where torchvision's compiled ops do not load for the installed torch (``operator
+    torchvision::nms does not exist``), a stand-in lets multivae import; the step runs the same code either way."""
+    try:
+        import torchvision  # noqa: F401
+    except (ImportError, RuntimeError) as err:
+        for name in [n for n in sys.modules if n.split(".")[0] == "torchvision"]:
+            del sys.modules[name]
+        sys.meta_path.insert(0, _StandIn())
+        print(f"torchvision does not load ({err}); multivae imports a stand-in", file=sys.stderr)
 
 
 def main() -> None:
     root, setup_path = sys.argv[1], sys.argv[2]
     sys.path.insert(0, root)
+    stand_in_for_torchvision()
     from multivae.data.datasets.base import MultimodalBaseDataset
     from multivae.models import MoPoE, MoPoEConfig
     from pythae.models.base.base_utils import ModelOutput

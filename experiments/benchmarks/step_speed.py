@@ -6,7 +6,8 @@ side in one run (alternating rounds on the same batches from the same initial we
 
 Rows: the per-modality model with PyTorch's default AdamW (a loop over parameters on CPU) and NCHW tensors, the
 reference; AdamW over all parameters at once (``foreach``); ``channels_last`` (``TrainingModule(channels_last=True)``)
-on top; and AdamW as one fused kernel (``fused``, what ``TrainingModule`` uses unless a gradient scaler runs). Then
+on top; and AdamW as one fused kernel (``fused``, what ``TrainingModule`` uses unless a gradient scaler runs); then the
+fused step with the batch cut into one part per core, each on its own thread (``thread_split``). Then
 the M same-shaped experts (encoder and decoder, forward and backward): M separate modules on B images each; the same
 weights stacked and run as one computation by ``torch.func.stack_module_state`` + ``vmap``; and the most any
 batching could save, one encoder and one decoder on all M x B images (identical FLOPs, one call per layer). Prints
@@ -36,26 +37,38 @@ import torch
 from step_time import build, read_config
 
 from diffmvae.data import PolyDigits
+from diffmvae.model.base import batch_size
 from diffmvae.training.module import split_batch, to_channels_last
+from diffmvae.training.threads import threaded_step
 
 
-def variant(base: torch.nn.Module, batches: list, optimizer: dict, channels_last: bool, bf16: bool = False) -> Callable[[int], float]:
+def variant(base: torch.nn.Module, batches: list, optimizer: dict, channels_last: bool, bf16: bool = False,
+            split: int = 1) -> Callable[[int], float]:
     """A function running ``n`` training steps of a copy of ``base`` and returning the seconds they took; ``bf16``: the
-    forward pass under CPU autocast to bfloat16 (what ``--trainer.precision bf16-mixed`` runs on a CPU)."""
+    forward pass under CPU autocast to bfloat16 (what ``--trainer.precision bf16-mixed`` runs on a CPU); ``split``:
+    the batch cut into that many parts, each on its own thread (``TrainingModule(thread_split=split)``)."""
     model = copy.deepcopy(base)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     inputs = [(to_channels_last(x) if channels_last else x, present) for x, present in batches]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **optimizer)
     state = {"i": 0}
+    params = list(model.parameters())
+
+    def part(x, present, g):
+        return model.elbo(x, present, generator=g).loss().mean(), {}
 
     def run(n: int) -> float:
         start = time.perf_counter()
         for _ in range(n):
             x, present = inputs[state["i"] % len(inputs)]
             state["i"] += 1
+            generator = torch.Generator().manual_seed(state["i"])
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = model.elbo(x, present, generator=torch.Generator().manual_seed(state["i"])).loss().mean()
+                if split > 1:
+                    loss = threaded_step(part, x, present, batch_size(x), split, generator, params)[0]
+                else:
+                    loss = model.elbo(x, present, generator=generator).loss().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -160,6 +173,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--multivae_python", default=None, help="python of a virtual environment holding multivae: adds its MoPoE")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="parts of the thread_split rows (default: the cores)")
     p.add_argument("--bf16", action="store_true", help="adds the fused rows under bfloat16 autocast (mixed precision on the CPU)")
     args = p.parse_args()
     config, batch_size, num_modalities = read_config(args.config)
@@ -173,6 +187,8 @@ def main() -> None:
         "foreach AdamW, NCHW": variant(model, batches, {"foreach": True}, False),
         "foreach AdamW, channels_last": variant(model, batches, {"foreach": True}, True),
         "fused AdamW, channels_last": variant(model, batches, {"fused": True}, True),
+        f"fused AdamW, NCHW, thread_split {args.threads}": variant(model, batches, {"fused": True}, False, split=args.threads),
+        f"fused AdamW, channels_last, thread_split {args.threads}": variant(model, batches, {"fused": True}, True, split=args.threads),
     }
     if args.bf16:
         runs["fused AdamW, NCHW, bf16 autocast"] = variant(model, batches, {"fused": True}, False, bf16=True)
