@@ -93,9 +93,9 @@ class TrainingModule(L.LightningModule):
             unchanged), with this backend (``inductor``: PyTorch's default); ``None`` (the default) runs them eagerly.
             Opt-in: on 2 CPU cores it made the MoPoE step slower (docs: training, speed); on a GPU it may pay.
         thread_split: on a CPU, split each training batch into this many parts and run each part's forward and
-            backward pass on its own thread with one intra-op thread (:mod:`diffmvae.training.threads`); the
-            gradients are added weighted by each part's share, so the objective is the unsplit step's, and each part
-            draws its own noise; the process's intra-op threads are shared among the parts. 1 (the default) runs the
+            backward pass on its own thread, the process's intra-op threads shared among them (one each for two
+            parts on two cores; :mod:`diffmvae.training.threads`); the gradients are added weighted by each part's
+            share, so the objective is the unsplit step's, and each part draws its own noise. 1 (the default) runs the
             batch as one. For a one-process fit on a CPU; elsewhere (a GPU, DDP) it is ignored with a warning.
     """
 
