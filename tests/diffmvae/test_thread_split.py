@@ -107,3 +107,20 @@ def test_a_fit_with_thread_split_trains_and_repeats_exactly(tmp_path):
     assert weights["a"].keys() == weights["b"].keys()
     assert all(torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
     assert any(not torch.equal(weights["a"][k], weights["plain"][k]) for k in weights["a"] if weights["a"][k].is_floating_point())
+
+
+def test_the_callers_autocast_reaches_the_worker_threads():
+    """Autocast state is thread-local: under ``bf16-mixed`` on a CPU the parts must run their matmuls in bfloat16 as
+    the unsplit step does (without re-entering the region on the workers they run in float32)."""
+    weight = torch.nn.Parameter(torch.randn(4, 3))
+
+    def part(x, present, g):
+        y = x["a"] @ weight
+        return y.float().square().mean(), {"bf16": torch.tensor(float(y.dtype == torch.bfloat16))}
+
+    x = {"a": torch.randn(6, 4)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, means = threaded_step(part, x, None, 6, 2, torch.Generator().manual_seed(0), [weight])
+    assert means["bf16"].item() == 1.0
+    _, means = threaded_step(part, x, None, 6, 2, torch.Generator().manual_seed(0), [weight])
+    assert means["bf16"].item() == 0.0
