@@ -224,7 +224,7 @@ class TrainingModule(L.LightningModule):
 
         if stage == "train" and self._split > 1:
             trained = [p for p in self.model.parameters() if p.requires_grad]
-            loss, means = threaded_step(part, x, present, n, self._split, generator, trained)
+            loss, means = threaded_step(part, x, present, self._split, generator, trained)
         else:
             loss, means = part(x, present, generator)
         if not torch.isfinite(loss):

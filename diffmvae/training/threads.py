@@ -15,10 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from diffmvae.data.batches import take_rows
+from diffmvae.model.base import batch_size
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
@@ -30,19 +34,14 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return _POOLS[workers]
 
 
-def _slice(value: Any, start: int, stop: int) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _slice(v, start, stop) for k, v in value.items()}
-    return value[start:stop]
-
-
-def split_examples(x: Mapping[str, Any], present: Tensor | None, size: int, parts: int) -> list[tuple[dict[str, Any], Tensor | None, float]]:
+def split_examples(x: Mapping[str, Any], present: Tensor | None, parts: int) -> list[tuple[dict[str, Any], Tensor | None, float]]:
     """``x`` (modality tensors, or dicts of tensors for text) and its mask cut into ``parts`` consecutive slices of
-    the ``size`` examples, as ``(x_k, present_k, share_k)`` with ``share_k`` the slice's fraction of the examples;
-    never an empty slice."""
+    its examples, as ``(x_k, present_k, share_k)`` with ``share_k`` the slice's fraction of the examples; never an
+    empty slice."""
+    size = batch_size(x)
     parts = max(1, min(parts, size))
     cuts = [k * size // parts for k in range(parts + 1)]
-    return [({m: _slice(v, a, b) for m, v in x.items()}, None if present is None else present[a:b], (b - a) / size)
+    return [({m: take_rows(v, a, b) for m, v in x.items()}, None if present is None else present[a:b], (b - a) / size)
             for a, b in zip(cuts[:-1], cuts[1:])]
 
 
@@ -64,22 +63,24 @@ class _Precomputed(torch.autograd.Function):
 PartLoss = Callable[[dict[str, Any], "Tensor | None", torch.Generator], tuple[Tensor, dict[str, Tensor]]]
 
 
-def threaded_step(part_loss: PartLoss, x: Mapping[str, Any], present: Tensor | None, size: int, parts: int,
-                  generator: torch.Generator, parameters: Sequence[nn.Parameter]) -> tuple[Tensor, dict[str, Tensor]]:
+def threaded_step(part_loss: PartLoss, x: Mapping[str, Any], present: Tensor | None, parts: int, generator: torch.Generator,
+                  parameters: Sequence[nn.Parameter]) -> tuple[Tensor, dict[str, Tensor]]:
     """The loss of the batch, computed as ``parts`` slices on as many threads, each with ``torch.get_num_threads() //
     parts`` intra-op threads (at least one): ``part_loss(x_k, present_k, g_k)``
     returns a slice's mean loss and its logged means. Returns a loss whose backward pass gives ``parameters`` the
     gradient of ``sum_k share_k * loss_k`` (parameters that no slice reached get none), and the share-weighted means."""
-    pieces = split_examples(x, present, size, parts)
+    pieces = split_examples(x, present, parts)
     seeds = torch.randint(0, 2**62, (len(pieces),), generator=generator, device=generator.device).tolist()
     device, threads = generator.device, max(1, torch.get_num_threads() // len(pieces))
-    autocast = {d: (torch.get_autocast_dtype(d), True) for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)}
+    autocast = {d: torch.get_autocast_dtype(d) for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)}  # thread-local state
 
     def run(job: tuple[int, tuple[dict[str, Any], Tensor | None, float]]) -> tuple[Tensor, dict[str, Tensor], tuple[Tensor | None, ...]]:
         k, (x_k, present_k, share) = job
         torch.set_num_threads(threads)
         g = torch.Generator(device=device).manual_seed(seeds[k])
-        with torch.enable_grad(), _autocast(autocast):
+        with torch.enable_grad(), ExitStack() as regions:
+            for d, dtype in autocast.items():  # the caller's autocast regions, re-entered on this thread
+                regions.enter_context(torch.autocast(d, dtype=dtype))
             loss, means = part_loss(x_k, present_k, g)
             grads = torch.autograd.grad(loss * share, parameters, allow_unused=True)
         return loss.detach(), {n: v.detach() for n, v in means.items()}, grads
@@ -94,17 +95,3 @@ def threaded_step(part_loss: PartLoss, x: Mapping[str, Any], present: Tensor | N
         grads.append(None if not got else sum(got[1:], got[0]))
     return _Precomputed.apply(value, grads, *parameters), means
 
-
-class _autocast:
-    """Re-enters the caller's autocast regions on a worker thread (autocast state is thread-local)."""
-
-    def __init__(self, regions: dict[str, tuple[torch.dtype, bool]]) -> None:
-        self.contexts = [torch.autocast(d, dtype=dtype, enabled=on) for d, (dtype, on) in regions.items()]
-
-    def __enter__(self) -> None:
-        for c in self.contexts:
-            c.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        for c in reversed(self.contexts):
-            c.__exit__(*exc)

@@ -37,7 +37,6 @@ import torch
 from step_time import build, read_config
 
 from diffmvae.data import PolyDigits
-from diffmvae.model.base import batch_size
 from diffmvae.training.module import split_batch, to_channels_last
 from diffmvae.training.threads import threaded_step
 
@@ -66,7 +65,7 @@ def variant(base: torch.nn.Module, batches: list, optimizer: dict, channels_last
             generator = torch.Generator().manual_seed(state["i"])
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 if split > 1:
-                    loss = threaded_step(part, x, present, batch_size(x), split, generator, params)[0]
+                    loss = threaded_step(part, x, present, split, generator, params)[0]
                 else:
                     loss = model.elbo(x, present, generator=generator).loss().mean()
             opt.zero_grad(set_to_none=True)

@@ -22,12 +22,12 @@ def part_loss(module):
 def test_split_examples_cuts_every_entry_and_its_mask_into_consecutive_parts():
     x = {"img": torch.arange(5.0).view(5, 1), "text": {"input_ids": torch.arange(10).view(5, 2), "attention_mask": torch.ones(5, 2)}}
     present = torch.tensor([[1, 0], [1, 1], [0, 1], [1, 1], [1, 0]], dtype=torch.bool)
-    parts = split_examples(x, present, 5, 2)
+    parts = split_examples(x, present, 2)
     assert [share for _, _, share in parts] == [0.4, 0.6]
     assert parts[0][0]["img"].flatten().tolist() == [0.0, 1.0] and parts[1][0]["img"].flatten().tolist() == [2.0, 3.0, 4.0]
     assert parts[1][0]["text"]["input_ids"].tolist() == [[4, 5], [6, 7], [8, 9]]
     assert torch.equal(torch.cat([parts[0][1], parts[1][1]]), present)
-    assert len(split_examples(x, None, 5, 8)) == 5  # never an empty part
+    assert len(split_examples(x, None, 8)) == 5  # never an empty part
 
 
 def test_thread_split_gives_the_gradient_of_the_share_weighted_parts():
@@ -39,14 +39,14 @@ def test_thread_split_gives_the_gradient_of_the_share_weighted_parts():
     threaded = TrainingModule(model, thread_split=2)
     serial = TrainingModule(copy.deepcopy(model))
     params = [p for p in threaded.model.parameters() if p.requires_grad]
-    loss, means = threaded_step(part_loss(threaded), x, None, 6, 2, torch.Generator().manual_seed(5), params)
+    loss, means = threaded_step(part_loss(threaded), x, None, 2, torch.Generator().manual_seed(5), params)
     (8.0 * loss).backward()
 
     seeds = torch.randint(0, 2**62, (2,), generator=torch.Generator().manual_seed(5)).tolist()
     threads, ref = torch.get_num_threads(), 0.0
     torch.set_num_threads(max(1, threads // 2))  # the workers' setting: the same kernels, so the same rounding
     try:
-        for (x_k, _, share), seed in zip(split_examples(x, None, 6, 2), seeds):
+        for (x_k, _, share), seed in zip(split_examples(x, None, 2), seeds):
             ref = ref + share * part_loss(serial)(x_k, None, torch.Generator().manual_seed(seed))[0]
         (8.0 * ref).backward()
     finally:
@@ -63,7 +63,7 @@ def test_a_parameter_no_part_reaches_gets_no_gradient():
     model, x = diffusion_vae_and_batch()
     module = TrainingModule(model)
     idle = torch.nn.Parameter(torch.ones(3))
-    loss, _ = threaded_step(part_loss(module), x, None, 6, 3, torch.Generator().manual_seed(0), [*model.parameters(), idle])
+    loss, _ = threaded_step(part_loss(module), x, None, 3, torch.Generator().manual_seed(0), [*model.parameters(), idle])
     loss.backward()
     assert idle.grad is None and all(p.grad is not None for p in model.encoders.parameters())
 
@@ -72,7 +72,7 @@ def test_thread_split_is_deterministic_and_draws_noise_from_the_step_generator()
     model, x = diffusion_vae_and_batch()
     module = TrainingModule(model)
     params = list(model.parameters())
-    value = lambda seed: threaded_step(part_loss(module), x, None, 6, 2, torch.Generator().manual_seed(seed), params)[0].item()  # noqa: E731
+    value = lambda seed: threaded_step(part_loss(module), x, None, 2, torch.Generator().manual_seed(seed), params)[0].item()  # noqa: E731
     assert value(3) == value(3) != value(4)
 
 
@@ -120,7 +120,7 @@ def test_the_callers_autocast_reaches_the_worker_threads():
 
     x = {"a": torch.randn(6, 4)}
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, means = threaded_step(part, x, None, 6, 2, torch.Generator().manual_seed(0), [weight])
+        _, means = threaded_step(part, x, None, 2, torch.Generator().manual_seed(0), [weight])
     assert means["bf16"].item() == 1.0
-    _, means = threaded_step(part, x, None, 6, 2, torch.Generator().manual_seed(0), [weight])
+    _, means = threaded_step(part, x, None, 2, torch.Generator().manual_seed(0), [weight])
     assert means["bf16"].item() == 0.0
