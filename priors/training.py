@@ -14,6 +14,7 @@ from torch_ema import ExponentialMovingAverage
 from tqdm.auto import tqdm
 
 from decoders.optim import lr_factor
+from decoders.threads import cuts, gradient_on_threads
 from priors.score import ScorePrior
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,12 @@ class PriorFitConfig:
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     statistics_samples: int = 20_000
+    thread_split: int = 1
+    """Each batch cut into this many parts, each part's forward and backward pass on its own CPU thread
+    (:mod:`decoders.threads`): the same objective, faster on a CPU with few cores; ignored on a GPU."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "statistics_samples"):
+        for name in ("steps", "batch_size", "statistics_samples", "thread_split"):
             if getattr(self, name) < 1:
                 raise ValueError(f"prior fit: {name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -61,10 +65,21 @@ def fit_score_prior(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, schedule="cosine", warmup=config.warmup_steps, total=config.steps))
     ema = ExponentialMovingAverage(params, decay=config.ema_decay)
     prior.train()
+    split = config.thread_split if prior.mean.device.type == "cpu" else 1
+    if split != config.thread_split:
+        log.warning("prior fit: thread_split=%d applies on a CPU only; fitting on %s unsplit", config.thread_split, prior.mean.device)
+
+    def part_loss(z: Tensor, g: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        return prior.loss(z, generator=g).mean(), {}
+
     losses, running = [], 0.0
     bar = tqdm(range(config.steps), desc="prior fit", disable=not progress, leave=False)
     for step in bar:
-        loss = prior.loss(draw(config.batch_size, generator).to(prior.mean.device), generator=generator).mean()
+        z = draw(config.batch_size, generator).to(prior.mean.device)
+        if split > 1:
+            loss = gradient_on_threads(part_loss, [(z[a:b], (b - a) / len(z)) for a, b in cuts(len(z), split)], generator, params)[0]
+        else:
+            loss = part_loss(z, generator)[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)

@@ -23,10 +23,10 @@ if [ ! -f "$RUN/checkpoints/last.prior.ckpt" ]; then
   [ -f "$CKPT" ] && RESUME=(--ckpt_path "$CKPT") && echo "resuming $RUN from its last checkpoint"
   diffmvae fit --config experiments/polydigits/quickstart.yaml --trainer.default_root_dir "$RUN" "${RESUME[@]}" ${QUICKSTART_FIT_ARGS:-}
   echo "trained in $(( $(date +%s) - start ))s; fitting the latent score prior"
-  diffmvae prior fit --ckpt "$CKPT" --config experiments/polydigits/prior.yaml --fit.steps 1000 ${QUICKSTART_PRIOR_ARGS:-}
+  diffmvae prior fit --ckpt "$CKPT" --config experiments/polydigits/prior.yaml --fit.steps 1000 --fit.thread_split 2 ${QUICKSTART_PRIOR_ARGS:-}
 fi
-diffmvae sample --ckpt "$CKPT" --given m0 --n 360 --out "$RUN/given_m0" --seed 0 --overwrite ${QUICKSTART_SAMPLE_ARGS:-}
-diffmvae sample --ckpt "$CKPT" --given none --n 360 --out "$RUN/unconditional" --seed 0 --overwrite ${QUICKSTART_SAMPLE_ARGS:-}
+diffmvae sample --ckpt "$CKPT" --given m0 --n 360 --out "$RUN/given_m0" --seed 0 --thread_split 2 --overwrite ${QUICKSTART_SAMPLE_ARGS:-}
+diffmvae sample --ckpt "$CKPT" --given none --n 360 --out "$RUN/unconditional" --seed 0 --thread_split 2 --overwrite ${QUICKSTART_SAMPLE_ARGS:-}
 python experiments/polydigits/quickstart_report.py "$RUN" --classifiers experiments/polydigits/judges.pt ${QUICKSTART_REPORT_ARGS:-}
 echo "guided samples (opt-in, not exact samples of p(x|z)): diffmvae sample --ckpt $CKPT --given m0 --n 360 --out $RUN/guided_m0 --guidance 2"
 echo "quickstart done in $(( $(date +%s) - start ))s: $RUN/ (checkpoints/last.ckpt, last.prior.ckpt, given_m0/grid.png, unconditional/grid.png, report.md)"

@@ -42,6 +42,9 @@ def _sample(argv: list[str]) -> int:
                    help="prior for --given none: the score prior (default when the model has one) or N(0, I)")
     p.add_argument("--prior_ckpt", default=None, help="score prior checkpoint (default: CKPT's name with .prior.ckpt)")
     p.add_argument("--prior_steps", type=int, default=None, help="DDIM steps of the score prior (default: its own, 50)")
+    p.add_argument("--thread_split", type=int, default=1,
+                   help="on a CPU: each batch cut into this many parts, each sampled on its own thread (faster on few cores; "
+                        "the same distribution, other draws than unsplit; recorded)")
     add_sampling_arguments(p)
     add_composition_arguments(p)
     add_device_arguments(p)
@@ -50,6 +53,8 @@ def _sample(argv: list[str]) -> int:
     composition = composition_from(args)
     if args.n < 1:
         raise DiffMVAEError(f"--n must be >= 1, got {args.n}")
+    if args.thread_split < 1:
+        raise DiffMVAEError(f"--thread_split must be >= 1, got {args.thread_split}")
     check_out_dir(args.out, overwrite=args.overwrite)
     start = time.perf_counter()
     run = load_run(args.ckpt, use_ema=not args.no_ema, device=device)
@@ -70,11 +75,12 @@ def _sample(argv: list[str]) -> int:
         batch = select_examples(run.datamodule.dataset(args.split), args.n, generator)
     with precision(args.precision, device):
         samples = generate_from_subset(model, batch, given, args.n, generator=generator, sampling=sampling, prior=prior,
-                                       composition=composition)
+                                       composition=composition, thread_split=args.thread_split)
     labels = batch.get("label") if given else None  # unconditional samples have no true label
     texts = {m: run.datamodule.decode_text(m, samples[m]["input_ids"]) for m, spec in run.datamodule.specs.items()
              if spec.is_text and m in samples}
+    record = {**sampling_record(model, sampling, composition), "thread_split": args.thread_split if device.type == "cpu" else 1}
     paths = write_samples(args.out, samples, run.datamodule.specs, given, labels if isinstance(labels, torch.Tensor) else None,
-                          prior=prior_name, sampling=sampling_record(model, sampling, composition), texts=texts)
+                          prior=prior_name, sampling=record, texts=texts)
     log.info("wrote %s in %.1fs", ", ".join(map(str, paths)), time.perf_counter() - start)
     return 0

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, default_collate
 from tqdm.auto import tqdm
 
 from decoders import SamplingSettings
+from decoders.threads import cuts, run_on_threads
 from diffmvae.data.batches import cat_batches, map_batch, take_rows
 from diffmvae.data.spec import ModalitySpec
 from diffmvae.io import DiffMVAEError, check_out_dir, image_grid, write_files
@@ -83,22 +84,38 @@ def generate_from_subset(
     chunk_size: int = 256,
     progress: bool = True,
     composition: Composition | None = None,
+    thread_split: int = 1,
 ) -> dict[str, Tensor]:
     """Generate every modality not in ``given`` for ``n`` examples, ``chunk_size`` at a time (composing predictions
     from several sources of ``given`` when a ``composition`` is passed).
 
     Observed modalities are returned as the real inputs; with ``given`` empty, every modality is decoded from
     ``z ~ prior`` (the model's ``N(0, I)`` by default). Returns CPU tensors, one per modality.
+
+    ``thread_split > 1`` (on a CPU; ignored elsewhere) cuts each chunk into that many parts, each generated on its
+    own thread with its own generator seeded from ``generator`` (:mod:`decoders.threads`): the same distribution,
+    faster on a CPU with few cores, deterministic given the seed, but not the same draws as unsplit.
     """
+    if thread_split < 1:
+        raise DiffMVAEError(f"--thread_split must be >= 1, got {thread_split}")
     device = model.device_of()
+    split = thread_split if device.type == "cpu" else 1
+    extra = {"composition": composition} if composition is not None and given else {}
+    # (composition only when asked for: a user's model written to the interface before it had the argument still works)
+
+    def part(rows: tuple[int, int], g: torch.Generator) -> dict[str, Any]:
+        obs = {m: take_rows(batch[m], rows[0], rows[1], device) for m in given}
+        return model.generate(obs or None, rows[1] - rows[0], sampling=sampling, generator=g, prior=prior, **extra)
+
     chunks: list[dict[str, Tensor]] = []
     for start in tqdm(range(0, n, chunk_size), desc="sampling", disable=not progress, leave=False):
         stop = min(start + chunk_size, n)
-        obs = {m: take_rows(batch[m], start, stop, device) for m in given}
         with torch.inference_mode():
-            # composition only when asked for: a user's model written to the interface before it had the argument still works
-            out = model.generate(obs or None, stop - start, sampling=sampling, generator=generator, prior=prior,
-                                 **({"composition": composition} if composition is not None and given else {}))
+            if split > 1:
+                parts = run_on_threads(part, [(start + a, start + b) for a, b in cuts(stop - start, split)], generator)
+                out = {m: cat_batches([p[m] for p in parts]) for m in parts[0]}
+            else:
+                out = part((start, stop), generator)
         # float32 under autocast too
         chunks.append({m: map_batch(v, lambda t: t.float().cpu() if t.is_floating_point() else t.cpu()) for m, v in out.items()})
     return {m: cat_batches([c[m] for c in chunks]) for m in model.modalities}

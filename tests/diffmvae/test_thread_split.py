@@ -7,6 +7,8 @@ import pytest
 import torch
 from test_training import diffusion_vae_and_batch
 
+from decoders.threads import cuts
+from diffmvae.generation.sampling import generate_from_subset
 from diffmvae.training.module import TrainingModule
 from diffmvae.training.threads import split_examples, threaded_step
 
@@ -124,3 +126,33 @@ def test_the_callers_autocast_reaches_the_worker_threads():
     assert means["bf16"].item() == 1.0
     _, means = threaded_step(part, x, None, 2, torch.Generator().manual_seed(0), [weight])
     assert means["bf16"].item() == 0.0
+
+
+@pytest.mark.parametrize("given", [["m0"], []])
+def test_split_sampling_generates_each_part_of_each_chunk_with_its_own_generator(given):
+    """``generate_from_subset(thread_split=2)`` equals generating every part of every chunk in one thread with the
+    part's generator (seeds drawn from the caller's generator chunk by chunk) and its own rows of the observed
+    modalities: a part given the wrong rows, or the caller's generator shared between threads, fails it."""
+    model, x = diffusion_vae_and_batch()
+    model.eval()
+    n, chunk = 5, 3
+    out = generate_from_subset(model, x, given, n, generator=torch.Generator().manual_seed(3), thread_split=2, chunk_size=chunk,
+                               progress=False)
+    generator, ref = torch.Generator().manual_seed(3), []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // 2))  # the workers' setting
+    try:
+        with torch.inference_mode():
+            for start in range(0, n, chunk):
+                rows = [(start + a, start + b) for a, b in cuts(min(chunk, n - start), 2)]
+                seeds = torch.randint(0, 2**62, (len(rows),), generator=generator).tolist()
+                ref += [model.generate({m: x[m][a:b] for m in given} or None, b - a, generator=torch.Generator().manual_seed(s))
+                        for (a, b), s in zip(rows, seeds)]
+    finally:
+        torch.set_num_threads(threads)
+    for m in model.modalities:
+        torch.testing.assert_close(out[m], torch.cat([r[m] for r in ref]), rtol=0, atol=1e-6)
+    unsplit = generate_from_subset(model, x, given, n, generator=torch.Generator().manual_seed(3), chunk_size=chunk, progress=False)
+    assert not torch.allclose(unsplit["m1"], out["m1"])
+    if given:
+        assert torch.equal(out["m0"], x["m0"][:n])
