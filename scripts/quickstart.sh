@@ -14,7 +14,7 @@ if [ -f "$RUN/report.md" ]; then
   echo "$RUN already holds a finished quickstart (nothing was changed); train another with: bash scripts/quickstart.sh runs/quickstart2"
   exit 0
 fi
-[ "${QUICKSTART_SETUP:-1}" = 0 ] || bash scripts/setup.sh
+[ "${QUICKSTART_SETUP:-1}" = 0 ] || bash scripts/setup.sh --runtime
 . .venv/bin/activate
 start=$(date +%s)
 CKPT="$RUN/checkpoints/last.ckpt"
