@@ -280,6 +280,25 @@ def test_attribute_judge_thresholds_generated_probabilities():
     assert predict(AttributeJudge(), torch.tensor([[0.2, 0.7, 0.5]])).tolist() == [[0, 1, 0]]
 
 
+@pytest.mark.parametrize("shape, k", [((3, 8, 8), 16), ((3, 2, 2), 64)])
+def test_pixel_pca_axes_are_the_top_singular_vectors_of_the_centred_images(shape, k):
+    """The fitted axes span the top right-singular subspace of the centred images (a float64 SVD, the closed form)
+    to 1e-6 (the axes are stored in float32), both when fewer axes than pixels are kept (ARPACK) and when all are (full SVD); an approximate
+    (randomized) solver is off by far more on this slowly decaying spectrum, and a refit repeats exactly."""
+    from diffmvae.evaluation.frechet import PixelPCA
+
+    g = torch.Generator().manual_seed(1)
+    scale = torch.linspace(1.0, 0.5, int(torch.tensor(shape).prod()))
+    images = 0.5 + 0.1 * torch.randn(300, *shape, generator=g) * scale.view(*shape)
+    pca = PixelPCA.fit(images, k)
+    flat = images.flatten(1).double()
+    _, _, vh = torch.linalg.svd(flat - flat.mean(0), full_matrices=False)
+    top = vh[: pca.num_features]
+    cosines = torch.linalg.svdvals(top @ pca.components.double().T)
+    assert pca.num_features == min(k, flat.shape[1]) and cosines.min() > 1 - 1e-6
+    assert torch.equal(PixelPCA.fit(images, k).components, pca.components)
+
+
 def test_pixel_pca_frechet_distance_is_the_projected_mean_shift_when_the_spread_is_the_same():
     """The label-free space in closed form: for generated = real + a constant image, the covariances agree and the
     Fréchet distance is the squared length of the shift projected on the fitted principal axes."""
