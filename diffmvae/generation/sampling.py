@@ -97,7 +97,7 @@ def generate_from_subset(
     faster on a CPU with few cores, deterministic given the seed, but not the same draws as unsplit.
     """
     if thread_split < 1:
-        raise DiffMVAEError(f"--thread_split must be >= 1, got {thread_split}")
+        raise DiffMVAEError(f"thread_split must be >= 1, got {thread_split}")
     device = model.device_of()
     split = thread_split if device.type == "cpu" else 1
     extra = {"composition": composition} if composition is not None and given else {}
