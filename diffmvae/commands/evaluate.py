@@ -29,6 +29,9 @@ def _evaluate(argv: list[str]) -> int:
     p.add_argument("--pca_train", type=int, default=2000, help="real training images the pixel PCA is fitted on")
     p.add_argument("--classifiers", default=None, help="classifier file (default: runs/classifiers/<data key>.pt, trained if missing)")
     p.add_argument("--prior", default="auto", choices=("auto", "score", "gaussian"), help="prior of unconditional samples")
+    p.add_argument("--thread_split", type=int, default=1,
+                   help="on a CPU: each sampling batch cut into this many parts, each on its own thread (faster on few cores; other "
+                        "draws of the same distribution; recorded)")
     p.add_argument("--parts", default=",".join(PARTS), help=f"what to measure, comma separated: {', '.join(PARTS)} (default: all)")
     add_sampling_arguments(p)
     add_composition_arguments(p)
@@ -42,7 +45,8 @@ def _evaluate(argv: list[str]) -> int:
     start = time.perf_counter()
     settings = EvalSettings(n_samples=args.n_samples, seed=args.seed, max_subsets=args.max_subsets, probe_train=args.probe_train,
                             pca_components=args.pca_components, pca_train=args.pca_train,
-                            inception_weights=args.inception_weights, parts=tuple(p for p in args.parts.split(",") if p))
+                            inception_weights=args.inception_weights, parts=tuple(p for p in args.parts.split(",") if p),
+                            thread_split=args.thread_split)
     names = args.names.split(",") if args.names else None
     paths = evaluate_checkpoints(args.ckpt, args.out, settings=settings, names=names, classifiers=args.classifiers, prior=args.prior,
                                  sampling=sampling_overrides(args), device=device, precision=args.precision, composition=composition,

@@ -53,6 +53,7 @@ class EvalSettings:
     parts: tuple[str, ...] = PARTS
     pca_components: int = 64
     pca_train: int = 2000
+    thread_split: int = 1  # on a CPU: each sampling batch as parts on threads (other draws, the same distribution)
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.parts if p not in PARTS]
@@ -62,6 +63,8 @@ class EvalSettings:
             raise DiffMVAEError(f"--n_samples must be >= 1, got {self.n_samples}")
         if self.pca_components < 0 or self.pca_train < 2:
             raise DiffMVAEError(f"--pca_components must be >= 0 and --pca_train >= 2, got {self.pca_components}, {self.pca_train}")
+        if self.thread_split < 1:
+            raise DiffMVAEError(f"--thread_split must be >= 1, got {self.thread_split}")
         if self.max_subsets < 1 or self.probe_train < 2:
             raise DiffMVAEError(f"--max_subsets must be >= 1 and --probe_train >= 2, got {self.max_subsets}, {self.probe_train}")
 
@@ -93,6 +96,7 @@ def conditional_metrics(
     composition: Composition | None = None,
     matched: Sequence[str] = (),
     label_free: Mapping[str, nn.Module] | None = None,
+    thread_split: int = 1,
 ) -> list[dict[str, Any]]:
     """Rows ``{metric, k, target, value}`` of conditional coherence and FD (``fd`` in ``extractors``' features,
     ``fd_pca`` in ``label_free`` ones, e.g. :class:`~diffmvae.evaluation.frechet.PixelPCA`), per target and
@@ -108,7 +112,7 @@ def conditional_metrics(
     for i, (k, subset) in enumerate(tqdm(todo, desc="conditional generation", disable=not progress, leave=False)):
         generator = torch.Generator().manual_seed(seed * 7919 + i)
         samples = generate_from_subset(model, test, subset, n, generator=generator, sampling=sampling, progress=False,
-                                       composition=composition)
+                                       composition=composition, thread_split=thread_split)
         for target in model.modalities:
             if target in subset:
                 continue
@@ -155,11 +159,13 @@ def unconditional_metrics(
     seed: int,
     sampling: SamplingSettings = SamplingSettings(),
     label_free: Mapping[str, nn.Module] | None = None,
+    thread_split: int = 1,
 ) -> list[dict[str, Any]]:
     """Rows of unconditional coherence (``all`` and ``at_least_k`` agree) and FD per modality and mean (``fd_unconditional``
     in ``extractors``' features, ``fd_pca_unconditional`` in ``label_free`` ones)."""
     generator = torch.Generator().manual_seed(seed + 104729)
-    samples = generate_from_subset(model, {}, [], n, generator=generator, sampling=sampling, prior=prior, progress=False)
+    samples = generate_from_subset(model, {}, [], n, generator=generator, sampling=sampling, prior=prior, progress=False,
+                                   thread_split=thread_split)
     judged = [m for m in samples if m in classifiers]
     rows = [] if len(judged) < 2 else [{"metric": "coherence_unconditional", "k": 0, "target": key, "value": v}
                                        for key, v in unconditional_coherence(samples, classifiers).items()]
@@ -305,10 +311,10 @@ def evaluate_model(
     rows = []
     if "conditional" in parts:
         rows += conditional_metrics(model, test, labels, subsets, classifiers, extractors, seed=settings.seed, sampling=sampling, progress=progress,
-                                    composition=composition, matched=matched, label_free=label_free)
+                                    composition=composition, matched=matched, label_free=label_free, thread_split=settings.thread_split)
     if "unconditional" in parts and model.can_generate(()):
         rows += unconditional_metrics(model, test, prior, n, classifiers, extractors, seed=settings.seed, sampling=sampling,
-                                      label_free=label_free)
+                                      label_free=label_free, thread_split=settings.thread_split)
     if probes:
         probe_train = {k: take_rows(v, 0, settings.probe_train) for k, v in train.items()}
         rows += latent_probe_rows(model, probe_train, {**test, label_key: labels}, label_key, subsets, progress)

@@ -138,6 +138,28 @@ def test_evaluate_writes_json_csv_md_and_plot(trained, classifier_file, tmp_path
     assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_evaluate_thread_split_reaches_every_sampling_call_and_is_recorded(trained, classifier_file, tmp_path, monkeypatch):
+    """``--thread_split 2`` reaches the sampler of the conditional and the unconditional part (a setting dropped on the
+    way would leave 1 there) and is written into the settings of metrics.json; 0 is refused in one line."""
+    import diffmvae.evaluation.suite as suite
+
+    real, seen = suite.generate_from_subset, []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("thread_split", 1))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(suite, "generate_from_subset", spy)
+    _, ckpt = trained
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--ckpt", str(ckpt), "--out", str(out), "--n_samples", "6", "--classifiers", str(classifier_file),
+            "--prior", "gaussian", "--parts", "conditional,unconditional", "--max_subsets", "1", "--thread_split", "2"]
+    assert main(argv) == 0
+    assert len(seen) >= 3 and set(seen) == {2}  # a subset of each size k = 1, 2, and the unconditional samples
+    assert json.loads((out / "metrics.json").read_text())["settings"]["thread_split"] == 2  # one model: one summary
+    assert main([*argv[:4], str(tmp_path / "e0"), "--thread_split", "0"]) == 2
+
+
 def test_evaluate_refuses_different_modality_sets(trained, tmp_path, capsys):
     _, ckpt = trained
     cfg = yaml.safe_load(yaml.safe_dump(TINY))
