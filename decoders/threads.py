@@ -43,6 +43,12 @@ def cuts(size: int, parts: int) -> list[tuple[int, int]]:
     return list(zip(ends[:-1], ends[1:]))
 
 
+def parts_on(device: torch.device | str, parts: int) -> int:
+    """How many threads a split into ``parts`` uses on ``device``: ``parts`` on a CPU, one elsewhere (a GPU already
+    runs the batch in parallel, and its kernels are queued from one thread)."""
+    return parts if torch.device(device).type == "cpu" else 1
+
+
 def run_on_threads(work: Callable[[T, torch.Generator], R], parts: Sequence[T], generator: torch.Generator) -> list[R]:
     """``[work(part, g_k) for part in parts]``, each call on its own thread with ``torch.get_num_threads() //
     len(parts)`` intra-op threads (at least one) and its own generator ``g_k`` (on ``generator``'s device, seeded

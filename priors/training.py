@@ -14,7 +14,7 @@ from torch_ema import ExponentialMovingAverage
 from tqdm.auto import tqdm
 
 from decoders.optim import lr_factor
-from decoders.threads import cuts, gradient_on_threads
+from decoders.threads import cuts, gradient_on_threads, parts_on
 from priors.score import ScorePrior
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def fit_score_prior(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, schedule="cosine", warmup=config.warmup_steps, total=config.steps))
     ema = ExponentialMovingAverage(params, decay=config.ema_decay)
     prior.train()
-    split = config.thread_split if prior.mean.device.type == "cpu" else 1
+    split = parts_on(prior.mean.device, config.thread_split)
     if split != config.thread_split:
         log.warning("prior fit: thread_split=%d applies on a CPU only; fitting on %s unsplit", config.thread_split, prior.mean.device)
 

@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from decoders.threads import parts_on
 from diffmvae.commands.common import CommandParser, add_sampling_arguments, sampling_settings
 from diffmvae.commands.unite import add_composition_arguments, composition_from
 from diffmvae.devices import add_device_arguments, pick_device, precision
@@ -79,7 +80,7 @@ def _sample(argv: list[str]) -> int:
     labels = batch.get("label") if given else None  # unconditional samples have no true label
     texts = {m: run.datamodule.decode_text(m, samples[m]["input_ids"]) for m, spec in run.datamodule.specs.items()
              if spec.is_text and m in samples}
-    record = {**sampling_record(model, sampling, composition), "thread_split": args.thread_split if device.type == "cpu" else 1}
+    record = {**sampling_record(model, sampling, composition), "thread_split": parts_on(device, args.thread_split)}
     paths = write_samples(args.out, samples, run.datamodule.specs, given, labels if isinstance(labels, torch.Tensor) else None,
                           prior=prior_name, sampling=record, texts=texts)
     log.info("wrote %s in %.1fs", ", ".join(map(str, paths)), time.perf_counter() - start)

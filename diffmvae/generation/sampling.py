@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, default_collate
 from tqdm.auto import tqdm
 
 from decoders import SamplingSettings
-from decoders.threads import cuts, run_on_threads
+from decoders.threads import cuts, parts_on, run_on_threads
 from diffmvae.data.batches import cat_batches, map_batch, take_rows
 from diffmvae.data.spec import ModalitySpec
 from diffmvae.io import DiffMVAEError, check_out_dir, image_grid, write_files
@@ -99,7 +99,7 @@ def generate_from_subset(
     if thread_split < 1:
         raise DiffMVAEError(f"thread_split must be >= 1, got {thread_split}")
     device = model.device_of()
-    split = thread_split if device.type == "cpu" else 1
+    split = parts_on(device, thread_split)
     extra = {"composition": composition} if composition is not None and given else {}
     # (composition only when asked for: a user's model written to the interface before it had the argument still works)
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from decoders import SamplingSettings
 from decoders.optim import LRSchedule, lr_factor
+from decoders.threads import parts_on
 from decoders.unet import UNet2d
 from diffmvae.io import DiffMVAEError
 from diffmvae.model.base import MultimodalModel, batch_size
@@ -189,7 +190,7 @@ class TrainingModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         processes = self._trainer.world_size if self._trainer is not None else 1
-        self._split = self.thread_split if self.device.type == "cpu" and processes == 1 else 1
+        self._split = parts_on(self.device, self.thread_split) if processes == 1 else 1
         if self._split < self.thread_split:
             log.warning("thread_split %d applies to a one-process CPU fit; this one runs %d process(es) on %s: batches are not split",
                         self.thread_split, processes, self.device.type)

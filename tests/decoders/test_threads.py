@@ -5,13 +5,18 @@ import threading
 import pytest
 import torch
 
-from decoders.threads import cuts, run_on_threads
+from decoders.threads import cuts, parts_on, run_on_threads
 
 
 def test_cuts_cover_the_range_in_equal_consecutive_pieces():
     assert cuts(7, 2) == [(0, 3), (3, 7)]
     assert cuts(3, 5) == [(0, 1), (1, 2), (2, 3)]  # never an empty piece
     assert cuts(4, 1) == [(0, 4)]
+
+
+def test_a_split_applies_on_a_cpu_only():
+    assert parts_on("cpu", 3) == 3 and parts_on(torch.device("cpu"), 1) == 1
+    assert parts_on("cuda", 3) == 1 and parts_on("mps", 2) == 1
 
 
 def test_parts_run_on_worker_threads_in_order_with_their_own_seeded_generators():

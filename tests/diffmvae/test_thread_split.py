@@ -1,6 +1,7 @@
 """thread_split: a training batch cut into parts, each part's forward and backward on its own CPU thread."""
 
 import copy
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +12,17 @@ from decoders.threads import cuts
 from diffmvae.generation.sampling import generate_from_subset
 from diffmvae.training.module import TrainingModule
 from diffmvae.training.threads import split_examples, threaded_step
+
+
+@contextmanager
+def worker_threads(parts):
+    """The intra-op threads a worker of a ``parts``-way split runs with: the same kernels, so the same rounding."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // parts))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def part_loss(module):
@@ -45,14 +57,11 @@ def test_thread_split_gives_the_gradient_of_the_share_weighted_parts():
     (8.0 * loss).backward()
 
     seeds = torch.randint(0, 2**62, (2,), generator=torch.Generator().manual_seed(5)).tolist()
-    threads, ref = torch.get_num_threads(), 0.0
-    torch.set_num_threads(max(1, threads // 2))  # the workers' setting: the same kernels, so the same rounding
-    try:
+    ref = 0.0
+    with worker_threads(2):
         for (x_k, _, share), seed in zip(split_examples(x, None, 2), seeds):
             ref = ref + share * part_loss(serial)(x_k, None, torch.Generator().manual_seed(seed))[0]
         (8.0 * ref).backward()
-    finally:
-        torch.set_num_threads(threads)
     torch.testing.assert_close(loss, ref.detach(), rtol=1e-5, atol=0)
     assert set(means) >= {"kl", "m0/diffusion", "m1/diffusion"}
     for (name, a), b in zip(serial.model.named_parameters(), threaded.model.parameters()):
@@ -139,17 +148,12 @@ def test_split_sampling_generates_each_part_of_each_chunk_with_its_own_generator
     out = generate_from_subset(model, x, given, n, generator=torch.Generator().manual_seed(3), thread_split=2, chunk_size=chunk,
                                progress=False)
     generator, ref = torch.Generator().manual_seed(3), []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // 2))  # the workers' setting
-    try:
-        with torch.inference_mode():
-            for start in range(0, n, chunk):
-                rows = [(start + a, start + b) for a, b in cuts(min(chunk, n - start), 2)]
-                seeds = torch.randint(0, 2**62, (len(rows),), generator=generator).tolist()
-                ref += [model.generate({m: x[m][a:b] for m in given} or None, b - a, generator=torch.Generator().manual_seed(s))
-                        for (a, b), s in zip(rows, seeds)]
-    finally:
-        torch.set_num_threads(threads)
+    with worker_threads(2), torch.inference_mode():
+        for start in range(0, n, chunk):
+            rows = [(start + a, start + b) for a, b in cuts(min(chunk, n - start), 2)]
+            seeds = torch.randint(0, 2**62, (len(rows),), generator=generator).tolist()
+            ref += [model.generate({m: x[m][a:b] for m in given} or None, b - a, generator=torch.Generator().manual_seed(s))
+                    for (a, b), s in zip(rows, seeds)]
     for m in model.modalities:
         torch.testing.assert_close(out[m], torch.cat([r[m] for r in ref]), rtol=0, atol=1e-6)
     unsplit = generate_from_subset(model, x, given, n, generator=torch.Generator().manual_seed(3), chunk_size=chunk, progress=False)
