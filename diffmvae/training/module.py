@@ -15,6 +15,8 @@ from functools import partial
 from typing import Any, Literal, get_args
 
 import lightning as L
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 import torch
 from torch import Tensor, nn
 
@@ -292,6 +294,18 @@ class TrainingModule(L.LightningModule):
         scaled = str(self.trainer.precision) in ("16-mixed", "16") if self._trainer is not None else False
         fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in self.model.parameters())
         return {"fused": True} if fusable and not scaled else {"foreach": True}
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clips as Lightning does, also under ``bf16-mixed`` with the fused AdamW: Lightning refuses to clip a fused
+        optimizer's gradients under any autocast, because under ``16-mixed`` a gradient scaler must unscale them
+        first; under ``bf16-mixed`` no scaler runs and the gradients are the true ones, so they are clipped as in
+        full precision."""
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, GradClipAlgorithmType(gradient_clip_algorithm or "norm"))
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

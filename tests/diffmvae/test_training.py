@@ -1,6 +1,7 @@
 import copy
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from conftest import tiny_image_vae
@@ -176,3 +177,37 @@ def test_ema_averaged_swaps_the_average_in_for_the_block_and_the_raw_weights_bac
             pass
         assert torch.equal(module.model.weight, ema.ema.shadow_params[0])
     assert torch.equal(module.model.weight, raw)
+
+
+class _GradNorms(L.Callback):
+    """The total gradient norm before clipping (``on_before_optimizer_step``) and after the step (the gradients the
+    update used, still in place at the batch's end)."""
+
+    def __init__(self) -> None:
+        self.before, self.after = [], []
+
+    @staticmethod
+    def norm(module) -> float:
+        return torch.stack([p.grad.norm() for p in module.parameters() if p.grad is not None]).norm().item()
+
+    def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
+        self.before.append(self.norm(module))
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.after.append(self.norm(module))
+
+
+def test_bf16_mixed_clips_the_fused_optimizers_gradients(tmp_path):
+    """Under bf16-mixed on a CPU the update stays one fused AdamW kernel and gradient clipping still applies (Lightning
+    itself refuses to clip a fused optimizer under any autocast): the gradients the update uses have the clipped norm."""
+    module = TrainingModule(tiny_image_vae(), lr_schedule="constant")
+    g = torch.Generator().manual_seed(0)
+    data = [{m: torch.rand(3, 8, 8, generator=g) for m in ("m0", "m1", "m2")} for _ in range(8)]
+    norms = _GradNorms()
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", gradient_clip_val=1e-3, max_steps=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[norms], default_root_dir=tmp_path)
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))
+    assert trainer.optimizers[0].defaults["fused"]
+    assert len(norms.before) == 2 and min(norms.before) > 0.1  # far above the clip: clipping has work to do
+    assert norms.after == pytest.approx([1e-3, 1e-3], rel=1e-3)
