@@ -192,6 +192,8 @@ def main() -> None:
     if args.bf16:
         runs["fused AdamW, NCHW, bf16 autocast"] = variant(model, batches, {"fused": True}, False, bf16=True)
         runs["fused AdamW, channels_last, bf16 autocast"] = variant(model, batches, {"fused": True}, True, bf16=True)
+        runs[f"fused AdamW, NCHW, bf16 autocast, thread_split {args.threads}"] = variant(
+            model, batches, {"fused": True}, False, bf16=True, split=args.threads)
     tmp = tempfile.TemporaryDirectory()
     if args.multivae_python:
         if not all(m in model.decoders for m in model.modalities):
