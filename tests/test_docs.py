@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from diffmvae.commands.main import main
 
@@ -141,6 +142,10 @@ def main_job(tmp_path_factory):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "last.prior.ckpt").is_file()
     report = (run_dir / "report.md").read_text()  # this run's numbers beside the recorded feed-forward baseline's
     assert report in first.stdout and report.count("| this run |") == 2 and "feed-forward MoPoE, score prior (recorded) | 0.690" in report
+    # bfloat16 where the CPU has bfloat16 instructions, float32 elsewhere; the fit ran in it and the report says so
+    expected = "bf16-mixed" if not torch.cuda.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32-true"
+    assert f"training in {expected}" in first.stdout and f"This run trained in `{expected}`" in report
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["precision"] == expected
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     second = subprocess.run(["bash", str(ROOT / "scripts" / "quickstart.sh"), str(run_dir)], env=job, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and "already holds a finished quickstart" in second.stdout, second.stdout + second.stderr

@@ -7,7 +7,8 @@ Reads RUN/given_m0/samples.npz and RUN/unconditional/samples.npz (written by `sc
 as `experiments/polydigits/coherence.py` does (the digit classifiers of `diffmvae evaluate`: `scripts/quickstart.sh`
 passes experiments/polydigits/judges.pt, the set that judged the recorded baseline, so both rows are read by the same
 judges; without --classifiers, the set cached for the data, trained once when missing; Fréchet distances to all real test images in the classifier's feature space and, label-free, on 64
-principal components of real training pixels), prints a table and writes it to RUN/report.md and RUN/report.json.
+principal components of real training pixels), prints a table and the precision the run trained in (RUN/config.yaml)
+and writes them to RUN/report.md and RUN/report.json.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
 from coherence import judge
 
 from diffmvae.io import atomic_write, markdown_table
@@ -42,7 +44,19 @@ def report(run: Path, classifiers: str | None = None) -> tuple[str, dict]:
         rows.append([part, "this run", f"{result['coherence']:.3f}", f"{result['fd_mean']:.1f}", f"{result['fd_pca_mean']:.1f}"])
         rows.append([part, f"{base['model']} (recorded)", f"{base['coherence']:.3f}", f"{base['fd_mean']:.1f}", f"{base['fd_pca_mean']:.1f}"])
     table = markdown_table(["samples", "model", "coherence", "FD, classifier features", "FD, pixel PCA"], rows)
+    precision = training_precision(run)
+    if precision is not None:
+        table += f"\nThis run trained in `{precision}` (its config.yaml's trainer.precision).\n"
+        judged["training_precision"] = precision
     return table, judged
+
+
+def training_precision(run: Path) -> str | None:
+    """The precision the run trained in, from the config.yaml Lightning wrote beside its checkpoints (None without one)."""
+    config = run / "config.yaml"
+    if not config.is_file():
+        return None
+    return str((yaml.safe_load(config.read_text()) or {}).get("trainer", {}).get("precision"))
 
 
 def main() -> None:
