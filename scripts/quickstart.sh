@@ -4,8 +4,9 @@
 # feed-forward MoPoE baseline the README records.
 #   bash scripts/quickstart.sh [RUN_FOLDER]      (default runs/quickstart)
 # Run again, it leaves a finished run as it is and says so; an interrupted one (Ctrl-C, SIGTERM) is resumed.
-# QUICKSTART_SETUP=0 skips the set-up; QUICKSTART_PRECISION sets the training's precision (below); QUICKSTART_FIT_ARGS, QUICKSTART_PRIOR_ARGS, QUICKSTART_SAMPLE_ARGS and
-# QUICKSTART_REPORT_ARGS add arguments to each step (the documentation's tests run the job at a tiny size that way).
+# QUICKSTART_SETUP=0 skips the set-up; QUICKSTART_PRECISION sets the training's precision (below); QUICKSTART_FIT_ARGS,
+# QUICKSTART_PRIOR_ARGS, QUICKSTART_SAMPLE_ARGS and QUICKSTART_REPORT_ARGS add arguments to each step (the
+# documentation's tests run the job at a tiny size that way).
 # shellcheck disable=SC2086  # the QUICKSTART_*_ARGS are lists of words
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,8 @@ start=$(date +%s)
 # bfloat16 autocast where the CPU has bfloat16 instructions (the step 0.81 times the float32 one on 2 cores, the same
 # coherence within the spread of seeds); float32 on other CPUs, where bfloat16 is emulated and slow, and on a GPU.
 # The run's config.yaml and report.md record which. QUICKSTART_PRECISION=32-true (or bf16-mixed) chooses.
-PRECISION=${QUICKSTART_PRECISION:-$(python -c "import torch; print('bf16-mixed' if not torch.cuda.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else '32-true')" 2>/dev/null || echo 32-true)}
+BF16_CPU="import torch; print('bf16-mixed' if not torch.cuda.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else '32-true')"
+PRECISION=${QUICKSTART_PRECISION:-$(python -c "$BF16_CPU" 2>/dev/null || echo 32-true)}
 CKPT="$RUN/checkpoints/last.ckpt"
 if [ ! -f "$RUN/checkpoints/last.prior.ckpt" ]; then
   RESUME=()

@@ -143,7 +143,8 @@ def main_job(tmp_path_factory):
     report = (run_dir / "report.md").read_text()  # this run's numbers beside the recorded feed-forward baseline's
     assert report in first.stdout and report.count("| this run |") == 2 and "feed-forward MoPoE, score prior (recorded) | 0.690" in report
     # bfloat16 where the CPU has bfloat16 instructions, float32 elsewhere; the fit ran in it and the report says so
-    expected = "bf16-mixed" if not torch.cuda.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32-true"
+    bf16_cpu = not torch.cuda.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    expected = "bf16-mixed" if bf16_cpu else "32-true"
     assert f"training in {expected}" in first.stdout and f"This run trained in `{expected}`" in report
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["precision"] == expected
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}

@@ -52,7 +52,7 @@ def report(run: Path, classifiers: str | None = None) -> tuple[str, dict]:
 
 
 def training_precision(run: Path) -> str | None:
-    """The precision the run trained in, from the config.yaml Lightning wrote beside its checkpoints (None without one)."""
+    """The precision the run trained in, from the config.yaml Lightning wrote in the run folder (None without one)."""
     config = run / "config.yaml"
     if not config.is_file():
         return None

@@ -199,7 +199,8 @@ class _GradNorms(L.Callback):
 
 def test_bf16_mixed_clips_the_fused_optimizers_gradients(tmp_path):
     """Under bf16-mixed on a CPU the update stays one fused AdamW kernel and gradient clipping still applies (Lightning
-    itself refuses to clip a fused optimizer under any autocast): the gradients the update uses have the clipped norm."""
+    itself refuses to clip a fused optimizer under any autocast): the gradients the update uses have the clipped
+    norm."""
     module = TrainingModule(tiny_image_vae(), lr_schedule="constant")
     g = torch.Generator().manual_seed(0)
     data = [{m: torch.rand(3, 8, 8, generator=g) for m in ("m0", "m1", "m2")} for _ in range(8)]
