@@ -52,11 +52,13 @@ def report(run: Path, classifiers: str | None = None) -> tuple[str, dict]:
 
 
 def training_precision(run: Path) -> str | None:
-    """The precision the run trained in, from the config.yaml Lightning wrote in the run folder (None without one)."""
+    """The precision the run trained in, from the config.yaml Lightning wrote in the run folder (None without one); a
+    run fitted without ``--trainer.precision`` has ``null`` there, Lightning's default: ``32-true``."""
     config = run / "config.yaml"
     if not config.is_file():
         return None
-    return str((yaml.safe_load(config.read_text()) or {}).get("trainer", {}).get("precision"))
+    precision = ((yaml.safe_load(config.read_text()) or {}).get("trainer") or {}).get("precision")
+    return "32-true" if precision is None else str(precision)
 
 
 def main() -> None:
