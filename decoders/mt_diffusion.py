@@ -49,8 +49,8 @@ from decoders.diffusion.parameterization import Prediction, expand
 from decoders.diffusion.processes import DDPMProcess
 from decoders.diffusion.samplers import Ancestral, Sampler
 from decoders.diffusion.schedules import Schedule, VPSchedule
-from decoders.mt_parts import (VECTOR_KINDS, Aggregate, ClassifierHead, Head, ImageHead, LabelEstimates, LabelHead, check_null_path,
-                               structured_patterns)
+from decoders.mt_parts import (VECTOR_KINDS, Aggregate, ClassifierHead, Head, HeadTimes, ImageHead, LabelEstimates, LabelHead,
+                               check_null_path, head_time_weights, need_spec, structured_patterns)
 from decoders.mt_sampling import Algorithm1, ChainState
 from decoders.random import rand, randint, randn
 from decoders.sampling import SamplingSettings, Unconditional
@@ -86,6 +86,9 @@ class MTDiffusionDecoder(Decoder):
         head_view: for an aggregated modality that also has a head: the share of examples from which it is hidden
             (no offset, no direct input). The head is trained on those only: elsewhere the offset or the direct input
             holds its own target, and it learns to read it there instead of the image. The others keep it.
+        head_times: how a head's term is weighted over the training times: ``uniform`` (eq. 6, the default) or
+            ``signal`` (by the image's share ``abar_t`` of ``z_t``, normalised to mean 1 over the grid: a departure
+            from the paper that trains heads where the image can be read).
         unconditional: how generation treats an aggregated modality that is not given: ``reestimate`` (Algorithm 1:
             a random start re-estimated from its head at every step; the default) or ``dropped`` (the null path, zero
             offset; needs ``cond_dropout > 0``); heads' modalities are then read from the finished image; or
@@ -123,12 +126,15 @@ class MTDiffusionDecoder(Decoder):
         head_view: float = 0.5,
         unconditional: Unconditional = "reestimate",
         c_in_from: Mapping[str, WeightSchedule] | None = None,
+        head_times: HeadTimes = "uniform",
     ) -> None:
         if label_estimates not in get_args(LabelEstimates):
             raise ValueError(f"unknown label_estimates {label_estimates!r}; choose hard or soft")
         if not (0.0 <= cond_dropout < 1.0 and 0.0 < head_view < 1.0):
             raise ValueError(f"cond_dropout must be in [0, 1) and head_view in (0, 1), got {cond_dropout} and {head_view}")
         check_null_path(unconditional, cond_dropout)
+        head_time_weights(head_times, torch.ones(2), torch.zeros(1, dtype=torch.long))  # a bad setting fails here
+        self.head_times = head_times
         self.label_estimates, self.cond_dropout, self.head_view, self.unconditional = label_estimates, cond_dropout, head_view, unconditional
         self.aggregate = dict(aggregate or {})
         self.heads_spec = dict(heads or {})
@@ -287,8 +293,10 @@ class MTDiffusionDecoder(Decoder):
             values[m] = value * expand(keep.to(x0.dtype), value)
         cond, enc = self.condition(z, values, batch, device)
         # the library's DDPM loss on the aggregated marginal, its network returning the heads' outputs too
-        eps_loss, heads = self.process.diffusion_loss.with_extras(self.network, x0, cond, marginal=self.forward_process.given(enc),
-                                                                  generator=generator)
+        times = []
+        eps_loss, heads = self.process.diffusion_loss.with_extras(lambda z_t, t, c: times.append(t) or self.network(z_t, t, c), x0, cond,
+                                                                  marginal=self.forward_process.given(enc), generator=generator)
+        weight = head_time_weights(self.head_times, self.forward_process.alpha_bar, self.forward_process.index(times[0]))
         terms = {}
         if not skipped("diffusion", skip):
             terms[f"{self.main}/diffusion"] = eps_loss
@@ -299,24 +307,20 @@ class MTDiffusionDecoder(Decoder):
                 nll = F.cross_entropy(pred, example[m].long(), reduction="none")
             else:
                 nll = 0.5 * sum_event((pred - (2 * example[m] - 1)).pow(2))
+            nll = nll if weight is None else nll * weight.to(nll.dtype)
             terms[self.head_term(m)] = torch.where(head_rows.get(m, example.mask(m)), nll, torch.zeros_like(nll))
         return terms
 
     def check_specs(self, specs: Mapping[str, Any]) -> None:
         """The main modality and identity-encoded ones are images of the main shape; labels have the classes the
         encoders and heads were built for."""
-        def need(name: str, kind: str, shape: tuple[int, ...] | None = None, classes: int | None = None, what: str = "") -> None:
-            spec = specs[name]
-            if spec.kind != kind or (shape is not None and tuple(spec.shape) != shape) or (classes is not None and spec.num_classes != classes):
-                found = f"{spec.kind} {list(spec.shape)}" + (f" with {spec.num_classes} classes" if spec.num_classes else "")
-                want = f"an image {list(shape)}" if kind == "image" else f"a label with {classes} classes"
-                raise ValueError(f"MT-Diffusion {what} of {name!r} needs {want}; the data has {found}")
-
-        need(self.main, "image", self.shape, what="main modality")
+        need_spec(specs[self.main], self.main, "image", self.shape, what="main modality")
         for m, a in self.aggregate.items():
-            need(m, "image", self.shape, what="identity encoder") if a.kind == "identity" else need(m, "label", classes=a.num_classes, what=f"{a.kind} encoder")
+            need_spec(specs[m], m, "image", self.shape, what="identity encoder") if a.kind == "identity" else \
+                need_spec(specs[m], m, "label", classes=a.num_classes, what=f"{a.kind} encoder")
         for m, h in self.heads_spec.items():
-            need(m, "image", (h.channels, *self.shape[1:]), what="image head") if h.kind == "image" else need(m, "label", classes=h.num_classes, what="label head")
+            need_spec(specs[m], m, "image", (h.channels, *self.shape[1:]), what="image head") if h.kind == "image" else \
+                need_spec(specs[m], m, "label", classes=h.num_classes, what="label head")
 
     # ------------------------------------------------------------------ generation (Algorithm 1)
     def check_sampling(self, sampling: SamplingSettings) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ VECTOR_KINDS = ("unet", "backbone")  # label encoders whose label also enters th
 HeadKind = Literal["image", "label"]
 LabelEstimates = Literal["hard", "soft"]
 HeadPosition = Literal["mid", "out", "output"]
+HeadTimes = Literal["uniform", "signal"]
 
 
 @dataclass(frozen=True)
@@ -132,3 +133,23 @@ def check_null_path(mode: str, cond_dropout: float) -> None:
     check_unconditional(mode)
     if mode == "dropped" and cond_dropout <= 0:
         raise ValueError("unconditional: dropped samples through the null path, which needs cond_dropout > 0 in training")
+
+
+def head_time_weights(mode: str, alpha_bar: Tensor, index: Tensor) -> Tensor | None:
+    """The weight of a head's term at the training times of grid ``index``: ``None`` for ``uniform`` (eq. 6: every
+    time alike), or for ``signal`` the image's share of ``z_t``'s variance, ``abar_t``, over its mean on the grid ``t =
+    1..T`` (so ``lambda`` keeps its mean weight; the terms move to the times where the image can be read)."""
+    if mode not in get_args(HeadTimes):
+        raise ValueError(f"unknown head_times {mode!r}; choose uniform or signal")
+    if mode == "uniform":
+        return None
+    return alpha_bar[index.to(alpha_bar.device)] / alpha_bar[1:].mean()
+
+
+def need_spec(spec: Any, name: str, kind: str, shape: tuple[int, ...] | None = None, classes: int | None = None, what: str = "") -> None:
+    """One-line ``ValueError`` unless the data's ``spec`` of modality ``name`` is an image of ``shape`` or a label with
+    ``classes`` classes, as the MT-Diffusion part ``what`` needs."""
+    if spec.kind != kind or (shape is not None and tuple(spec.shape) != shape) or (classes is not None and spec.num_classes != classes):
+        found = f"{spec.kind} {list(spec.shape)}" + (f" with {spec.num_classes} classes" if spec.num_classes else "")
+        want = f"an image {list(shape)}" if kind == "image" else f"a label with {classes} classes"
+        raise ValueError(f"MT-Diffusion {what} of {name!r} needs {want}; the data has {found}")

@@ -111,6 +111,22 @@ def test_head_weight_is_eq6_lambda_per_dimension():
     torch.testing.assert_close(weighted, 3 * 8 * 8 * (eps_per_dim + 0.1 * per_pixel), rtol=1e-5, atol=1e-4)
 
 
+def test_head_times_signal_weights_each_head_term_by_its_times_image_share():
+    """``head_times: signal``: the head's term at the training time ``t`` is eq. 6's (the same draws) times
+    ``abar_t / mean_i abar_i``; the diffusion term is untouched."""
+    uniform, signal = tiny("U-E image"), tiny("U-E image", head_times="signal")
+    signal.load_state_dict(uniform.state_dict())
+    times, network = [], signal.network
+    signal.network = lambda z_t, t, c: times.append(t) or network(z_t, t, c)
+    data = {m: v for m, v in batch(8).items() if m in ("img", "src")}
+    a, b = (JointDiffusion(d).elbo(data, generator=torch.Generator().manual_seed(0)).terms for d in (uniform, signal))
+    abar = signal.forward_process.alpha_bar
+    expected = abar[torch.round(times[0].double() * 20).long()] / abar[1:].mean()
+    assert 0.05 < float(expected.min()) < 1.0 < float(expected.max())  # early and late times drawn: weights that differ
+    torch.testing.assert_close(b["src/head"], a["src/head"] * expected.float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b["img/diffusion"], a["img/diffusion"])
+
+
 def test_given_conditions_stay_fixed_and_missing_ones_are_re_estimated():
     """Algorithm 1: a given label enters every step's offset as itself; a missing one follows the head."""
     dec = tiny("U-E")
@@ -146,6 +162,7 @@ def test_given_conditions_stay_fixed_and_missing_ones_are_re_estimated():
         (lambda: MTDiffusionDecoder("img", inputs=["src"]), "inputs names .src., which is not a modality of aggregate"),
         (lambda: MTDiffusionDecoder("img", heads={"img": Head("image")}), "main modality 'img' cannot"),
         (lambda: MTDiffusionDecoder("img", aggregate={"s": Aggregate()}, sampler=EulerMaruyama()), "euler_maruyama needs the VP-SDE"),
+        (lambda: MTDiffusionDecoder("img", head_times="clean"), "unknown head_times 'clean'; choose uniform or signal"),
     ],
 )
 def test_bad_configuration_is_one_line(build, message):
