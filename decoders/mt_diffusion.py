@@ -50,7 +50,7 @@ from decoders.diffusion.processes import DDPMProcess
 from decoders.diffusion.samplers import Ancestral, Sampler
 from decoders.diffusion.schedules import Schedule, VPSchedule
 from decoders.mt_parts import (VECTOR_KINDS, Aggregate, ClassifierHead, Head, HeadTimes, ImageHead, LabelEstimates, LabelHead,
-                               check_null_path, head_time_weights, need_spec, structured_patterns)
+                               check_null_path, need_spec, signal_weights, structured_patterns)
 from decoders.mt_sampling import Algorithm1, ChainState
 from decoders.random import rand, randint, randn
 from decoders.sampling import SamplingSettings, Unconditional
@@ -133,7 +133,8 @@ class MTDiffusionDecoder(Decoder):
         if not (0.0 <= cond_dropout < 1.0 and 0.0 < head_view < 1.0):
             raise ValueError(f"cond_dropout must be in [0, 1) and head_view in (0, 1), got {cond_dropout} and {head_view}")
         check_null_path(unconditional, cond_dropout)
-        head_time_weights(head_times, torch.ones(2), torch.zeros(1, dtype=torch.long))  # a bad setting fails here
+        if head_times not in get_args(HeadTimes):
+            raise ValueError(f"unknown head_times {head_times!r}; choose uniform or signal")
         self.head_times = head_times
         self.label_estimates, self.cond_dropout, self.head_view, self.unconditional = label_estimates, cond_dropout, head_view, unconditional
         self.aggregate = dict(aggregate or {})
@@ -296,7 +297,7 @@ class MTDiffusionDecoder(Decoder):
         times = []
         eps_loss, heads = self.process.diffusion_loss.with_extras(lambda z_t, t, c: times.append(t) or self.network(z_t, t, c), x0, cond,
                                                                   marginal=self.forward_process.given(enc), generator=generator)
-        weight = head_time_weights(self.head_times, self.forward_process.alpha_bar, self.forward_process.index(times[0]))
+        weight = signal_weights(self.forward_process, times[0]) if self.head_times == "signal" else None
         terms = {}
         if not skipped("diffusion", skip):
             terms[f"{self.main}/diffusion"] = eps_loss

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from decoders.diffusion.aggregation import WeightSchedule
+from decoders.diffusion.aggregation import AggregatedForward, WeightSchedule
 from decoders.sampling import check_unconditional
 
 EncoderKind = Literal["identity", "embedding", "structured", "unet", "backbone"]
@@ -135,15 +135,12 @@ def check_null_path(mode: str, cond_dropout: float) -> None:
         raise ValueError("unconditional: dropped samples through the null path, which needs cond_dropout > 0 in training")
 
 
-def head_time_weights(mode: str, alpha_bar: Tensor, index: Tensor) -> Tensor | None:
-    """The weight of a head's term at the training times of grid ``index``: ``None`` for ``uniform`` (eq. 6: every
-    time alike), or for ``signal`` the image's share of ``z_t``'s variance, ``abar_t``, over its mean on the grid ``t =
-    1..T`` (so ``lambda`` keeps its mean weight; the terms move to the times where the image can be read)."""
-    if mode not in get_args(HeadTimes):
-        raise ValueError(f"unknown head_times {mode!r}; choose uniform or signal")
-    if mode == "uniform":
-        return None
-    return alpha_bar[index.to(alpha_bar.device)] / alpha_bar[1:].mean()
+def signal_weights(forward: AggregatedForward, t: Tensor) -> Tensor:
+    """``head_times: signal``: a head's term at training times ``t`` weighted by the image's share of ``z_t``'s
+    variance, ``abar_t``, over its mean on the grid ``t = 1..T`` (so ``lambda`` keeps its mean weight; the terms move to
+    the times where the image can be read)."""
+    alpha_bar = forward.alpha_bar
+    return alpha_bar[forward.index(t).to(alpha_bar.device)] / alpha_bar[1:].mean()
 
 
 def need_spec(spec: Any, name: str, kind: str, shape: tuple[int, ...] | None = None, classes: int | None = None, what: str = "") -> None:
