@@ -5,6 +5,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import tiny_image_vae
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
 from decoders import DiffusionDecoder
 from decoders.diffusion import DDIM, DDPMProcess
@@ -136,7 +137,8 @@ def test_adamw_is_fused_unless_a_gradient_scaler_runs(precision, kernel):
     """One fused AdamW kernel where Lightning allows it; under 16-mixed its gradient scaler and gradient clipping
     cannot be combined with a fused optimizer, so the update falls back to foreach."""
     module = TrainingModule(tiny_image_vae(), lr_schedule="constant")
-    module._trainer = SimpleNamespace(precision=precision)
+    plugin = Precision() if precision == "32-true" else MixedPrecision(precision, "cpu")
+    module._trainer = SimpleNamespace(precision_plugin=plugin)
     opt = module.configure_optimizers()
     assert bool(opt.defaults["fused"]) is (kernel == "fused") and bool(opt.defaults["foreach"]) is (kernel == "foreach")
 
