@@ -291,7 +291,8 @@ class TrainingModule(L.LightningModule):
         cores), where every parameter is a float on a CPU or CUDA device and no gradient scaler runs (Lightning refuses
         gradient clipping with a fused optimizer under ``16-mixed``); else ``foreach`` (on CPU, PyTorch's default
         loops over the parameters)."""
-        scaled = self._trainer is not None and getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        plugin = self.trainer.precision_plugin if self._trainer is not None else None
+        scaled = isinstance(plugin, MixedPrecision) and plugin.scaler is not None
         fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in self.model.parameters())
         return {"fused": True} if fusable and not scaled else {"foreach": True}
 
