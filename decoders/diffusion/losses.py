@@ -32,15 +32,34 @@ def training_times(n: int, timesteps: int | None, generator: torch.Generator | N
     return (torch.floor(u * timesteps) + 1) / timesteps
 
 
+def clean_error_weight(prediction: Prediction, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """The weight the squared error of ``prediction`` puts on the clean image's squared error at each time:
+    ``SNR`` for eps, ``1 + SNR`` for v (``alpha^2 + sigma^2 = 1``), ``1`` for x0."""
+    snr = (alpha / sigma).pow(2)
+    return snr if prediction == "eps" else snr + 1 if prediction == "v" else torch.ones_like(snr)
+
+
 class DDPMLoss:
     """DDPM's simple loss (Ho et al. 2020 eq. 14), ``||target - net(x_t, t, cond)||^2`` summed over the data
     dimensions, with ``t = i / T``, ``i ~ U{1..T}`` (``timesteps = T``), or ``t ~ U(0, 1]`` when ``None``.
-    ``prediction`` picks the target: ``eps``, ``v`` or ``x0``."""
+    ``prediction`` picks the target: ``eps``, ``v`` or ``x0``.
 
-    def __init__(self, forward: ForwardProcess, *, timesteps: int | None = 1000, prediction: Prediction = "eps") -> None:
+    ``max_weight`` (``None``: off) caps the weight the loss puts on the clean image's squared error, ``SNR`` for
+    eps and ``1 + SNR`` for v (:func:`clean_error_weight`), at ``max_weight``: each example's loss is scaled by
+    ``min(1, max_weight / weight(t))``. For eps this is the Min-SNR-gamma weighting of Hang et al. 2023, "Efficient
+    Diffusion Training via Min-SNR Weighting Strategy"; for v it caps ``1 + SNR`` and so keeps v's weight at the
+    noisy end. The least noisy times, whose errors are mostly the noise the network cannot predict, then no longer
+    dominate the gradient; the weighting stays monotone in the log-SNR (an ELBO under noise augmentation, Kingma &
+    Gao 2023)."""
+
+    def __init__(self, forward: ForwardProcess, *, timesteps: int | None = 1000, prediction: Prediction = "eps",
+                 max_weight: float | None = None) -> None:
         if timesteps is not None and timesteps < 1:
             raise ValueError(f"timesteps must be >= 1 or None, got {timesteps}")
+        if max_weight is not None and not max_weight > 0:
+            raise ValueError(f"max_weight must be > 0 or None, got {max_weight}")
         self.forward, self.timesteps, self.prediction = forward, timesteps, check_prediction(prediction)
+        self.max_weight = max_weight
 
     def sample_t(self, n: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
         """Training times ``[n]`` in ``(0, 1]``."""
@@ -59,7 +78,10 @@ class DDPMLoss:
         eps = randn(tuple(x.shape), generator, x.device, x.dtype)
         alpha, sigma = marginal.alpha_sigma(t)
         out, extras = net(marginal.sample(x, t, eps), t, cond)
-        return sum_event((out - target(self.prediction, x, eps, alpha, sigma)).pow(2)), extras
+        loss = sum_event((out - target(self.prediction, x, eps, alpha, sigma)).pow(2))
+        if self.max_weight is not None:
+            loss = loss * (self.max_weight / clean_error_weight(self.prediction, alpha, sigma)).clamp(max=1.0)
+        return loss, extras
 
 
 class VDMLoss:

@@ -76,16 +76,17 @@ class DDPMProcess(DiffusionProcess):
     """DDPM / DDIM (Diff-MVAE*): ``T = timesteps``, ``prediction`` eps or v, DDPM's linear schedule (the VP
     schedule at ``t = i / T``) unless another is given; DDIM with 50 steps by default. ``forward``: another forward
     process on that schedule (MT-Diffusion's :class:`~decoders.diffusion.aggregation.AggregatedForward`); the
-    loss and the samplers follow its marginal."""
+    loss and the samplers follow its marginal. ``max_weight``: the loss's cap on its weight of the clean image's
+    squared error (:class:`~decoders.diffusion.losses.DDPMLoss`; ``None``, DDPM's simple loss, by default)."""
 
     def __init__(self, schedule: Schedule | None = None, timesteps: int = 1000, prediction: Prediction = "eps",
-                 sampler: Sampler | None = None, forward: ForwardProcess | None = None) -> None:
+                 sampler: Sampler | None = None, forward: ForwardProcess | None = None, max_weight: float | None = None) -> None:
         super().__init__(sampler if sampler is not None else DDIM(steps=50))
         if forward is not None and schedule is not None and forward.schedule is not schedule:
             raise ValueError("DDPMProcess takes a schedule or a forward process on it, not two schedules")
         self.forward_process = forward if forward is not None else ForwardProcess(schedule if schedule is not None else VPSchedule())
         self.prediction, self.timesteps = check_prediction(prediction), timesteps
-        self.diffusion_loss = DDPMLoss(self.forward_process, timesteps=timesteps, prediction=prediction)
+        self.diffusion_loss = DDPMLoss(self.forward_process, timesteps=timesteps, prediction=prediction, max_weight=max_weight)
         self.check_sampler(self.sampler)
 
     def loss(self, net, x, cond=None, *, marginal=None, anchor=None, generator=None):

@@ -13,6 +13,7 @@ from decoders.diffusion import (
     Ancestral,
     CosineSchedule,
     DDPMLoss,
+    DDPMProcess,
     DPMSolverPP,
     DSMLoss,
     EulerMaruyama,
@@ -216,6 +217,29 @@ def test_ddpm_loss_is_zero_for_the_exact_target_and_summed_per_example(predictio
     eps = torch.randn(x0.shape, generator=g)
     alpha, sigma = schedule.alpha_sigma(t)
     torch.testing.assert_close(out, target(prediction, x0, eps, alpha, sigma).pow(2).sum(dim=(1, 2)))
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_ddpm_max_weight_caps_the_clean_image_weight_of_each_example(prediction):
+    """With ``max_weight`` the process's loss is the simple loss scaled per example by ``min(1, cap / w(t))``, ``w``
+    the weight on the clean image's squared error: ``SNR`` for eps (Min-SNR), ``1 / sigma^2`` for v, 1 for x0."""
+    cap, schedule = 5.0, VPSchedule()
+    x0 = torch.randn(256, 3, generator=torch.Generator().manual_seed(0))
+    net = lambda x_t, t, c: 0.5 * x_t  # noqa: E731  (an error at every time)
+    plain = DDPMLoss(ForwardProcess(schedule), prediction=prediction)(net, x0, generator=torch.Generator().manual_seed(1))
+    capped = DDPMProcess(schedule, prediction=prediction, max_weight=cap).loss(net, x0, generator=torch.Generator().manual_seed(1))
+    t = DDPMLoss(ForwardProcess(schedule)).sample_t(256, torch.Generator().manual_seed(1), x0)  # the losses' draws of t
+    alpha, sigma = schedule.alpha_sigma(t)
+    w = {"eps": alpha**2 / sigma**2, "v": 1 / sigma**2, "x0": torch.ones_like(sigma)}[prediction]
+    scale = torch.clamp(cap / w, max=1.0)
+    torch.testing.assert_close(capped["diffusion"], plain * scale)
+    if prediction != "x0":  # both sides of the cap are drawn: the least noisy times scaled down, the noisy ones kept
+        assert bool((scale < 0.1).any()) and bool((scale == 1.0).any())
+
+
+def test_ddpm_max_weight_must_be_positive():
+    with pytest.raises(ValueError, match="max_weight must be > 0 or None, got 0"):
+        DDPMProcess(max_weight=0)
 
 
 def test_ddpm_loss_times_lie_on_the_training_grid():
@@ -468,8 +492,6 @@ def test_a_new_forward_process_is_one_class_the_losses_and_samplers_follow():
         torch.testing.assert_close(m, MEAN, atol=0.05, rtol=0)
         torch.testing.assert_close(v, VAR, rtol=0.05, atol=0)
     with pytest.raises(ValueError, match="euler_maruyama needs the VP-SDE"):
-        from decoders.diffusion import DDPMProcess
-
         process = DDPMProcess()
         process.forward_process = Drift(VPSchedule())
         EulerMaruyama().check(process.forward_process)
