@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install diffmvae with its dev extra (tests, docs, notebooks, loggers), or with --runtime the library
 # alone (what the main job needs). torch is pinned by constraints.txt; a local
-# CPU wheel in $TORCH_WHEEL_DIR (default /opt/wheels) is used when present, else pip takes torch==2.13.0 from the index.
+# CPU wheel in $TORCH_WHEEL_DIR (default /opt/wheels) is used when present, else torch==2.13.0 comes from the index.
+# SETUP_INSTALLER=uv (default: uv where it can be installed, pip if it cannot or fails) or pip.
 #   bash scripts/setup.sh [--runtime]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,10 @@ case "${1:-}" in
   --runtime) TARGET="." ;;
   *) echo "scripts/setup.sh: unknown option ${1}; use no option (everything) or --runtime (the library alone)" >&2; exit 2 ;;
 esac
+case "${SETUP_INSTALLER:-uv}" in
+  uv|pip) ;;
+  *) echo "scripts/setup.sh: SETUP_INSTALLER=${SETUP_INSTALLER} is not an installer it knows; use uv (the default) or pip" >&2; exit 2 ;;
+esac
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
@@ -17,10 +22,12 @@ WHEELS=${TORCH_WHEEL_DIR:-/opt/wheels}
 FIND=()
 [ -d "$WHEELS" ] && FIND=(--find-links "$WHEELS")
 # uv installs the same packages as pip in about half the time (parallel downloads, unpacking and byte-compiling);
-# where uv cannot be installed (or SETUP_INSTALLER=pip), pip does it.
-if [ "${SETUP_INSTALLER:-uv}" = uv ] && python -m pip install -q uv 2>/dev/null; then
-  python -m uv pip install -q --compile-bytecode "${FIND[@]}" -c constraints.txt "torch==2.13.0" -e "$TARGET"
+# where uv cannot be installed or fails (or SETUP_INSTALLER=pip), pip does it.
+if [ "${SETUP_INSTALLER:-uv}" = uv ] && python -m pip install -q uv 2>/dev/null &&
+  python -m uv pip install -q --compile-bytecode "${FIND[@]}" -c constraints.txt "torch==2.13.0" -e "$TARGET"; then
+  :
 else
+  [ "${SETUP_INSTALLER:-uv}" = pip ] || echo "scripts/setup.sh: uv was not available or failed; installing with pip" >&2
   python -m pip install -q --upgrade pip
   python -m pip install -q "${FIND[@]}" -c constraints.txt "torch==2.13.0"
   python -m pip install -q "${FIND[@]}" -c constraints.txt -e "$TARGET"
