@@ -11,9 +11,10 @@ case "${1:-}" in
   --runtime) TARGET="." ;;
   *) echo "scripts/setup.sh: unknown option ${1}; use no option (everything) or --runtime (the library alone)" >&2; exit 2 ;;
 esac
-case "${SETUP_INSTALLER:-uv}" in
+INSTALLER=${SETUP_INSTALLER:-uv}
+case "$INSTALLER" in
   uv|pip) ;;
-  *) echo "scripts/setup.sh: SETUP_INSTALLER=${SETUP_INSTALLER} is not an installer it knows; use uv (the default) or pip" >&2; exit 2 ;;
+  *) echo "scripts/setup.sh: SETUP_INSTALLER=${INSTALLER} is not an installer it knows; use uv (the default) or pip" >&2; exit 2 ;;
 esac
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
@@ -23,11 +24,11 @@ FIND=()
 [ -d "$WHEELS" ] && FIND=(--find-links "$WHEELS")
 # uv installs the same packages as pip in about half the time (parallel downloads, unpacking and byte-compiling);
 # where uv cannot be installed or fails (or SETUP_INSTALLER=pip), pip does it.
-if [ "${SETUP_INSTALLER:-uv}" = uv ] && python -m pip install -q uv 2>/dev/null &&
+if [ "$INSTALLER" = uv ] && python -m pip install -q uv 2>/dev/null &&
   python -m uv pip install -q --compile-bytecode "${FIND[@]}" -c constraints.txt "torch==2.13.0" -e "$TARGET"; then
   :
 else
-  [ "${SETUP_INSTALLER:-uv}" = pip ] || echo "scripts/setup.sh: uv was not available or failed; installing with pip" >&2
+  [ "$INSTALLER" = pip ] || echo "scripts/setup.sh: uv was not available or failed; installing with pip" >&2
   python -m pip install -q --upgrade pip
   python -m pip install -q "${FIND[@]}" -c constraints.txt "torch==2.13.0"
   python -m pip install -q "${FIND[@]}" -c constraints.txt -e "$TARGET"
