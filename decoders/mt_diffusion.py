@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, get_args
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +50,7 @@ from decoders.diffusion.processes import DDPMProcess
 from decoders.diffusion.samplers import Ancestral, Sampler
 from decoders.diffusion.schedules import Schedule, VPSchedule
 from decoders.mt_parts import (VECTOR_KINDS, Aggregate, ClassifierHead, Head, HeadTimes, ImageHead, LabelEstimates, LabelHead,
-                               check_null_path, need_spec, signal_weights, structured_patterns)
+                               check_null_path, check_settings, need_spec, signal_weights, structured_patterns)
 from decoders.mt_sampling import Algorithm1, ChainState
 from decoders.random import rand, randint, randn
 from decoders.sampling import SamplingSettings, Unconditional
@@ -72,6 +72,8 @@ class MTDiffusionDecoder(Decoder):
         timesteps, schedule, prediction: the discrete diffusion (DDPM's linear schedule, T = 1000, eps).
         sampler: the default sampler (``Ancestral(T)``: Algorithm 1); ``DDIM(50)`` is the fast one.
         head_weight: eq. 6's ``lambda`` (relative to the per-dimension eps loss).
+        max_weight: the diffusion loss's cap on its weight of the clean image's error (``None``: off, as the paper
+            trains; :class:`~decoders.diffusion.DDPMLoss`). The heads' terms are not capped.
         modalities: what it generates (default: the main modality and, for a standalone joint model, every head's
             modality; inside a VAE, where other decoders generate those, only the main one). Heads of modalities it
             does not generate are auxiliary (their terms are named ``<main>/head_<modality>``).
@@ -127,14 +129,9 @@ class MTDiffusionDecoder(Decoder):
         unconditional: Unconditional = "reestimate",
         c_in_from: Mapping[str, WeightSchedule] | None = None,
         head_times: HeadTimes = "uniform",
+        max_weight: float | None = None,
     ) -> None:
-        if label_estimates not in get_args(LabelEstimates):
-            raise ValueError(f"unknown label_estimates {label_estimates!r}; choose hard or soft")
-        if not (0.0 <= cond_dropout < 1.0 and 0.0 < head_view < 1.0):
-            raise ValueError(f"cond_dropout must be in [0, 1) and head_view in (0, 1), got {cond_dropout} and {head_view}")
-        check_null_path(unconditional, cond_dropout)
-        if head_times not in get_args(HeadTimes):
-            raise ValueError(f"unknown head_times {head_times!r}; choose uniform or signal")
+        check_settings(label_estimates, cond_dropout, head_view, unconditional, head_times)
         self.head_times = head_times
         self.label_estimates, self.cond_dropout, self.head_view, self.unconditional = label_estimates, cond_dropout, head_view, unconditional
         self.aggregate = dict(aggregate or {})
@@ -155,7 +152,8 @@ class MTDiffusionDecoder(Decoder):
         # The library's DDPM process on the aggregated forward process: its loss draws x_t from eq. 4's marginal and its
         # samplers step on it; Ancestral(T) is Algorithm 1's DDPM step.
         self.process = DDPMProcess(timesteps=timesteps, prediction=prediction, sampler=sampler if sampler is not None else Ancestral(steps=timesteps),
-                                   forward=AggregatedForward(schedule if schedule is not None else VPSchedule(), timesteps, offsets))
+                                   forward=AggregatedForward(schedule if schedule is not None else VPSchedule(), timesteps, offsets),
+                                   max_weight=max_weight)
         generator = torch.Generator().manual_seed(seed)
         for m, a in self.aggregate.items():
             if a.kind == "embedding":

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +133,17 @@ def check_null_path(mode: str, cond_dropout: float) -> None:
     check_unconditional(mode)
     if mode == "dropped" and cond_dropout <= 0:
         raise ValueError("unconditional: dropped samples through the null path, which needs cond_dropout > 0 in training")
+
+
+def check_settings(label_estimates: str, cond_dropout: float, head_view: float, unconditional: str, head_times: str) -> None:
+    """One-line ``ValueError`` for an :class:`~decoders.mt_diffusion.MTDiffusionDecoder` setting out of its range."""
+    if label_estimates not in get_args(LabelEstimates):
+        raise ValueError(f"unknown label_estimates {label_estimates!r}; choose hard or soft")
+    if not (0.0 <= cond_dropout < 1.0 and 0.0 < head_view < 1.0):
+        raise ValueError(f"cond_dropout must be in [0, 1) and head_view in (0, 1), got {cond_dropout} and {head_view}")
+    check_null_path(unconditional, cond_dropout)
+    if head_times not in get_args(HeadTimes):
+        raise ValueError(f"unknown head_times {head_times!r}; choose uniform or signal")
 
 
 def signal_weights(forward: AggregatedForward, t: Tensor) -> Tensor:

@@ -127,6 +127,24 @@ def test_head_times_signal_weights_each_head_term_by_its_times_image_share():
     torch.testing.assert_close(b["img/diffusion"], a["img/diffusion"])
 
 
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_max_weight_caps_the_diffusion_term_per_example_and_leaves_the_heads_alone(prediction):
+    """``max_weight`` scales the diffusion term at the training time ``t`` by ``min(1, cap / w(t))`` (``w``: ``SNR``
+    for eps, ``1 + SNR`` for v), the same draws as without it; the head's term is untouched."""
+    plain, capped = tiny("U-E image", prediction=prediction), tiny("U-E image", prediction=prediction, max_weight=2.0)
+    capped.load_state_dict(plain.state_dict())
+    times, network = [], capped.network
+    capped.network = lambda z_t, t, c: times.append(t) or network(z_t, t, c)
+    data = {m: v for m, v in batch(16).items() if m in ("img", "src")}
+    a, b = (JointDiffusion(d).elbo(data, generator=torch.Generator().manual_seed(0)).terms for d in (plain, capped))
+    alpha, sigma = capped.forward_process.schedule.alpha_sigma(times[0])
+    snr = alpha**2 / sigma**2
+    scale = torch.clamp(2.0 / (snr if prediction == "eps" else 1 + snr), max=1.0)
+    assert bool((scale < 0.5).any()) and bool((scale == 1.0).any())  # both sides of the cap drawn
+    torch.testing.assert_close(b["img/diffusion"], a["img/diffusion"] * scale, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b["src/head"], a["src/head"])
+
+
 def test_given_conditions_stay_fixed_and_missing_ones_are_re_estimated():
     """Algorithm 1: a given label enters every step's offset as itself; a missing one follows the head."""
     dec = tiny("U-E")
