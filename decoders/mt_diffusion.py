@@ -91,6 +91,8 @@ class MTDiffusionDecoder(Decoder):
         head_times: how a head's term is weighted over the training times: ``uniform`` (eq. 6, the default) or
             ``signal`` (by the image's share ``abar_t`` of ``z_t``, normalised to mean 1 over the grid: a departure
             from the paper that trains heads where the image can be read).
+        read_time: the noise level, a fraction of ``T``, at which heads read a given image (``None``: the first level,
+            ``1 / T``). A head trained alike at every time may read a little noise better than none (opt-in).
         unconditional: how generation treats an aggregated modality that is not given: ``reestimate`` (Algorithm 1:
             a random start re-estimated from its head at every step; the default) or ``dropped`` (the null path, zero
             offset; needs ``cond_dropout > 0``); heads' modalities are then read from the finished image; or
@@ -130,12 +132,12 @@ class MTDiffusionDecoder(Decoder):
         c_in_from: Mapping[str, WeightSchedule] | None = None,
         head_times: HeadTimes = "uniform",
         max_weight: float | None = None,
+        read_time: float | None = None,
     ) -> None:
-        check_settings(label_estimates, cond_dropout, head_view, unconditional, head_times)
-        self.head_times = head_times
+        check_settings(label_estimates, cond_dropout, head_view, unconditional, head_times, read_time)
+        self.head_times, self.read_time = head_times, read_time
         self.label_estimates, self.cond_dropout, self.head_view, self.unconditional = label_estimates, cond_dropout, head_view, unconditional
-        self.aggregate = dict(aggregate or {})
-        self.heads_spec = dict(heads or {})
+        self.aggregate, self.heads_spec = dict(aggregate or {}), dict(heads or {})
         super().__init__(modalities or ((main,) if latent_dim else (main, *self.heads_spec)), latent_dim)
         if main in self.aggregate or main in self.heads_spec:
             raise ValueError(f"the main modality {main!r} cannot also be aggregated or predicted by a head")
@@ -377,10 +379,10 @@ class MTDiffusionDecoder(Decoder):
         return self.outputs(targets, x, {**end.cond.estimates, **{m: values[m] for m in drawn}})
 
     def read(self, z: Tensor | None, x0: Tensor, values: Mapping[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
-        """The heads' estimates from an image ``x0`` in [-1, 1], noised to the first noise level (head-predicted
-        modalities hidden, the view their heads were trained on)."""
+        """The heads' estimates from an image ``x0`` in [-1, 1], noised to ``read_time`` (head-predicted modalities
+        hidden, the view their heads were trained on)."""
         batch, device = x0.shape[0], x0.device
-        t = torch.full((batch,), 1.0 / self.timesteps, device=device, dtype=x0.dtype)
+        t = torch.full((batch,), self.read_time or 1.0 / self.timesteps, device=device, dtype=x0.dtype)
         cond, enc = self.condition(z, self.hide_leaky(values), batch, device)
         z_t = self.forward_process.given(enc).sample(x0, t, randn(tuple(x0.shape), generator, device, x0.dtype))
         _, heads = self.network(z_t, t, cond)

@@ -135,7 +135,8 @@ def check_null_path(mode: str, cond_dropout: float) -> None:
         raise ValueError("unconditional: dropped samples through the null path, which needs cond_dropout > 0 in training")
 
 
-def check_settings(label_estimates: str, cond_dropout: float, head_view: float, unconditional: str, head_times: str) -> None:
+def check_settings(label_estimates: str, cond_dropout: float, head_view: float, unconditional: str, head_times: str,
+                   read_time: float | None = None) -> None:
     """One-line ``ValueError`` for an :class:`~decoders.mt_diffusion.MTDiffusionDecoder` setting out of its range."""
     if label_estimates not in get_args(LabelEstimates):
         raise ValueError(f"unknown label_estimates {label_estimates!r}; choose hard or soft")
@@ -144,6 +145,8 @@ def check_settings(label_estimates: str, cond_dropout: float, head_view: float, 
     check_null_path(unconditional, cond_dropout)
     if head_times not in get_args(HeadTimes):
         raise ValueError(f"unknown head_times {head_times!r}; choose uniform or signal")
+    if read_time is not None and not 0.0 < read_time <= 1.0:
+        raise ValueError(f"read_time is a fraction of the diffusion's T, in (0, 1]; got {read_time}")
 
 
 def signal_weights(forward: AggregatedForward, t: Tensor) -> Tensor:

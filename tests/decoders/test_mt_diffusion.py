@@ -145,6 +145,21 @@ def test_max_weight_caps_the_diffusion_term_per_example_and_leaves_the_heads_alo
     torch.testing.assert_close(b["src/head"], a["src/head"])
 
 
+@pytest.mark.parametrize("read_time", [None, 0.25])
+def test_heads_read_a_given_image_at_read_time_with_their_modality_hidden(read_time):
+    """The read path noises the image to ``read_time`` (default the first level, 1 / T) and hides the label."""
+    dec = tiny("U-E classifier", read_time=read_time)
+    seen, network, condition = [], dec.network, dec.condition
+    dec.network = lambda z_t, t, c: seen.append(t) or network(z_t, t, c)
+    dec.condition = lambda z, values, b, device: seen.append(values["label"]) or condition(z, values, b, device)
+    x0, label = 2 * batch()["img"] - 1, torch.nn.functional.one_hot(batch()["label"], 10).float()
+    with torch.no_grad():
+        out = dec.read(None, x0, {"label": label}, torch.Generator().manual_seed(0))
+    hidden, t = seen
+    assert torch.equal(hidden, torch.zeros_like(label)) and out["label"].shape == (4, 10)
+    torch.testing.assert_close(t, torch.full((4,), read_time or 1 / 20))
+
+
 def test_given_conditions_stay_fixed_and_missing_ones_are_re_estimated():
     """Algorithm 1: a given label enters every step's offset as itself; a missing one follows the head."""
     dec = tiny("U-E")
@@ -181,6 +196,7 @@ def test_given_conditions_stay_fixed_and_missing_ones_are_re_estimated():
         (lambda: MTDiffusionDecoder("img", heads={"img": Head("image")}), "main modality 'img' cannot"),
         (lambda: MTDiffusionDecoder("img", aggregate={"s": Aggregate()}, sampler=EulerMaruyama()), "euler_maruyama needs the VP-SDE"),
         (lambda: MTDiffusionDecoder("img", head_times="clean"), "unknown head_times 'clean'; choose uniform or signal"),
+        (lambda: MTDiffusionDecoder("img", read_time=0.0), r"read_time is a fraction of the diffusion's T, in \(0, 1\]; got 0.0"),
     ],
 )
 def test_bad_configuration_is_one_line(build, message):

@@ -2,7 +2,7 @@
 digit classifiers of `diffmvae evaluate` on every test example.
 
     python experiments/polydigits/mt/measure.py --runs runs --classifiers runs/classifiers/<PolyDigits M=5 key>.pt \
-        [--steps 50] [--sampler ddim] [--out runs/mt_table]
+        [--steps 50] [--sampler ddim] [--read_time T] [--out runs/mt_table]
 
 Reads the checkpoints ``runs/NAME/checkpoints/last.ckpt`` of every run named ``restore``, ``image_label``,
 ``image_ddpm``, ``label_ddpm`` or ``translate``, or one of those followed by ``_`` and anything (``restore_ddpm``,
@@ -12,8 +12,9 @@ Reads the checkpoints ``runs/NAME/checkpoints/last.ckpt`` of every run named ``r
 * restoration: MSE inside and outside the masked region (images in [0, 1]) and the digit accuracy of the restored image
   (the unmasked region kept from the input, the masked one generated), of the whole generated image, of the masked input
   and of the clean image;
-* image-label: accuracy of the label head on real test images (read at the first noise level), against the plain
-  classifier of the same backbone and budget; on joint unconditional samples (as the model is configured to draw
+* image-label: accuracy of the label head on real test images (read at the first noise level, or at ``--read_time``,
+  recorded with the run's figures; joint samples' labels are read the same way), against the plain classifier of the
+  same backbone and budget; on joint unconditional samples (as the model is configured to draw
   them, and with the label drawn first and held, ``*_sampled``), the share whose generated label agrees with the
   judge's reading of the generated image, and their FD against the unconditional DDPM's; images given each test
   example's label: the judge's agreement and FD, exact and, for a model with the null path, guided at 2 and 3
@@ -128,10 +129,14 @@ def main() -> None:
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--n", type=int, default=360, help="unconditional samples")
+    p.add_argument("--read_time", type=float, default=None, help="the noise level (a fraction of T) at which heads read an "
+                                                                   "image; default each decoder's own (the first level)")
     p.add_argument("--out", default=None)
     p.add_argument("--only", default=None, help="comma-separated run names to measure (default: every one that exists); the "
                                                  "others are read back from an earlier mt_table.json in --out")
     args = p.parse_args()
+    if args.read_time is not None and not 0.0 < args.read_time <= 1.0:
+        p.error(f"--read_time is a fraction of the diffusion's T, in (0, 1]; got {args.read_time}")
     torch.set_grad_enabled(False)
     judges, _, _ = load_classifier_set(args.classifiers)
     features = {m: FeatureExtractor(judges[m]) for m in ("m0", "m1")}
@@ -144,7 +149,13 @@ def main() -> None:
 
     def have(name):
         path = runs / name / "checkpoints" / "last.ckpt"
-        return load_run(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        run = load_run(path)
+        if args.read_time is not None:
+            for decoder in run.module.model.decoders.values():
+                decoder.read_time = args.read_time
+        return run
 
     kinds = (("restore", lambda r: restoration(r, judges["m0"], sampling)),
              ("image_label", lambda r: image_label(r, judges["m0"], features["m0"], sampling, args.n)),
@@ -156,7 +167,7 @@ def main() -> None:
         for name in names:
             run = have(name) if only is None or name in only else None
             if run is not None:
-                table[name] = fn(run)
+                table[name] = fn(run) | ({"read_time": args.read_time} if args.read_time is not None else {})
                 print(json.dumps({name: table[name]}), flush=True)
     baseline = runs / "mt_classifier" / "result.json"
     if baseline.is_file():
