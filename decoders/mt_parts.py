@@ -145,6 +145,11 @@ def check_settings(label_estimates: str, cond_dropout: float, head_view: float, 
     check_null_path(unconditional, cond_dropout)
     if head_times not in get_args(HeadTimes):
         raise ValueError(f"unknown head_times {head_times!r}; choose uniform or signal")
+    check_read_time(read_time)
+
+
+def check_read_time(read_time: float | None) -> None:
+    """One-line ``ValueError`` for a ``read_time`` outside (0, 1] (``None``: the first noise level)."""
     if read_time is not None and not 0.0 < read_time <= 1.0:
         raise ValueError(f"read_time is a fraction of the diffusion's T, in (0, 1]; got {read_time}")
 

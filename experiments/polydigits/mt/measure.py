@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from decoders import SamplingSettings
+from decoders.mt_parts import check_read_time
 from diffmvae.data.batches import collate_split
 from diffmvae.evaluation import FeatureExtractor, frechet_distance, predict
 from diffmvae.evaluation.classifier import load_classifier_set
@@ -135,8 +136,10 @@ def main() -> None:
     p.add_argument("--only", default=None, help="comma-separated run names to measure (default: every one that exists); the "
                                                  "others are read back from an earlier mt_table.json in --out")
     args = p.parse_args()
-    if args.read_time is not None and not 0.0 < args.read_time <= 1.0:
-        p.error(f"--read_time is a fraction of the diffusion's T, in (0, 1]; got {args.read_time}")
+    try:
+        check_read_time(args.read_time)
+    except ValueError as e:
+        p.error(f"--{e}")
     torch.set_grad_enabled(False)
     judges, _, _ = load_classifier_set(args.classifiers)
     features = {m: FeatureExtractor(judges[m]) for m in ("m0", "m1")}
