@@ -3,6 +3,11 @@
 with the same steps, batch size, learning rate, schedule and EMA.
 
     python experiments/polydigits/mt/classifier_baseline.py [--config experiments/polydigits/mt/image_label.yaml] [--out runs/mt_classifier]
+        [--head_position mid|out|output]
+
+``--head_position`` replaces the config's label-head position, so a head is compared with the plain classifier of its
+own backbone: ``output`` is the paper's -E, a small classifier of the UNet's output and input, trained here with the
+UNet on the classification loss alone.
 
 Writes ``classifier.pt`` (weights only) and ``result.json`` (test accuracy on every test example).
 """
@@ -42,10 +47,16 @@ def main() -> None:
     p.add_argument("--config", default="experiments/polydigits/mt/image_label.yaml")
     p.add_argument("--out", default="runs/mt_classifier")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--head_position", choices=("mid", "out", "output"), default=None, help="the label head's position (default: the config's)")
     args = p.parse_args()
     cfg = yaml.safe_load(Path(args.config).read_text())
     torch.manual_seed(args.seed)
     decoder_spec = copy.deepcopy(cfg["model"]["init_args"]["model"]["init_args"]["decoder"])
+    heads = decoder_spec["init_args"].get("heads") or {}
+    if "label" not in heads:
+        raise SystemExit(f"classifier_baseline: {args.config} has no label head (model.init_args.model.init_args.decoder.init_args.heads.label)")
+    if args.head_position is not None:
+        heads["label"]["position"] = args.head_position
     decoder = build({"decoder": decoder_spec}, {"decoder": Decoder}, args.config)["decoder"]
     data = build_data(cfg["data"], args.config)
     module_args = cfg["model"]["init_args"]
@@ -78,7 +89,8 @@ def main() -> None:
     accuracy = float((pred == test["label"]).float().mean())
     out = Path(args.out)
     atomic_write(out / "classifier.pt", lambda tmp: torch_save({"net": decoder.net.state_dict(), "heads": decoder.head_nets.state_dict()}, tmp))
-    atomic_write(out / "result.json", lambda tmp: tmp.write_text(json.dumps({"test_accuracy": accuracy, "steps": steps, "n_test": len(pred)})))
+    atomic_write(out / "result.json", lambda tmp: tmp.write_text(json.dumps({"test_accuracy": accuracy, "steps": steps, "n_test": len(pred), "config": args.config,
+                                                                           "head_position": heads["label"]["position"]})))
     print(json.dumps({"plain_classifier_test_accuracy": accuracy}))
 
 
