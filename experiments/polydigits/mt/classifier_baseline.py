@@ -19,6 +19,7 @@ import copy
 import json
 from functools import partial
 from pathlib import Path
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from torch_ema import ExponentialMovingAverage
 from tqdm.auto import tqdm
 
 from decoders import Decoder
+from decoders.mt_parts import HeadPosition
 from decoders.optim import lr_factor
 from diffmvae.data.batches import collate_split
 from diffmvae.io import atomic_write, torch_save
@@ -47,7 +49,7 @@ def main() -> None:
     p.add_argument("--config", default="experiments/polydigits/mt/image_label.yaml")
     p.add_argument("--out", default="runs/mt_classifier")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--head_position", choices=("mid", "out", "output"), default=None, help="the label head's position (default: the config's)")
+    p.add_argument("--head_position", choices=get_args(HeadPosition), default=None, help="the label head's position (default: the config's)")
     args = p.parse_args()
     cfg = yaml.safe_load(Path(args.config).read_text())
     torch.manual_seed(args.seed)
@@ -90,7 +92,7 @@ def main() -> None:
     out = Path(args.out)
     atomic_write(out / "classifier.pt", lambda tmp: torch_save({"net": decoder.net.state_dict(), "heads": decoder.head_nets.state_dict()}, tmp))
     atomic_write(out / "result.json", lambda tmp: tmp.write_text(json.dumps({"test_accuracy": accuracy, "steps": steps, "n_test": len(pred), "config": args.config,
-                                                                           "head_position": heads["label"]["position"]})))
+                                                                           "head_position": decoder.heads_spec["label"].position})))
     print(json.dumps({"plain_classifier_test_accuracy": accuracy}))
 
 
