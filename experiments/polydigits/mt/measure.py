@@ -7,7 +7,8 @@ digit classifiers of `diffmvae evaluate` on every test example.
 Reads the checkpoints ``runs/NAME/checkpoints/last.ckpt`` of every run named ``restore``, ``image_label``,
 ``image_ddpm``, ``label_ddpm`` or ``translate``, or one of those followed by ``_`` and anything (``restore_ddpm``,
 ``image_label_null``, ``image_ddpm_v``, ...), measured as that kind of run, and ``runs/mt_classifier/classifier.pt``
-(the plain-classifier baseline), and prints / writes ``mt_table.json`` and ``mt_table.md``:
+(the plain-classifier baseline), and prints / writes ``mt_table.json`` and ``mt_table.md`` (the side-by-side table
+when runs of those exact names were measured, then every measured run's figures, whatever its name):
 
 * restoration: MSE inside and outside the masked region (images in [0, 1]) and the digit accuracy of the restored image
   (the unmasked region kept from the input, the masked one generated), of the whole generated image, of the masked input
@@ -215,10 +216,16 @@ def markdown(table: dict[str, dict]) -> str:
         value = table.get(run, {}).get(key) if run else None
         return "-" if value is None else f"{value:.4g}"
 
-    lines = ["| task | metric | MT-Diffusion | single-task |", "|---|---|---|---|"]
-    for task, metric, mt, single, key in ROWS:
-        mt_key, single_key = key if isinstance(key, tuple) else (key, key)
-        lines.append(f"| {task} | {metric} | {cell(mt, mt_key)} | {cell(single, single_key)} |")
+    lines = []
+    if any(run in table for row in ROWS for run in row[2:4]):  # the README's side-by-side table: its runs' own names
+        lines = ["| task | metric | MT-Diffusion | single-task |", "|---|---|---|---|"]
+        for task, metric, mt, single, key in ROWS:
+            mt_key, single_key = key if isinstance(key, tuple) else (key, key)
+            lines.append(f"| {task} | {metric} | {cell(mt, mt_key)} | {cell(single, single_key)} |")
+        lines.append("")
+    lines += ["| run | measure | value |", "|---|---|---|"]  # every run measured, whatever its name
+    lines += [f"| {run} | {key} | {value:.4g} |" for run in sorted(table) for key, value in table[run].items()
+              if isinstance(value, (int, float)) and not isinstance(value, bool)]
     return "\n".join(lines) + "\n"
 
 
