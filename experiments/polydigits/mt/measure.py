@@ -8,7 +8,7 @@ Reads the checkpoints ``runs/NAME/checkpoints/last.ckpt`` of every run named ``r
 ``image_ddpm``, ``label_ddpm`` or ``translate``, or one of those followed by ``_`` and anything (``restore_ddpm``,
 ``image_label_null``, ``image_ddpm_v``, ...), measured as that kind of run, and ``runs/mt_classifier/classifier.pt``
 (the plain-classifier baseline), and prints / writes ``mt_table.json`` and ``mt_table.md`` (the side-by-side table
-when runs of those exact names were measured, then every measured run's figures, whatever its name):
+when an MT-Diffusion run of those exact names was measured, then every measured run's figures, whatever its name):
 
 * restoration: MSE inside and outside the masked region (images in [0, 1]) and the digit accuracy of the restored image
   (the unmasked region kept from the input, the masked one generated), of the whole generated image, of the masked input
@@ -217,7 +217,9 @@ def markdown(table: dict[str, dict]) -> str:
         return "-" if value is None else f"{value:.4g}"
 
     lines = []
-    if any(run in table for row in ROWS for run in row[2:4]):  # the README's side-by-side table: its runs' own names
+    # the README's side-by-side table, which knows its MT-Diffusion runs by their own names (the plain classifier,
+    # read back from its result.json whenever it exists, does not fill a table on its own)
+    if any(row[2] in table for row in ROWS):
         lines = ["| task | metric | MT-Diffusion | single-task |", "|---|---|---|---|"]
         for task, metric, mt, single, key in ROWS:
             mt_key, single_key = key if isinstance(key, tuple) else (key, key)
